@@ -1,0 +1,111 @@
+//! `mountd-remote`: the reference relayfile remote as a standalone server, for the demo, the
+//! benchmarks and manual testing. Serves the relayfile API (see `src/refremote/`) with switchable
+//! faults (`--faults` or `PUT /_control/faults`) until SIGINT/SIGTERM.
+//!
+//! Prints exactly one line to stdout, `listening on http://ADDR`, then logs to stderr.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use mountd::refremote::{Faults, RemoteConfig, RemoteHandle};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mountd-remote",
+    about = "Reference relayfile remote (loopback test server)"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Directory whose files seed the remote (remote path = "/" + relative path).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Expected bearer token.
+    #[arg(
+        long,
+        env = "MOUNTD_REMOTE_TOKEN",
+        default_value = "test-token",
+        hide_env_values = true
+    )]
+    token: String,
+    /// Read the expected bearer token from this file (overrides --token).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Entries per /fs/tree page.
+    #[arg(long, default_value_t = 1000)]
+    page_size: usize,
+    /// Initial fault set as JSON (see `Faults`), e.g. '{"export_delay_ms":2000}'.
+    #[arg(long)]
+    faults: Option<String>,
+    /// Synthesize N files (in addition to --root).
+    #[arg(long, default_value_t = 0)]
+    generate: usize,
+    /// Size in bytes of each generated file.
+    #[arg(long, default_value_t = 1024)]
+    file_size: usize,
+    /// Number of directories the generated files are spread over.
+    #[arg(long, default_value_t = 50)]
+    dirs: usize,
+}
+
+fn fail(msg: String) -> ! {
+    eprintln!("mountd-remote: {msg}");
+    std::process::exit(2);
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    let token = match &args.token_file {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => t.trim().to_string(),
+            Err(e) => fail(format!("cannot read token file {}: {e}", p.display())),
+        },
+        None => args.token.clone(),
+    };
+    let faults: Option<Faults> = args.faults.as_deref().map(|j| {
+        serde_json::from_str(j).unwrap_or_else(|e| fail(format!("invalid --faults JSON: {e}")))
+    });
+    let cfg = RemoteConfig {
+        token,
+        page_size: args.page_size.max(1),
+        seed_dir: args.root.clone(),
+    };
+    let remote = match RemoteHandle::start_on(cfg, args.listen).await {
+        Ok(r) => r,
+        Err(e) => fail(format!("cannot start: {e}")),
+    };
+    if args.generate > 0 {
+        remote.generate(args.generate, args.file_size, args.dirs);
+    }
+    if let Some(f) = faults {
+        remote.set_faults(f);
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {}", remote.base_url());
+        let _ = out.flush();
+    }
+    tracing::info!(files = remote.file_count(), "serving");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .unwrap_or_else(|e| fail(format!("cannot install SIGTERM handler: {e}")));
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    remote.shutdown().await;
+    tracing::info!("stopped");
+}

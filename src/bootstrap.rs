@@ -1,0 +1,418 @@
+//! The bootstrap: export first under its own sub-deadline, falling through to the resumable per-page
+//! tree pull; completion sweeps what the authoritative listing no longer has and sets the events cursor
+//! to the tip taken before the snapshot started.
+use crate::engine::{Engine, Fetched, Pending, SyncError};
+use crate::paths;
+use crate::remote::export::{stream_entries, ExportItem};
+use crate::state::{Checkpoint, FileMeta, Phase, KIND_FILE};
+use futures_util::StreamExt;
+
+/// How the bootstrap got its listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathUsed {
+    Export,
+    Tree,
+}
+
+impl PathUsed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathUsed::Export => "export",
+            PathUsed::Tree => "tree",
+        }
+    }
+}
+
+/// Deletions below this count never trip the mass-deletion guard.
+const MASS_DELETE_MIN: u64 = 20;
+/// Records committed at least this often inside a large page or export.
+const INTRA_PAGE_RECORDS: usize = 256;
+
+enum ExportOutcome {
+    Complete,
+    FallThrough(String),
+}
+
+fn segments(p: &str) -> usize {
+    p.split('/').filter(|s| !s.is_empty()).count()
+}
+
+impl Engine {
+    /// Resume or start a bootstrap and run it to completion.
+    pub async fn bootstrap(&mut self) -> Result<PathUsed, SyncError> {
+        let mut ck = match self.state.checkpoint() {
+            Some(ck) => {
+                tracing::info!(phase = ?ck.phase, dir = ?ck.current_dir, pages = ck.pages_done, "resuming bootstrap from checkpoint");
+                ck
+            }
+            None => {
+                self.new_checkpoint(if self.cfg.use_export {
+                    Phase::Export
+                } else {
+                    Phase::Tree
+                })
+                .await?
+            }
+        };
+        self.progress.set_total(ck.total_files);
+        if ck.phase == Phase::Export {
+            match self.try_export(&ck).await? {
+                ExportOutcome::Complete => {
+                    self.complete(&ck, PathUsed::Export)?;
+                    return Ok(PathUsed::Export);
+                }
+                ExportOutcome::FallThrough(reason) => {
+                    tracing::warn!(%reason, "export unusable; falling through to the per-page tree pull");
+                    self.progress.set_error(Some(format!("export: {reason}")));
+                    ck.phase = Phase::Tree;
+                    ck.snapshot = self.state.next_snapshot()?;
+                    self.start_traversal(&mut ck)?;
+                }
+            }
+        }
+        self.tree_pull(&mut ck).await?;
+        self.complete(&ck, PathUsed::Tree)?;
+        Ok(PathUsed::Tree)
+    }
+
+    /// A fresh checkpoint: the events tip is taken here, before any listing, so nothing written during
+    /// the snapshot is lost.
+    pub async fn new_checkpoint(&mut self, phase: Phase) -> Result<Checkpoint, SyncError> {
+        let (tip, feed) = match self.client.events_tip().await {
+            Ok(t) => (t, true),
+            Err(e) if e.status() == Some(404) => {
+                tracing::info!("the server has no events feed; the mirror will be refreshed by periodic listings");
+                (None, false)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.progress.unit();
+        let mut ck = Checkpoint {
+            snapshot: self.state.next_snapshot()?,
+            phase,
+            current_dir: None,
+            cursor: None,
+            events_tip: tip,
+            feed,
+            total_files: None,
+            files_done: 0,
+            pages_done: 0,
+        };
+        if phase == Phase::Tree {
+            self.start_traversal(&mut ck)?;
+        } else {
+            self.commit(&mut Pending::default(), ck.snapshot, Some(&ck), &[])?;
+        }
+        Ok(ck)
+    }
+
+    fn start_traversal(&mut self, ck: &mut Checkpoint) -> Result<(), SyncError> {
+        ck.current_dir = None;
+        ck.cursor = None;
+        let mut b = self.state.batch()?;
+        b.queue_clear()?;
+        b.queue_push(&self.cfg.remote_root)?;
+        b.set_checkpoint(ck)?;
+        b.commit()?;
+        Ok(())
+    }
+
+    /// The atomic export, applied entry by entry as it streams in.
+    async fn try_export(&mut self, ck: &Checkpoint) -> Result<ExportOutcome, SyncError> {
+        self.progress.set_phase("export");
+        let sub = self.cfg.export_timeout;
+        let tracked_before = self.state.tracked_files();
+        let started = tokio::time::timeout(sub, self.client.export(&self.cfg.remote_root)).await;
+        let (resp, cid) = match started {
+            Err(_) => {
+                return Ok(ExportOutcome::FallThrough(format!(
+                    "no answer within the export timeout ({})",
+                    humantime::format_duration(sub)
+                )))
+            }
+            Ok(Err(e)) if e.export_falls_through() => {
+                return Ok(ExportOutcome::FallThrough(e.to_string()))
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(r)) => r,
+        };
+        let mut rx = stream_entries(resp, cid);
+        let mut pending = Pending::default();
+        let mut applied: u64 = 0;
+        let outcome = loop {
+            let item = match tokio::time::timeout(sub, rx.recv()).await {
+                Err(_) => break Some(format!("no export entry arrived within the export timeout ({}) after {applied} entries", humantime::format_duration(sub))),
+                Ok(None) => break Some("export parser ended without a result".into()),
+                Ok(Some(i)) => i,
+            };
+            match item {
+                ExportItem::Entry(obj) => {
+                    applied += 1;
+                    self.apply_export_entry(obj, &mut pending).await;
+                    if pending.files.len() + pending.quarantine.len() >= INTRA_PAGE_RECORDS {
+                        self.commit(&mut pending, ck.snapshot, None, &[])?;
+                    }
+                }
+                ExportItem::End(Ok(_)) => break None,
+                ExportItem::End(Err(e)) => break Some(e.to_string()),
+            }
+        };
+        self.commit(&mut pending, ck.snapshot, None, &[])?;
+        if let Some(reason) = outcome {
+            return Ok(ExportOutcome::FallThrough(reason));
+        }
+        if applied == 0 && tracked_before > 0 {
+            return Ok(ExportOutcome::FallThrough(format!("export returned no files while the mirror tracks {tracked_before}; not trusting it")));
+        }
+        if applied * 2 < tracked_before {
+            return Ok(ExportOutcome::FallThrough(format!("export returned {applied} files, less than half of the {tracked_before} tracked; not trusting it")));
+        }
+        Ok(ExportOutcome::Complete)
+    }
+
+    async fn apply_export_entry(&mut self, obj: crate::remote::types::FileObject, p: &mut Pending) {
+        let rel = match paths::to_local(&self.cfg.remote_root, &obj.path) {
+            Ok(r) => r,
+            Err(why) => {
+                return self.note_failure(
+                    p,
+                    None,
+                    obj.path.clone(),
+                    format!("skipped hostile path: {why}"),
+                    true,
+                )
+            }
+        };
+        let remote = obj.path.clone();
+        let store = self.store.clone();
+        let known = self.state.file(&rel).filter(|r| r.kind == KIND_FILE);
+        let r2 = rel.clone();
+        let res = tokio::task::spawn_blocking(move || -> Result<FileMeta, String> {
+            let (bytes, hash) = obj.decode_verified()?;
+            let same = match known {
+                Some(k) if k.content_hash.as_deref() == Some(hash.as_str()) => {
+                    store.file_size(&r2) == Some(bytes.len() as u64)
+                }
+                _ => {
+                    store.file_size(&r2) == Some(bytes.len() as u64)
+                        && store.matches_hash(&r2, &hash)
+                }
+            };
+            if !same {
+                store
+                    .write_atomic(&r2, &bytes)
+                    .map_err(|e| format!("cannot write locally: {e}"))?;
+            }
+            Ok(FileMeta {
+                size: bytes.len() as u64,
+                revision: obj.revision,
+                content_hash: Some(hash),
+                content_type: obj.content_type,
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("worker failed: {e}")));
+        match res {
+            Ok(meta) => {
+                self.progress.file_done(&remote, meta.size);
+                p.cleared.push(remote);
+                p.files.push((rel, meta));
+            }
+            Err(reason) => self.note_failure(p, Some(rel), remote, reason, false),
+        }
+    }
+
+    /// Breadth-first, page by page, resumable from the persisted queue and cursor.
+    pub async fn tree_pull(&mut self, ck: &mut Checkpoint) -> Result<(), SyncError> {
+        self.progress.set_phase("tree");
+        let root = self.cfg.remote_root.clone();
+        let mut cursor_resets = 0;
+        while let Some((seq, dir)) = self.state.queue_front() {
+            let page = match self
+                .client
+                .tree(&dir, self.cfg.tree_depth, ck.cursor.as_deref())
+                .await
+            {
+                Ok(p) => p,
+                Err(e) if e.status() == Some(400) && ck.cursor.is_some() && cursor_resets < 3 => {
+                    cursor_resets += 1;
+                    tracing::warn!(dir = %dir, error = %e, "the server refused the saved cursor; listing the directory again from its start");
+                    ck.cursor = None;
+                    continue;
+                }
+                Err(e) if e.is_per_file() && dir != root && !e.is_auth() => {
+                    let mut p = Pending {
+                        queue_remove: Some(seq),
+                        ..Default::default()
+                    };
+                    self.note_failure(
+                        &mut p,
+                        paths::to_local(&root, &dir).ok(),
+                        dir.clone(),
+                        format!("cannot list directory: {e}"),
+                        false,
+                    );
+                    ck.cursor = None;
+                    self.commit(&mut p, ck.snapshot, Some(ck), &[])?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            self.progress.unit();
+            if dir == root && ck.cursor.is_none() && page.total_files.is_some() {
+                ck.total_files = page.total_files;
+                self.progress.set_total(page.total_files);
+            }
+            let base = segments(&dir);
+            let mut p = Pending::default();
+            let mut to_fetch = Vec::new();
+            for e in page.entries {
+                let rel = match paths::to_local(&root, &e.path) {
+                    Ok(r) => r,
+                    Err(why) => {
+                        self.note_failure(
+                            &mut p,
+                            None,
+                            e.path.clone(),
+                            format!("skipped hostile path: {why}"),
+                            true,
+                        );
+                        continue;
+                    }
+                };
+                if e.is_dir() {
+                    if segments(&e.path) >= base + self.cfg.tree_depth as usize {
+                        p.queue_push.push(e.path.clone());
+                    }
+                    p.dirs.push(rel);
+                    continue;
+                }
+                // Hash-skip from the committed record: committed records are durable (syncfs before commit).
+                if let (Some(h), Some(rec)) = (e.content_hash.as_deref(), self.state.file(&rel)) {
+                    if rec.kind == KIND_FILE
+                        && rec.content_hash.as_deref() == Some(h)
+                        && self.store.file_size(&rel) == Some(rec.size)
+                    {
+                        self.progress.file_done(&e.path, rec.size);
+                        p.files.push((
+                            rel,
+                            FileMeta {
+                                size: rec.size,
+                                revision: e.revision,
+                                content_hash: rec.content_hash,
+                                content_type: None,
+                            },
+                        ));
+                        continue;
+                    }
+                }
+                to_fetch.push((rel, e.path, e.content_hash, e.revision));
+            }
+            let (client, store) = (self.client.clone(), self.store.clone());
+            let mut results = futures_util::stream::iter(to_fetch)
+                .map(|(rel, remote, hash, rev)| {
+                    Engine::fetch_one(client.clone(), store.clone(), rel, remote, hash, rev)
+                })
+                .buffer_unordered(self.cfg.concurrency);
+            let mut fatal = None;
+            while let Some(r) = results.next().await {
+                match r {
+                    Ok(Fetched::Ok(rel, meta)) => {
+                        self.progress
+                            .file_done(&paths::to_remote(&root, &rel), meta.size);
+                        p.cleared.push(paths::to_remote(&root, &rel));
+                        p.files.push((rel, meta));
+                    }
+                    Ok(Fetched::PerFile {
+                        rel,
+                        remote,
+                        reason,
+                    }) => self.note_failure(&mut p, Some(rel), remote, reason, false),
+                    Err(e) => {
+                        fatal = Some(e);
+                        break;
+                    }
+                }
+                if p.files.len() >= INTRA_PAGE_RECORDS {
+                    // Intra-page checkpoint: records only, the cursor still points at this page's start.
+                    let mut part = Pending {
+                        files: std::mem::take(&mut p.files),
+                        cleared: std::mem::take(&mut p.cleared),
+                        dirs: p.dirs.clone(),
+                        ..Default::default()
+                    };
+                    self.commit(&mut part, ck.snapshot, None, &[])?;
+                }
+            }
+            drop(results);
+            if let Some(e) = fatal {
+                let mut part = Pending {
+                    files: std::mem::take(&mut p.files),
+                    cleared: std::mem::take(&mut p.cleared),
+                    dirs: p.dirs.clone(),
+                    ..Default::default()
+                };
+                self.commit(&mut part, ck.snapshot, None, &[])?;
+                return Err(e.into());
+            }
+            ck.pages_done += 1;
+            ck.files_done = self.progress.files();
+            match page.next_cursor.filter(|c| !c.is_empty()) {
+                Some(c) => ck.cursor = Some(c),
+                None => {
+                    ck.cursor = None;
+                    p.queue_remove = Some(seq);
+                }
+            }
+            cursor_resets = 0;
+            self.commit(&mut p, ck.snapshot, Some(ck), &[])?;
+        }
+        Ok(())
+    }
+
+    /// Mark the snapshot complete: sweep unlisted records (guarded), set the events cursor to the tip
+    /// taken before the snapshot, clear the checkpoint.
+    pub fn complete(&mut self, ck: &Checkpoint, used: PathUsed) -> Result<(), SyncError> {
+        let unseen = self.state.unseen(ck.snapshot);
+        let files_gone = unseen.iter().filter(|(_, k)| *k == KIND_FILE).count() as u64;
+        let tracked = self.state.tracked_files();
+        if !self.cfg.allow_mass_delete && files_gone >= MASS_DELETE_MIN && files_gone * 2 > tracked
+        {
+            return Err(SyncError::MassDelete {
+                would: files_gone,
+                tracked,
+            });
+        }
+        let mut p = Pending {
+            finish: true,
+            ..Default::default()
+        };
+        for (rel, kind) in &unseen {
+            if *kind == KIND_FILE {
+                self.store
+                    .remove_file(rel)
+                    .map_err(|e| SyncError::Io(format!("cannot remove {rel}: {e}")))?;
+            } else {
+                self.store.remove_dir_if_empty(rel);
+            }
+            p.deletes.push(rel.clone());
+        }
+        if files_gone > 0 {
+            tracing::info!(
+                removed = files_gone,
+                "removed local files absent from the remote listing"
+            );
+        }
+        let cursor = ck.events_tip.clone().unwrap_or_default();
+        let mut extra = vec![
+            ("bootstrap_complete", "1"),
+            ("events_cursor", cursor.as_str()),
+            ("feed", if ck.feed { "1" } else { "0" }),
+            ("last_path", used.as_str()),
+        ];
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        extra.push(("last_sync_at", now.as_str()));
+        self.commit(&mut p, ck.snapshot, None, &extra)?;
+        Ok(())
+    }
+}

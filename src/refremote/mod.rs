@@ -1,0 +1,250 @@
+//! The reference remote: a real relayfile-API HTTP server on loopback (axum), backed by an
+//! in-memory store, with switchable faults and per-route request counters. Tests, the demo and the
+//! benchmarks run mountd against it; `src/bin/mountd-remote.rs` wraps it as a standalone binary.
+
+mod export;
+mod faults;
+mod routes;
+mod seed;
+mod store;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use faults::{ErrorFault, FailNext, Faults, PathFault};
+pub use store::sha256_hex;
+
+/// Configuration of a reference remote.
+#[derive(Clone, Debug)]
+pub struct RemoteConfig {
+    /// Expected bearer token.
+    pub token: String,
+    /// Entries per `/fs/tree` page.
+    pub page_size: usize,
+    /// Directory whose files seed the store at start (remote path = `/` + relative path).
+    pub seed_dir: Option<PathBuf>,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        RemoteConfig {
+            token: "test-token".to_string(),
+            page_size: 1000,
+            seed_dir: None,
+        }
+    }
+}
+
+/// Request counters (every request on a route counts, failed or faulted ones included).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub health: u64,
+    pub tree: u64,
+    pub file: u64,
+    pub export: u64,
+    pub events: u64,
+    pub put: u64,
+    pub delete: u64,
+    pub bulk: u64,
+    /// `GET /fs/file` requests per path.
+    pub file_paths: BTreeMap<String, u64>,
+    pub unauthorized: u64,
+    pub missing_correlation: u64,
+}
+
+/// State shared by the handle and the request handlers.
+pub(crate) struct Shared {
+    token: String,
+    page_size: AtomicUsize,
+    store: Mutex<store::Store>,
+    faults: Mutex<Faults>,
+    counts: Mutex<Counts>,
+    /// `/fs/tree` requests since the faults were last set (for `tree_hang_after`).
+    tree_since_faults: AtomicU64,
+    shutdown: watch::Receiver<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn store(&self) -> MutexGuard<'_, store::Store> {
+        lock(&self.store)
+    }
+    fn faults(&self) -> MutexGuard<'_, Faults> {
+        lock(&self.faults)
+    }
+    fn counts(&self) -> MutexGuard<'_, Counts> {
+        lock(&self.counts)
+    }
+
+    /// Waits until the server shuts down ("hang" faults).
+    async fn hang(&self) {
+        let mut rx = self.shutdown.clone();
+        let _ = rx.wait_for(|v| *v).await;
+    }
+
+    /// Stores `bytes` as text when UTF-8 (unless `force_base64`), otherwise as base64.
+    fn put_bytes(&self, path: &str, bytes: &[u8], force_base64: bool) {
+        let hash = sha256_hex(bytes);
+        let (content, b64, ct) = match std::str::from_utf8(bytes) {
+            Ok(s) if !force_base64 => (s.to_string(), false, "text/plain"),
+            _ => (
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+                true,
+                "application/octet-stream",
+            ),
+        };
+        self.store().put(path, content, b64, ct.to_string(), hash);
+    }
+}
+
+/// A running reference remote. Dropping the handle stops the server as well (like `shutdown`,
+/// without waiting).
+pub struct RemoteHandle {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RemoteHandle {
+    /// Binds 127.0.0.1 on a free port and serves on the current tokio runtime.
+    pub async fn start(cfg: RemoteConfig) -> std::io::Result<RemoteHandle> {
+        Self::start_on(cfg, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Like [`RemoteHandle::start`], on a chosen address.
+    pub async fn start_on(cfg: RemoteConfig, addr: SocketAddr) -> std::io::Result<RemoteHandle> {
+        let (tx, rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            token: cfg.token.clone(),
+            page_size: AtomicUsize::new(cfg.page_size.max(1)),
+            store: Mutex::new(store::Store::default()),
+            faults: Mutex::new(Faults::default()),
+            counts: Mutex::new(Counts::default()),
+            tree_since_faults: AtomicU64::new(0),
+            shutdown: rx.clone(),
+        });
+        if let Some(dir) = &cfg.seed_dir {
+            seed::seed_dir(&shared, dir)?;
+        }
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let app = routes::router(shared.clone());
+        let mut stop = rx;
+        let task = tokio::spawn(async move {
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|s| {
+                let _ = s.set_nodelay(true);
+            });
+            let res = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|v| *v).await;
+                })
+                .await;
+            if let Err(e) = res {
+                tracing::error!("reference remote stopped: {e}");
+            }
+        });
+        tracing::debug!(%addr, "reference remote listening");
+        Ok(RemoteHandle {
+            addr,
+            shared,
+            shutdown: tx,
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Creates or overwrites a file (UTF-8 → text, otherwise base64); appends an event.
+    pub fn put(&self, path: &str, bytes: &[u8]) {
+        self.shared.put_bytes(path, bytes, false);
+    }
+
+    /// Like [`RemoteHandle::put`] but always stores base64.
+    pub fn put_base64(&self, path: &str, bytes: &[u8]) {
+        self.shared.put_bytes(path, bytes, true);
+    }
+
+    /// Removes a file; appends a `file.deleted` event (nothing when it did not exist).
+    pub fn delete(&self, path: &str) {
+        self.shared.store().delete(path);
+    }
+
+    /// Appends a raw event without changing files.
+    pub fn append_event(&self, ty: &str, path: &str) {
+        let mut st = self.shared.store();
+        let (rev, hash) = match st.get(path) {
+            Some(r) => (Some(format!("rev_{}", r.revision)), Some(r.hash.clone())),
+            None => (None, None),
+        };
+        st.push_event(ty, path, rev, hash);
+    }
+
+    /// Replaces the fault set (and restarts the `tree_hang_after` count).
+    pub fn set_faults(&self, f: Faults) {
+        *self.shared.faults() = f;
+        self.shared.tree_since_faults.store(0, Ordering::SeqCst);
+    }
+
+    /// Edits the fault set in place (and restarts the `tree_hang_after` count).
+    pub fn update_faults(&self, f: impl FnOnce(&mut Faults)) {
+        f(&mut self.shared.faults());
+        self.shared.tree_since_faults.store(0, Ordering::SeqCst);
+    }
+
+    /// Current fault set.
+    pub fn faults(&self) -> Faults {
+        self.shared.faults().clone()
+    }
+
+    /// Snapshot of the request counters.
+    pub fn counts(&self) -> Counts {
+        self.shared.counts().clone()
+    }
+
+    pub fn reset_counts(&self) {
+        *self.shared.counts() = Counts::default();
+    }
+
+    pub fn set_page_size(&self, n: usize) {
+        self.shared.page_size.store(n.max(1), Ordering::SeqCst);
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.shared.store().file_count()
+    }
+
+    /// Synthesizes `n` files of `file_size` bytes over `dirs` directories, deterministic content:
+    /// `/dNNN/fNNNNNNN.txt`.
+    pub fn generate(&self, n: usize, file_size: usize, dirs: usize) {
+        seed::generate(&self.shared, n, file_size, dirs);
+    }
+
+    /// Stops serving: hung requests are released, open connections are closed (2 s grace).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(2), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}
