@@ -121,7 +121,14 @@ impl Engine {
     async fn try_export(&mut self, ck: &Checkpoint) -> Result<ExportOutcome, SyncError> {
         self.progress.set_phase("export");
         let sub = self.cfg.export_timeout;
-        let tracked_before = self.state.tracked_files();
+        // What the mirror already holds: its records, or (when the state DB is new) the files on disk.
+        let mut tracked_before = self.state.tracked_files();
+        if tracked_before == 0 {
+            let store = self.store.clone();
+            tracked_before = tokio::task::spawn_blocking(move || store.count_files(10_000_000))
+                .await
+                .unwrap_or(0);
+        }
         let started = tokio::time::timeout(sub, self.client.export(&self.cfg.remote_root)).await;
         let (resp, cid) = match started {
             Err(_) => {

@@ -168,6 +168,27 @@ impl LocalStore {
             .retain(|d| d != rel && !d.starts_with(&prefix));
     }
 
+    /// Regular files in the mirror (outside the reserved dir), counted up to `limit`.
+    pub fn count_files(&self, limit: u64) -> u64 {
+        let mut n = 0;
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                let Ok(ft) = e.file_type() else { continue };
+                if ft.is_dir() && !(dir == self.root && e.file_name() == RESERVED_DIR) {
+                    stack.push(e.path());
+                } else if ft.is_file() {
+                    n += 1;
+                    if n >= limit {
+                        return n;
+                    }
+                }
+            }
+        }
+        n
+    }
+
     /// Durability barrier before a checkpoint commit: flush the root's file system.
     pub fn sync(&self) -> io::Result<()> {
         let f = fs::File::open(&self.root)?;

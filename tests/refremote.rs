@@ -425,6 +425,23 @@ async fn hang_released_by_shutdown_and_large_tree() {
             .await
     });
     assert!(hung.await.unwrap().is_err());
+
+    r.set_faults(Faults {
+        tree_hang_after: Some(1),
+        export_drop: Some(3),
+        ..Default::default()
+    });
+    let (_, v) = get_json(&r, "export?format=json").await;
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    assert_eq!(get(&r, "tree?depth=1").await.status().as_u16(), 200);
+    let second = client()
+        .get(format!("{}{WS}/tree?depth=1", r.base_url()))
+        .bearer_auth("test-token")
+        .header("X-Correlation-Id", "corr_hang2")
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(second.unwrap_err().is_timeout());
     let t = std::time::Instant::now();
     r.shutdown().await;
     assert!(t.elapsed() < std::time::Duration::from_secs(3));

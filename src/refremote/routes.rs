@@ -48,6 +48,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 
 /// Counts the request, checks auth and correlation id, applies `fail_next`.
 /// `Ok` = the correlation id; `Err` = the response to send instead.
+#[allow(clippy::result_large_err)]
 fn begin(
     s: &Shared,
     route: &str,

@@ -1,0 +1,266 @@
+//! Test harness: a reference remote on loopback (in-process), a temp mirror, and the real `mountd`
+//! binary run as a child process.
+#![allow(dead_code)]
+use mountd::refremote::{Faults, RemoteConfig, RemoteHandle};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "s3cr3t-token-do-not-log-0123456789";
+
+pub struct Harness {
+    pub rt: tokio::runtime::Runtime,
+    pub remote: RemoteHandle,
+    pub tmp: tempfile::TempDir,
+    /// What the remote holds, as the mirror must hold it (remote path → bytes).
+    pub expected: BTreeMap<String, Vec<u8>>,
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        Self::with_page_size(1000)
+    }
+
+    pub fn with_page_size(page_size: usize) -> Harness {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let remote = rt
+            .block_on(RemoteHandle::start(RemoteConfig {
+                token: TOKEN.into(),
+                page_size,
+                seed_dir: None,
+            }))
+            .expect("reference remote starts");
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        Harness {
+            rt,
+            remote,
+            tmp,
+            expected: BTreeMap::new(),
+        }
+    }
+
+    pub fn put(&mut self, path: &str, bytes: &[u8]) {
+        self.remote.put(path, bytes);
+        self.expected.insert(path.to_string(), bytes.to_vec());
+    }
+
+    pub fn delete(&mut self, path: &str) {
+        self.remote.delete(path);
+        self.expected.remove(path);
+    }
+
+    /// A tree with nested dirs, unicode names, empty and binary files, and `n` plain files.
+    pub fn sample_tree(&mut self, n: usize) {
+        self.put("/README.md", b"# sample\n");
+        self.put("/empty.txt", b"");
+        self.put(
+            "/bin/blob.bin",
+            &(0..=255u8).cycle().take(3000).collect::<Vec<_>>(),
+        );
+        self.remote
+            .put_base64("/bin/text-as-b64.txt", b"stored as base64\n");
+        self.expected.insert(
+            "/bin/text-as-b64.txt".into(),
+            b"stored as base64\n".to_vec(),
+        );
+        self.put("/deep/a/b/c/d/e/f/g/h/i/j/k/l/leaf.txt", b"deep\n");
+        self.put("/ünïcødé/日本語 ファイル.txt", "こんにちは\n".as_bytes());
+        for i in 0..n {
+            self.put(
+                &format!("/docs/d{}/f{i:05}.txt", i % 7),
+                format!("file {i}\n").as_bytes(),
+            );
+        }
+    }
+
+    pub fn local(&self) -> PathBuf {
+        self.tmp.path().join("mirror")
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.tmp.path().join("state.json")
+    }
+
+    pub fn state_db(&self) -> PathBuf {
+        self.local().join(".mountd/state.db")
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        self.remote.set_faults(f);
+    }
+
+    /// `mountd --once` with this harness's remote, mirror and short test timeouts.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mountd"));
+        c.arg("--once")
+            .args([
+                "--base-url",
+                &self.remote.base_url(),
+                "--workspace",
+                "ws_test",
+            ])
+            .arg("--token-file")
+            .arg(self.tmp.path().join("token"))
+            .arg("--local-dir")
+            .arg(self.local())
+            .arg("--state-file")
+            .arg(self.state_file())
+            .args(["--progress", "never"])
+            // Short test timeouts as environment, so a test's own flags override them.
+            .env("RELAYFILE_BOOTSTRAP_IDLE_TIMEOUT", "10s")
+            .env("MOUNTD_READ_TIMEOUT", "5s")
+            .env("RELAYFILE_EXPORT_TIMEOUT", "5s")
+            .env("MOUNTD_MAX_RETRY_WAIT", "2s")
+            .env_remove("RELAYFILE_TOKEN")
+            .env("MOUNTD_LOG", "info")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Run to completion (panics after 120 s).
+    pub fn run(&self, extra: &[&str]) -> Run {
+        let mut c = self.cmd();
+        c.args(extra);
+        run_cmd(c)
+    }
+
+    pub fn spawn(&self, extra: &[&str]) -> Child {
+        let mut c = self.cmd();
+        c.args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().expect("mountd spawns")
+    }
+
+    /// The mirror holds exactly `expected` (and nothing else outside `.mountd`).
+    pub fn assert_mirror_exact(&self) {
+        let got = read_tree(&self.local());
+        let want: BTreeMap<String, Vec<u8>> = self
+            .expected
+            .iter()
+            .map(|(k, v)| (k.trim_start_matches('/').to_string(), v.clone()))
+            .collect();
+        let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+        let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "mirror differs: missing {missing:?}, extra {extra:?}"
+        );
+        for (k, v) in &want {
+            assert!(&got[k] == v, "bytes of {k} differ");
+        }
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_mountd"))
+            .args(["status", "--json", "--local-dir"])
+            .arg(self.local())
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status --json: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    pub fn state(&self) -> mountd::state::State {
+        mountd::state::State::open_existing(&self.state_db()).unwrap()
+    }
+
+    /// Lose the state DB (the files stay on disk).
+    pub fn remove_state_db(&self) {
+        for f in std::fs::read_dir(self.local().join(".mountd")).unwrap() {
+            let p = f.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("state.db") && !name.ends_with(".lock") {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+    }
+
+    pub fn mtime(&self) -> Option<std::time::SystemTime> {
+        std::fs::metadata(self.state_file())
+            .ok()
+            .and_then(|m| m.modified().ok())
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn all(&self) -> String {
+        format!("--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr)
+    }
+}
+
+pub fn run_cmd(mut c: Command) -> Run {
+    let start = Instant::now();
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = c.spawn().expect("spawn");
+    wait_output(child, Duration::from_secs(120), start)
+}
+
+/// Wait for a child with a safety limit (a hung test fails instead of blocking CI).
+pub fn wait_output(mut child: Child, limit: Duration, start: Instant) -> Run {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let killer = std::thread::spawn(move || {
+        if rx.recv_timeout(limit).is_err() {
+            // SAFETY: plain kill(2) of our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    });
+    let out: Output = child.wait_with_output().expect("wait");
+    let _ = tx.send(());
+    let _ = killer.join();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Poll `cond` until true (panics after `limit`). Waits on a condition, not on time.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every regular file under `root` except the reserved `.mountd` directory.
+pub fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == ".mountd" {
+                continue;
+            }
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(p);
+            } else {
+                assert!(ft.is_file(), "{rel} is not a regular file");
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
