@@ -101,7 +101,7 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
         a.bootstrap_idle_timeout,
         a.bootstrap_timeout,
     );
-    if let Some(w) = clamp_warning {
+    if let (Some(w), false) = (clamp_warning, a.no_export) {
         tracing::warn!("{w}");
     }
 
@@ -210,16 +210,17 @@ pub async fn attempt(s: &mut Setup) -> Result<Attempt, SyncError> {
     let e = &mut s.engine;
     let before = e.progress.checkpoints();
     let result = crate::watchdog::guarded(&e.progress.clone(), s.idle, s.cap, async {
+        // Files quarantined by an earlier run are retried once; a bootstrap retries nothing it just failed.
         let path = if !e.state.is_complete() {
             e.bootstrap().await?.as_str()
         } else if e.state.checkpoint().is_some() {
             e.audit().await?;
             "tree"
         } else {
+            e.retry_quarantine().await?;
             e.sync_pass().await?;
             "catch-up"
         };
-        e.retry_quarantine().await?;
         Ok(Attempt { path })
     })
     .await;

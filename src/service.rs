@@ -2,6 +2,10 @@
 //! events feed every interval (±20% jitter) until SIGTERM/SIGINT.
 use crate::app::{self, exit};
 use crate::config::{RunArgs, StatusArgs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
 
 /// `mountd status`.
 pub fn status_command(s: &StatusArgs) -> i32 {
@@ -39,7 +43,207 @@ pub fn status_command(s: &StatusArgs) -> i32 {
     }
 }
 
-pub fn run(_a: &RunArgs, _rt: &tokio::runtime::Runtime) -> i32 {
-    eprintln!("mountd: service mode is not implemented yet; use --once");
-    exit::USAGE
+/// Why the serve loop ended.
+enum Stop {
+    Signal,
+    Fatal(i32),
+}
+
+fn notify(states: &[sd_notify::NotifyState]) {
+    let _ = sd_notify::notify(states);
+}
+
+/// ±20% jitter around the poll interval.
+fn jittered(d: Duration) -> Duration {
+    let f = 0.8 + rand::random::<f64>() * 0.4;
+    d.mul_f64(f)
+}
+
+/// `mountd` without `--once`: the long-running service.
+pub fn run(a: &RunArgs, rt: &tokio::runtime::Runtime) -> i32 {
+    if a.mountpoint.is_none() && !a.no_fuse {
+        eprintln!("mountd: error: the service needs --mountpoint MNT (or --no-fuse to keep --local-dir in sync as a plain directory)\nmountd: hint: use --once for a one-shot sync");
+        return exit::USAGE;
+    }
+    let mut s = match app::setup(a, false) {
+        Ok(s) => s,
+        Err(f) => {
+            eprintln!("mountd: error: {}", f.msg);
+            return f.code;
+        }
+    };
+    let code = rt.block_on(serve(a, &mut s));
+    notify(&[sd_notify::NotifyState::Stopping]);
+    code
+}
+
+async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let healthy = Arc::new(AtomicBool::new(true));
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        let h = healthy.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period / 2).await;
+                if h.load(Ordering::Relaxed) {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        });
+    }
+    let metrics = crate::metrics::Metrics::global();
+    if let Some(addr) = a.metrics_addr {
+        if let Err(e) = crate::metrics::serve(addr).await {
+            eprintln!("mountd: error: cannot serve metrics on {addr}: {e}");
+            return exit::USAGE;
+        }
+    }
+
+    // 1. Bootstrap (or catch up) until complete; the mount is not served before that.
+    notify(&[sd_notify::NotifyState::Status("bootstrapping")]);
+    let mut failures = 0u32;
+    loop {
+        let r = tokio::select! {
+            r = app::attempt(s) => r,
+            _ = term.recv() => return shutdown(None, "SIGTERM during bootstrap"),
+            _ = int.recv() => return shutdown(None, "SIGINT during bootstrap"),
+        };
+        match r {
+            Ok(at) => {
+                tracing::info!(
+                    path = at.path,
+                    files = s.engine.state.tracked_files(),
+                    "mirror complete"
+                );
+                break;
+            }
+            Err(e) => {
+                let code = app::exit_code_for(&e);
+                if code == exit::AUTH
+                    || code == exit::MASS_DELETE
+                    || e.to_string().contains("consecutive attempts")
+                {
+                    eprintln!("mountd: error: {e}\nmountd: hint: {}", app::hint_for(&e));
+                    return code;
+                }
+                failures += 1;
+                let wait = jittered(a.interval.min(Duration::from_secs(5) * failures));
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "bootstrap attempt failed; resuming from the checkpoint");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = term.recv() => return shutdown(None, "SIGTERM"),
+                    _ = int.recv() => return shutdown(None, "SIGINT"),
+                }
+            }
+        }
+    }
+
+    // 2. Serve.
+    let mount = match (&a.mountpoint, a.no_fuse) {
+        (Some(mnt), false) => {
+            let opts = crate::fuse::MountOptions {
+                fsname: format!("mountd:{}", a.workspace.clone().unwrap_or_default()),
+                allow_other: a.allow_other,
+                ttl: a.metadata_ttl,
+                threads: 2,
+                fs: crate::fs::FsOptions {
+                    uid: a.uid.unwrap_or_else(|| unsafe { libc::geteuid() }),
+                    gid: a.gid.unwrap_or_else(|| unsafe { libc::getegid() }),
+                    file_mode: a.file_mode,
+                    dir_mode: a.dir_mode,
+                },
+            };
+            match crate::fuse::mount(mnt, &s.engine.state, s.engine.store.root(), opts) {
+                Ok(m) => {
+                    s.engine.sink = Some(m.sink());
+                    tracing::info!(mountpoint = %mnt.display(), "mounted read-only");
+                    Some(m)
+                }
+                Err(e) => {
+                    eprintln!("mountd: error: cannot mount {}: {e}\nmountd: hint: FUSE needs /dev/fuse (and fuse3's fusermount3 when not root); use --no-fuse on machines without it", mnt.display());
+                    return exit::FAILED;
+                }
+            }
+        }
+        _ => {
+            tracing::info!(dir = %s.engine.store.root().display(), "serving the mirror as a plain directory (--no-fuse)");
+            None
+        }
+    };
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("serving"),
+    ]);
+
+    // 3. Incremental sync every interval (±20%), audit by listing every audit interval.
+    let mut last_audit = Instant::now();
+    let mut consecutive_failures = 0u32;
+    let stop = loop {
+        tokio::select! {
+            _ = tokio::time::sleep(jittered(a.interval)) => {}
+            _ = hup.recv() => tracing::info!("SIGHUP: syncing now"),
+            _ = term.recv() => break Stop::Signal,
+            _ = int.recv() => break Stop::Signal,
+        }
+        let audit_due = !a.audit_interval.is_zero() && last_audit.elapsed() >= a.audit_interval;
+        let e = &mut s.engine;
+        let progress = e.progress.clone();
+        let started = Instant::now();
+        let pass = crate::watchdog::guarded(&progress, s.idle, Duration::ZERO, async {
+            if audit_due || e.state.checkpoint().is_some() {
+                e.audit().await?;
+            } else {
+                e.sync_pass().await?;
+            }
+            e.retry_quarantine().await?;
+            Ok(())
+        });
+        let r = tokio::select! {
+            r = pass => r,
+            // Abandon the in-flight page: everything committed stays, the rest is redone next start.
+            _ = term.recv() => break Stop::Signal,
+            _ = int.recv() => break Stop::Signal,
+        };
+        metrics.observe_pass(started.elapsed(), r.is_ok());
+        match r {
+            Ok(()) => {
+                if audit_due {
+                    last_audit = Instant::now();
+                }
+                consecutive_failures = 0;
+                healthy.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                consecutive_failures += 1;
+                tracing::warn!(error = %e, consecutive_failures, "sync pass failed; retrying next interval");
+                if app::exit_code_for(&e) == exit::AUTH {
+                    eprintln!("mountd: error: {e}\nmountd: hint: {}", app::hint_for(&e));
+                    break Stop::Fatal(exit::AUTH);
+                }
+                if consecutive_failures >= s.stall_limit {
+                    healthy.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        if mount.as_ref().is_some_and(|m| !m.is_alive()) {
+            eprintln!("mountd: error: the FUSE session ended (unmounted from outside?)");
+            break Stop::Fatal(exit::FAILED);
+        }
+    };
+    notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(m) = mount {
+        m.unmount();
+        tracing::info!("unmounted");
+    }
+    match stop {
+        Stop::Signal => shutdown(None, "signal"),
+        Stop::Fatal(code) => code,
+    }
+}
+
+fn shutdown(_m: Option<()>, why: &str) -> i32 {
+    tracing::info!(why, "stopping: state persisted");
+    exit::OK
 }

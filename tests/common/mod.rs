@@ -99,20 +99,13 @@ impl Harness {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_mountd"));
         c.arg("--once")
-            .args([
-                "--base-url",
-                &self.remote.base_url(),
-                "--workspace",
-                "ws_test",
-            ])
-            .arg("--token-file")
-            .arg(self.tmp.path().join("token"))
-            .arg("--local-dir")
-            .arg(self.local())
-            .arg("--state-file")
-            .arg(self.state_file())
+            // Everything as environment, so a test's own flags override it.
+            .env("RELAYFILE_BASE_URL", self.remote.base_url())
+            .env("RELAYFILE_WORKSPACE", "ws_test")
+            .env("RELAYFILE_TOKEN_FILE", self.tmp.path().join("token"))
+            .env("RELAYFILE_LOCAL_DIR", self.local())
+            .env("RELAYFILE_MOUNT_STATE_FILE", self.state_file())
             .args(["--progress", "never"])
-            // Short test timeouts as environment, so a test's own flags override them.
             .env("RELAYFILE_BOOTSTRAP_IDLE_TIMEOUT", "10s")
             .env("MOUNTD_READ_TIMEOUT", "5s")
             .env("RELAYFILE_EXPORT_TIMEOUT", "5s")
@@ -212,7 +205,7 @@ pub fn run_cmd(mut c: Command) -> Run {
 }
 
 /// Wait for a child with a safety limit (a hung test fails instead of blocking CI).
-pub fn wait_output(mut child: Child, limit: Duration, start: Instant) -> Run {
+pub fn wait_output(child: Child, limit: Duration, start: Instant) -> Run {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     let killer = std::thread::spawn(move || {

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, build, the whole test suite (FUSE tests included:
+# they must mount, never skip) and `systemd-analyze verify` of the unit.
+#
+#   scripts/test.sh
+#
+# Environment:
+#   MOUNTD_TEST_TIMEOUT   seconds allowed for the test run itself (default 720), so a hung mount
+#                         cannot hang CI; the whole script stays under 15 minutes on 2 cores.
+#   MOUNTD_SKIP_APT=1     never call apt-get, even as root.
+#
+# Exported to the tests: MOUNTD_REQUIRE_FUSE=1 (FUSE tests must fail, not skip, when they cannot
+# mount) and MOUNTD_BIN / MOUNTD_REMOTE_BIN (paths of the debug binaries).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+warn() { printf 'test.sh: warning: %s\n' "$*" >&2; }
+die() {
+    printf 'test.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# ---------------------------------------------------------------------------------------------------
+# System dependencies (only as root with apt; otherwise say what is missing)
+# ---------------------------------------------------------------------------------------------------
+APT_UPDATED=0
+apt_install() {
+    if [[ ${MOUNTD_SKIP_APT:-0} == 1 || $(id -u) -ne 0 ]] || ! have apt-get; then
+        return 1
+    fi
+    if [[ $APT_UPDATED == 0 ]]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+ensure_tool() { # ensure_tool COMMAND PACKAGE
+    have "$1" && return 0
+    step "installing $2 (for $1)"
+    apt_install "$2" || warn "$1 is missing and could not be installed (package $2)"
+    have "$1"
+}
+
+step "system dependencies"
+ensure_tool fusermount3 fuse3 || true
+ensure_tool systemd-analyze systemd || die "systemd-analyze is required to verify systemd/mountd@.service (install the systemd package)"
+ensure_tool pkg-config pkg-config || true
+
+# ---------------------------------------------------------------------------------------------------
+# FUSE preflight: the FUSE tests must be able to mount. A machine that cannot is a failed run, not a
+# silently smaller one.
+# ---------------------------------------------------------------------------------------------------
+step "FUSE preflight"
+[[ -c /dev/fuse ]] || die "/dev/fuse is missing: the FUSE tests cannot mount (try: mknod /dev/fuse c 10 229; modprobe fuse; in a container: --device /dev/fuse --cap-add SYS_ADMIN)"
+grep -qw fuse /proc/filesystems || die "the kernel has no fuse file system (modprobe fuse)"
+if [[ $(id -u) -eq 0 ]]; then
+    # As root, fuser mounts with mount(2) directly.
+    [[ -r /dev/fuse && -w /dev/fuse ]] || die "/dev/fuse is not readable and writable by root here"
+else
+    [[ -r /dev/fuse && -w /dev/fuse ]] || die "/dev/fuse is not accessible to $(id -un); the FUSE tests must run as root (as CI does)"
+    have fusermount3 || die "fusermount3 (package fuse3) is needed to mount as a non-root user"
+fi
+echo "ok: /dev/fuse usable by $(id -un)" >&2
+export MOUNTD_REQUIRE_FUSE=1
+
+# ---------------------------------------------------------------------------------------------------
+# Rust checks
+# ---------------------------------------------------------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+if cargo clippy --version >/dev/null 2>&1; then
+    step "cargo clippy"
+    cargo clippy --all-targets --locked -- -D warnings
+else
+    warn "clippy is not installed (rustup component add clippy); skipping lints"
+fi
+
+step "cargo build --all-targets"
+cargo build --all-targets --locked
+export MOUNTD_BIN=$ROOT/target/debug/mountd
+export MOUNTD_REMOTE_BIN=$ROOT/target/debug/mountd-remote
+
+TEST_TIMEOUT=${MOUNTD_TEST_TIMEOUT:-720}
+if cargo nextest --version >/dev/null 2>&1; then
+    step "cargo nextest run (timeout ${TEST_TIMEOUT}s)"
+    timeout --kill-after=30s "$TEST_TIMEOUT" cargo nextest run --no-fail-fast --locked
+    # nextest does not run doctests.
+    step "cargo test --doc"
+    timeout --kill-after=30s 300 cargo test --doc --locked
+else
+    step "cargo test (timeout ${TEST_TIMEOUT}s; install cargo-nextest for faster, per-test isolated runs)"
+    timeout --kill-after=30s "$TEST_TIMEOUT" cargo test --no-fail-fast --locked
+fi
+
+# ---------------------------------------------------------------------------------------------------
+# systemd unit: verify a copy whose ExecStart points at the binary just built (verify checks that the
+# executable exists) under an instance name. Unknown keys are only warnings in systemd-analyze, so any
+# message about our unit fails the run as well.
+# ---------------------------------------------------------------------------------------------------
+step "systemd-analyze verify systemd/mountd@.service"
+unit_dir=$(mktemp -d)
+trap 'rm -rf "$unit_dir"' EXIT
+sed "s#^ExecStart=/usr/local/bin/mountd\$#ExecStart=$ROOT/target/debug/mountd#" \
+    systemd/mountd@.service >"$unit_dir/mountd@test.service"
+grep -q "^ExecStart=$ROOT/target/debug/mountd\$" "$unit_dir/mountd@test.service" ||
+    die "systemd/mountd@.service has no 'ExecStart=/usr/local/bin/mountd' line to point at the build"
+set +e
+verify_out=$(SYSTEMD_LOG_COLOR=0 systemd-analyze verify "$unit_dir/mountd@test.service" 2>&1)
+verify_rc=$?
+set -e
+[[ -z $verify_out ]] || printf '%s\n' "$verify_out" >&2
+[[ $verify_rc -eq 0 ]] || die "systemd-analyze verify failed (exit $verify_rc)"
+if grep -q "mountd@test.service" <<<"$verify_out"; then
+    die "systemd-analyze verify reported problems with the unit (see above)"
+fi
+
+step "all checks passed"

@@ -1,0 +1,565 @@
+//! Real FUSE mounts of a mirror built without network (State + LocalStore). These tests need root and
+//! /dev/fuse; a test that cannot mount fails.
+use mountd::engine::Change;
+use mountd::fs::FsOptions;
+use mountd::fuse::{mount, MountHandle, MountOptions};
+use mountd::state::{FileMeta, Identity, State};
+use mountd::store::LocalStore;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, Read, Seek, SeekFrom};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+struct Mirror {
+    dir: tempfile::TempDir,
+    st: State,
+    store: LocalStore,
+}
+
+fn identity(root: &Path) -> Identity {
+    Identity {
+        base_url: "http://test".into(),
+        workspace: "ws".into(),
+        remote_root: "/".into(),
+        local_dir: root.display().to_string(),
+    }
+}
+
+impl Mirror {
+    fn new() -> Mirror {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("mirror");
+        let store = LocalStore::open(&root).unwrap();
+        let st = State::open(&dir.path().join("state.db"), &identity(store.root())).unwrap();
+        Mirror { dir, st, store }
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.dir.path().join("state.db")
+    }
+
+    /// Write and record files in one transaction; returns the changes (for the sink).
+    fn put(&mut self, files: &[(&str, &[u8])]) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let mut b = self.st.batch().unwrap();
+        for (rel, bytes) in files {
+            self.store.write_atomic(rel, bytes).unwrap();
+            let (ino, parent, _) = b
+                .upsert_file(
+                    rel,
+                    &FileMeta {
+                        size: bytes.len() as u64,
+                        content_hash: Some(format!("{:x}", fnv(bytes))),
+                        ..Default::default()
+                    },
+                    1,
+                )
+                .unwrap();
+            changes.push(Change {
+                ino,
+                parent,
+                name: rel.rsplit('/').next().unwrap().to_string(),
+                removed: false,
+            });
+        }
+        b.commit().unwrap();
+        changes
+    }
+
+    fn remove(&mut self, rel: &str) -> Vec<Change> {
+        let mut b = self.st.batch().unwrap();
+        let (ino, parent, name) = b.delete(rel).unwrap().expect("recorded");
+        b.commit().unwrap();
+        self.store.remove_file(rel).unwrap();
+        vec![Change {
+            ino,
+            parent,
+            name,
+            removed: true,
+        }]
+    }
+
+    fn mount_at(&self, mp: &Path) -> Mounted {
+        let handle = mount(mp, &self.st, self.store.root(), opts()).expect("mount must work here");
+        Mounted {
+            handle: Some(handle),
+        }
+    }
+}
+
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf29ce484222325u64, |h, x| {
+        (h ^ *x as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn opts() -> MountOptions {
+    MountOptions {
+        fsname: "mountd:ws".into(),
+        allow_other: false,
+        // Long TTLs: the tests see fresh data only if invalidation works.
+        ttl: Duration::from_secs(3600),
+        threads: 2,
+        fs: FsOptions::default(),
+    }
+}
+
+/// Unmounts on drop, even when the test fails.
+struct Mounted {
+    handle: Option<MountHandle>,
+}
+
+impl Mounted {
+    fn h(&self) -> &MountHandle {
+        self.handle.as_ref().unwrap()
+    }
+    fn unmount(mut self) {
+        self.handle.take().unwrap().unmount();
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.unmount();
+        }
+    }
+}
+
+fn binary(n: usize) -> Vec<u8> {
+    let mut x = 0x9e3779b97f4a7c15u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn walk(dir: &Path, base: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        let rel = p.strip_prefix(base).unwrap().to_str().unwrap().to_string();
+        if e.file_type().unwrap().is_dir() {
+            walk(&p, base, out);
+        } else {
+            out.insert(rel, std::fs::read(&p).unwrap());
+        }
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> Option<i32> {
+    r.expect_err("must fail").raw_os_error()
+}
+
+#[test]
+fn tree_reads_back_exactly() {
+    let mut m = Mirror::new();
+    let big = binary(3 * 1024 * 1024 + 17);
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("a.txt", b"hello world\n".to_vec()),
+        ("empty", Vec::new()),
+        ("bin/blob.bin", big.clone()),
+        ("bin/small.bin", vec![0, 255, 0, 1, 2, 3]),
+        ("dir/sub/deep/x.txt", b"deep".to_vec()),
+        (
+            "ünïcødé/日本語 ファイル.txt",
+            "こんにちは".as_bytes().to_vec(),
+        ),
+        ("space name.txt", b"spaces".to_vec()),
+    ];
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+    m.put(&refs);
+    let mp = tempfile::tempdir().unwrap();
+    let mnt = m.mount_at(mp.path());
+    assert!(mnt.h().is_alive());
+
+    let mut seen = BTreeMap::new();
+    walk(mp.path(), mp.path(), &mut seen);
+    let want: BTreeMap<String, Vec<u8>> = files
+        .iter()
+        .map(|(p, b)| (p.to_string(), b.clone()))
+        .collect();
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (p, b) in &want {
+        assert!(seen[p] == *b, "{p} differs");
+    }
+    // Random-offset reads of the big file.
+    let mut f = std::fs::File::open(mp.path().join("bin/blob.bin")).unwrap();
+    for off in [0u64, 1, 4095, 4096, 131_071, 1 << 20, big.len() as u64 - 5] {
+        f.seek(SeekFrom::Start(off)).unwrap();
+        let mut buf = vec![0; 10_000];
+        let n = f.read(&mut buf).unwrap();
+        assert!(n > 0);
+        assert_eq!(&buf[..n], &big[off as usize..off as usize + n]);
+    }
+
+    // Attributes.
+    drop(f);
+    let md = std::fs::metadata(mp.path().join("bin/blob.bin")).unwrap();
+    assert_eq!(md.len(), big.len() as u64);
+    assert_eq!(md.permissions().mode() & 0o7777, 0o444);
+    assert_eq!(md.blocks(), (big.len() as u64).div_ceil(512));
+    assert_eq!(md.nlink(), 1);
+    assert_eq!(md.uid(), unsafe { libc::geteuid() });
+    let dm = std::fs::metadata(mp.path().join("dir")).unwrap();
+    assert!(dm.is_dir());
+    assert_eq!(dm.permissions().mode() & 0o7777, 0o555);
+    assert_eq!(std::fs::metadata(mp.path()).unwrap().ino(), 1);
+    assert_eq!(
+        std::fs::metadata(mp.path().join("nope"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOENT)
+    );
+
+    // Tools.
+    let ls = run("ls", &["-lR", mp.path().to_str().unwrap()]);
+    assert!(ls.contains("blob.bin") && ls.contains("日本語"), "{ls}");
+    let find = run("find", &[mp.path().to_str().unwrap(), "-type", "f"]);
+    assert_eq!(find.lines().count(), files.len(), "{find}");
+    let df = run("df", &["-P", mp.path().to_str().unwrap()]);
+    assert!(df.contains("mountd:ws"), "{df}");
+    let stat = run("stat", &["-f", "-c", "%T %c", mp.path().to_str().unwrap()]);
+    assert!(stat.starts_with("fuse"), "{stat}");
+    assert_eq!(stat.split_whitespace().nth(1), Some("7"), "{stat}"); // file count
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.contains(mp.path().to_str().unwrap()))
+        .expect("in mountinfo");
+    assert!(line.contains(" ro,") || line.contains(" ro "), "{line}");
+    assert!(line.contains("fuse.mountd mountd:ws"), "{line}");
+    mnt.unmount();
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(mp.path().to_str().unwrap()));
+}
+
+#[test]
+fn five_thousand_entries_listed_exactly_once() {
+    let mut m = Mirror::new();
+    let names: Vec<String> = (0..5000)
+        .map(|i| format!("big/file-{i:05}-{}.txt", "x".repeat(i % 40)))
+        .collect();
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"1"[..])).collect();
+    m.put(&files);
+    let mp = tempfile::tempdir().unwrap();
+    let _mnt = m.mount_at(mp.path());
+    for round in 0..2 {
+        let mut got = Vec::new();
+        for e in std::fs::read_dir(mp.path().join("big")).unwrap() {
+            got.push(e.unwrap().file_name().into_string().unwrap());
+        }
+        assert_eq!(got.len(), 5000, "round {round}");
+        let set: BTreeSet<_> = got.iter().cloned().collect();
+        assert_eq!(set.len(), 5000, "duplicates in round {round}");
+        let want: BTreeSet<_> = names.iter().map(|n| n[4..].to_string()).collect();
+        assert_eq!(set, want);
+    }
+    let ls = run("ls", &["-f", mp.path().join("big").to_str().unwrap()]);
+    assert_eq!(ls.lines().count(), 5002); // with . and ..
+    let lsl = run("ls", &["-l", mp.path().join("big").to_str().unwrap()]);
+    assert_eq!(
+        lsl.lines().filter(|l| l.starts_with("-r--r--r--")).count(),
+        5000
+    );
+}
+
+#[test]
+fn writes_fail_with_erofs() {
+    let mut m = Mirror::new();
+    m.put(&[("d/f.txt", b"data")]);
+    let mp = tempfile::tempdir().unwrap();
+    let _mnt = m.mount_at(mp.path());
+    let f = mp.path().join("d/f.txt");
+    let erofs = Some(libc::EROFS);
+    assert_eq!(
+        errno_of(std::fs::OpenOptions::new().write(true).open(&f)),
+        erofs
+    );
+    assert_eq!(
+        errno_of(std::fs::OpenOptions::new().append(true).open(&f)),
+        erofs
+    );
+    assert_eq!(errno_of(std::fs::File::create(&f)), erofs);
+    assert_eq!(
+        errno_of(std::fs::File::create(mp.path().join("new"))),
+        erofs
+    );
+    assert_eq!(
+        errno_of(std::fs::write(mp.path().join("d/new"), b"x")),
+        erofs
+    );
+    assert_eq!(errno_of(std::fs::remove_file(&f)), erofs);
+    assert_eq!(errno_of(std::fs::create_dir(mp.path().join("nd"))), erofs);
+    assert_eq!(errno_of(std::fs::remove_dir(mp.path().join("d"))), erofs);
+    assert_eq!(
+        errno_of(std::fs::rename(&f, mp.path().join("d/g.txt"))),
+        erofs
+    );
+    assert_eq!(
+        errno_of(std::fs::set_permissions(
+            &f,
+            std::fs::Permissions::from_mode(0o644)
+        )),
+        erofs
+    );
+    assert_eq!(
+        errno_of(std::os::unix::fs::symlink("x", mp.path().join("l"))),
+        erofs
+    );
+    assert_eq!(errno_of(std::fs::hard_link(&f, mp.path().join("h"))), erofs);
+    // Nothing changed.
+    assert_eq!(std::fs::read(&f).unwrap(), b"data");
+    assert_eq!(std::fs::read(m.store.abs("d/f.txt")).unwrap(), b"data");
+    let c = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::access(c.as_ptr(), libc::W_OK) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EROFS)
+    );
+    assert_eq!(unsafe { libc::access(c.as_ptr(), libc::R_OK) }, 0);
+}
+
+#[test]
+fn replaced_and_removed_files_with_invalidation() {
+    let mut m = Mirror::new();
+    let old = binary(200_000);
+    let new: Vec<u8> = b"the new version, shorter".to_vec();
+    m.put(&[
+        ("d/f.bin", &old),
+        ("d/keep.txt", b"keep"),
+        ("d/gone.txt", b"bye"),
+    ]);
+    let mp = tempfile::tempdir().unwrap();
+    let mnt = m.mount_at(mp.path());
+    let sink = mnt.h().sink();
+    let f = mp.path().join("d/f.bin");
+
+    // Warm every kernel cache: attributes, entries, listing, data.
+    assert_eq!(std::fs::read(&f).unwrap(), old);
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), old.len() as u64);
+    assert_eq!(std::fs::read_dir(mp.path().join("d")).unwrap().count(), 3);
+    let ino = std::fs::metadata(&f).unwrap().ino();
+    assert!(std::fs::metadata(mp.path().join("d/later.txt")).is_err()); // negative dentry
+
+    // A reader opens the old version and reads part of it.
+    let mut held = std::fs::File::open(&f).unwrap();
+    let mut head = vec![0; 1000];
+    held.read_exact(&mut head).unwrap();
+    assert_eq!(head, old[..1000]);
+
+    // The sync replaces it (same inode, generation + 1) and adds a file.
+    let mut changes = m.put(&[("d/f.bin", &new)]);
+    changes.extend(m.put(&[("d/later.txt", b"later")]));
+    sink.changed(&changes);
+
+    // Fresh opens see the new version; the same path, read again.
+    assert_eq!(std::fs::read(&f).unwrap(), new);
+    assert_eq!(run("cat", &[f.to_str().unwrap()]).as_bytes(), &new[..]);
+    let md = std::fs::metadata(&f).unwrap();
+    assert_eq!((md.ino(), md.len()), (ino, new.len() as u64));
+    assert_eq!(
+        std::fs::read(mp.path().join("d/later.txt")).unwrap(),
+        b"later"
+    );
+    assert_eq!(std::fs::read_dir(mp.path().join("d")).unwrap().count(), 4);
+
+    // The old handle still reads the old version to its end.
+    let mut rest = Vec::new();
+    held.read_to_end(&mut rest).unwrap();
+    assert!(rest == old[1000..], "old handle must keep its version");
+    drop(held);
+    assert_eq!(std::fs::read(&f).unwrap(), new);
+    // RELEASE reaches the daemon asynchronously after close.
+    let t = std::time::Instant::now();
+    while mnt.h().fs().open_files() != 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(mnt.h().fs().open_files(), 0);
+
+    // A removal disappears from lookups and listings.
+    let changes = m.remove("d/gone.txt");
+    sink.changed(&changes);
+    assert_eq!(
+        std::fs::metadata(mp.path().join("d/gone.txt"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOENT)
+    );
+    let names: BTreeSet<String> = std::fs::read_dir(mp.path().join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["f.bin", "keep.txt", "later.txt"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    // Invalidating an inode the kernel never saw is quiet.
+    sink.changed(&[Change {
+        ino: 999_999,
+        parent: 999_998,
+        name: "x".into(),
+        removed: false,
+    }]);
+    mnt.unmount();
+    // After unmount the sink is harmless.
+    sink.changed(&changes);
+}
+
+#[test]
+fn inodes_stable_across_remount() {
+    let mut m = Mirror::new();
+    m.put(&[("a/b/c.txt", b"c"), ("a/d.txt", b"d"), ("e.txt", b"e")]);
+    let mp = tempfile::tempdir().unwrap();
+    let paths = ["a", "a/b", "a/b/c.txt", "a/d.txt", "e.txt"];
+    let inos = |mp: &Path| -> Vec<u64> {
+        paths
+            .iter()
+            .map(|p| std::fs::metadata(mp.join(p)).unwrap().ino())
+            .collect()
+    };
+    let mnt = m.mount_at(mp.path());
+    let first = inos(mp.path());
+    mnt.unmount();
+    let mnt = m.mount_at(mp.path());
+    assert_eq!(inos(mp.path()), first);
+    assert_eq!(first[2], m.st.file("a/b/c.txt").unwrap().ino);
+    drop(mnt);
+}
+
+/// Not a test on its own: the child process of `stale_mount_is_detached_by_next_mount`, which mounts and
+/// then gets killed with SIGKILL, leaving a dead mount behind.
+#[test]
+fn helper_child_mount() {
+    let (Ok(db), Ok(root), Ok(mp)) = (
+        std::env::var("MOUNTD_TEST_CHILD_DB"),
+        std::env::var("MOUNTD_TEST_CHILD_ROOT"),
+        std::env::var("MOUNTD_TEST_CHILD_MP"),
+    ) else {
+        return;
+    };
+    let st = State::open(Path::new(&db), &identity(Path::new(&root))).unwrap();
+    let h = mount(Path::new(&mp), &st, Path::new(&root), opts()).unwrap();
+    println!("CHILD-READY");
+    std::thread::sleep(Duration::from_secs(120));
+    drop(h);
+}
+
+struct KillOnDrop(std::process::Child, PathBuf);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        if let Ok(c) = std::ffi::CString::new(self.1.to_str().unwrap()) {
+            let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap_or_default()
+                .contains(self.1.to_str().unwrap());
+            if mounted {
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+#[test]
+fn stale_mount_is_detached_by_next_mount() {
+    let mut m = Mirror::new();
+    m.put(&[("s.txt", b"served")]);
+    let mp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["helper_child_mount", "--exact", "--nocapture"])
+        .env("MOUNTD_TEST_CHILD_DB", m.db_path())
+        .env("MOUNTD_TEST_CHILD_ROOT", m.store.root())
+        .env("MOUNTD_TEST_CHILD_MP", mp.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut guard = KillOnDrop(child, mp.path().to_path_buf());
+    let mut ready = false;
+    for line in std::io::BufReader::new(stdout).lines() {
+        if line.unwrap().contains("CHILD-READY") {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "child did not mount");
+    assert_eq!(std::fs::read(mp.path().join("s.txt")).unwrap(), b"served");
+    // Kill the daemon without unmounting: the mount is left dead.
+    guard.0.kill().unwrap();
+    guard.0.wait().unwrap();
+    // (Cached attributes may still answer stat; opening needs the dead daemon.)
+    let e = std::fs::File::open(mp.path().join("s.txt")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+
+    let mnt = m.mount_at(mp.path());
+    assert_eq!(std::fs::read(mp.path().join("s.txt")).unwrap(), b"served");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert_eq!(
+        info.lines()
+            .filter(|l| l.contains(mp.path().to_str().unwrap()))
+            .count(),
+        1,
+        "the dead mount must be gone: {info}"
+    );
+    // A second mount on a live mountd mount replaces it too (and the first handle unmounts quietly).
+    let mnt2 = m.mount_at(mp.path());
+    assert_eq!(std::fs::read(mp.path().join("s.txt")).unwrap(), b"served");
+    assert!(!mnt.h().is_alive(), "the first mount was detached");
+    assert!(mnt2.h().is_alive());
+    drop(mnt); // must not unmount the new mount that took its place
+    assert_eq!(std::fs::read(mp.path().join("s.txt")).unwrap(), b"served");
+    mnt2.unmount();
+}
+
+#[test]
+fn unmount_with_open_file_does_not_hang() {
+    let mut m = Mirror::new();
+    m.put(&[("busy.txt", b"busy")]);
+    let mp = tempfile::tempdir().unwrap();
+    let mnt = m.mount_at(mp.path());
+    let mut held = std::fs::File::open(mp.path().join("busy.txt")).unwrap();
+    let t = std::time::Instant::now();
+    mnt.unmount();
+    // Busy: detached lazily, then at most two join timeouts (5 s each).
+    assert!(t.elapsed() < Duration::from_secs(11), "{:?}", t.elapsed());
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(mp.path().to_str().unwrap()));
+    // The held file either still reads (fusectl absent: the session serves it until closed) or fails
+    // cleanly (connection aborted); it never hangs.
+    let mut buf = Vec::new();
+    match held.read_to_end(&mut buf) {
+        Ok(_) => assert_eq!(buf, b"busy"),
+        Err(e) => assert!(
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTCONN) | Some(libc::ECONNABORTED) | Some(libc::EIO)
+            ),
+            "{e}"
+        ),
+    }
+}
