@@ -104,7 +104,8 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
     // 1. Bootstrap (or catch up) until complete; the mount is not served before that.
     notify(&[sd_notify::NotifyState::Status("bootstrapping")]);
     let mut failures = 0u32;
-    loop {
+    // A complete mirror is served at once (even if the server is down); catch-up happens in the loop.
+    while !s.engine.state.is_complete() {
         let r = tokio::select! {
             r = app::attempt(s) => r,
             _ = term.recv() => return shutdown(None, "SIGTERM during bootstrap"),

@@ -50,7 +50,7 @@ impl RateGate {
     pub fn close_for(&self, d: Duration) {
         let t = Instant::now() + d;
         let mut g = self.until.lock().unwrap();
-        if g.map_or(true, |old| old < t) {
+        if g.is_none_or(|old| old < t) {
             *g = Some(t);
         }
     }

@@ -95,6 +95,22 @@ impl Harness {
         self.remote.set_faults(f);
     }
 
+    /// The service (no `--once`) with this harness's remote and mirror.
+    pub fn service_cmd(&self) -> Command {
+        let once = self.cmd();
+        let mut c = Command::new(once.get_program());
+        c.args(once.get_args().filter(|a| *a != "--once"));
+        for (k, v) in once.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c.env("RELAYFILE_MOUNT_INTERVAL", "300ms")
+            .stdin(Stdio::null());
+        c
+    }
+
     /// `mountd --once` with this harness's remote, mirror and short test timeouts.
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_mountd"));
@@ -177,6 +193,13 @@ impl Harness {
         }
     }
 
+    /// True once the state DB exists and says the bootstrap completed (false while it is being created).
+    pub fn is_complete(&self) -> bool {
+        mountd::state::State::open_existing(&self.state_db())
+            .map(|s| s.is_complete())
+            .unwrap_or(false)
+    }
+
     pub fn mtime(&self) -> Option<std::time::SystemTime> {
         std::fs::metadata(self.state_file())
             .ok()
@@ -256,4 +279,11 @@ pub fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
         }
     }
     out
+}
+
+/// True when `path` is a mount point (its device differs from its parent's).
+pub fn is_mounted(path: &Path) -> bool {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let p = path.to_string_lossy();
+    mi.lines().any(|l| l.split(' ').nth(4) == Some(&p))
 }

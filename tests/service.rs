@@ -1,0 +1,286 @@
+//! The long-running service against the reference remote: a real FUSE mount kept in sync from the
+//! events feed, restarts, signals, and the plain-directory mode.
+mod common;
+use common::*;
+use mountd::refremote::Faults;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+struct Service {
+    child: Option<Child>,
+    mnt: PathBuf,
+}
+
+impl Service {
+    fn start(h: &Harness, mnt: &Path, extra: &[&str]) -> Service {
+        std::fs::create_dir_all(mnt).unwrap();
+        let mut c = h.service_cmd();
+        c.arg("--mountpoint")
+            .arg(mnt)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        Service {
+            child: Some(c.spawn().expect("service starts")),
+            mnt: mnt.to_path_buf(),
+        }
+    }
+
+    fn wait_mounted(&self) {
+        wait_for("the mount", Duration::from_secs(60), || {
+            is_mounted(&self.mnt)
+        });
+    }
+
+    /// SIGTERM and wait: returns the exit code.
+    fn stop(&mut self) -> i32 {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "service did not stop within 30s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if is_mounted(&self.mnt) {
+            let p = std::ffi::CString::new(self.mnt.to_string_lossy().as_bytes()).unwrap();
+            unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+fn read_until(path: &Path, want: &[u8]) {
+    let start = Instant::now();
+    loop {
+        if std::fs::read(path).ok().as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} never showed the expected bytes",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn gone_until(path: &Path) {
+    wait_for(
+        &format!("{} to disappear", path.display()),
+        Duration::from_secs(30),
+        || std::fs::symlink_metadata(path).is_err(),
+    );
+}
+
+#[test]
+fn mount_serves_the_mirror_exactly_including_a_5000_entry_directory() {
+    let mut h = Harness::with_page_size(97);
+    h.sample_tree(20);
+    for i in 0..5000 {
+        h.put(&format!("/big/e{i:05}"), format!("{i}").as_bytes());
+    }
+    let r = h.run(&[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let mnt = h.tmp.path().join("mnt");
+    let mut svc = Service::start(&h, &mnt, &[]);
+    svc.wait_mounted();
+    let through = read_tree(&mnt);
+    assert_eq!(through.len(), h.expected.len());
+    for (k, v) in &h.expected {
+        assert!(
+            through.get(k.trim_start_matches('/')) == Some(v),
+            "{k} differs through the mount"
+        );
+    }
+    let mut names: Vec<_> = std::fs::read_dir(mnt.join("big"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 5000);
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 5000, "every entry exactly once");
+    // Read-only.
+    let err = std::fs::write(mnt.join("README.md"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    let err = std::fs::create_dir(mnt.join("newdir")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    for tool in [
+        vec!["find", "."],
+        vec!["ls", "-lR"],
+        vec!["du", "-s"],
+        vec!["grep", "-r", "deep", "."],
+    ] {
+        let st = std::process::Command::new(tool[0])
+            .args(&tool[1..])
+            .current_dir(&mnt)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "{tool:?}");
+    }
+    assert_eq!(svc.stop(), 0);
+    assert!(!is_mounted(&mnt), "unmounted on SIGTERM");
+}
+
+#[test]
+fn not_served_before_the_bootstrap_completes() {
+    let mut h = Harness::with_page_size(2);
+    h.sample_tree(4);
+    h.set_faults(Faults {
+        tree_hang_after: Some(1),
+        ..Default::default()
+    });
+    let mnt = h.tmp.path().join("mnt");
+    let svc = Service::start(
+        &h,
+        &mnt,
+        &[
+            "--no-export",
+            "--bootstrap-idle-timeout",
+            "2s",
+            "--read-timeout",
+            "1s",
+            "--stall-limit",
+            "100",
+        ],
+    );
+    wait_for("the hanging page", Duration::from_secs(30), || {
+        h.remote.counts().tree >= 2
+    });
+    assert!(!is_mounted(&mnt), "a half-done mirror must not be served");
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
+    h.set_faults(Faults::default());
+    svc.wait_mounted();
+    assert_eq!(read_tree(&mnt).len(), h.expected.len());
+}
+
+#[test]
+fn remote_changes_show_up_through_the_mount_without_remount() {
+    let mut h = Harness::new();
+    h.sample_tree(5);
+    let mnt = h.tmp.path().join("mnt");
+    let svc = Service::start(&h, &mnt, &["--metadata-ttl", "1h"]);
+    svc.wait_mounted();
+    let readme = mnt.join("README.md");
+    assert_eq!(std::fs::read(&readme).unwrap(), b"# sample\n");
+    let ino_before = std::fs::metadata(&readme).unwrap().ino();
+    // An open file keeps its version across the update.
+    let mut old = std::fs::File::open(&readme).unwrap();
+    h.put("/README.md", b"# updated on the remote\n");
+    h.put("/brand/new/dir/file.txt", b"new dir\n");
+    h.put("/bin/new.bin", &[0, 159, 146, 150, 255]);
+    h.delete("/empty.txt");
+    read_until(&readme, b"# updated on the remote\n");
+    read_until(&mnt.join("brand/new/dir/file.txt"), b"new dir\n");
+    read_until(&mnt.join("bin/new.bin"), &[0, 159, 146, 150, 255]);
+    gone_until(&mnt.join("empty.txt"));
+    assert_eq!(
+        std::fs::metadata(&readme).unwrap().ino(),
+        ino_before,
+        "same inode after an update"
+    );
+    let mut s = Vec::new();
+    use std::io::Read;
+    old.read_to_end(&mut s).unwrap();
+    assert_eq!(s, b"# sample\n", "the open file kept the version it opened");
+    assert_eq!(std::fs::metadata(mnt.join("README.md")).unwrap().len(), 24);
+    let names: Vec<_> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(!names.iter().any(|n| n == "empty.txt"));
+    assert!(names.iter().any(|n| n == "brand"));
+    h.assert_mirror_exact();
+}
+
+#[test]
+fn restart_keeps_inodes_and_applies_events_written_while_down() {
+    let mut h = Harness::new();
+    h.sample_tree(5);
+    let mnt = h.tmp.path().join("mnt");
+    let mut svc = Service::start(&h, &mnt, &[]);
+    svc.wait_mounted();
+    let ino = |p: &str| std::fs::metadata(mnt.join(p)).unwrap().ino();
+    let before = (ino("README.md"), ino("bin/blob.bin"), ino("docs"));
+    h.put("/while-up.txt", b"up\n");
+    read_until(&mnt.join("while-up.txt"), b"up\n");
+    assert_eq!(svc.stop(), 0);
+    assert!(!is_mounted(&mnt));
+    let cursor = h.state().events_cursor();
+    assert!(cursor.is_some());
+    // Written while the daemon is down.
+    h.put("/while-down.txt", b"down\n");
+    h.delete("/while-up.txt");
+    h.remote.reset_counts();
+    let svc = Service::start(&h, &mnt, &[]);
+    svc.wait_mounted();
+    read_until(&mnt.join("while-down.txt"), b"down\n");
+    gone_until(&mnt.join("while-up.txt"));
+    assert_eq!(
+        (ino("README.md"), ino("bin/blob.bin"), ino("docs")),
+        before,
+        "inodes stable across restarts"
+    );
+    let c = h.remote.counts();
+    assert_eq!(c.export + c.tree, 0, "no re-bootstrap after a restart");
+    assert_eq!(c.file_paths.get("/README.md"), None, "nothing re-applied");
+    drop(svc);
+}
+
+#[test]
+fn no_fuse_mode_keeps_the_directory_in_sync() {
+    let mut h = Harness::new();
+    h.sample_tree(3);
+    let mut c = h.service_cmd();
+    c.arg("--no-fuse")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let mut child = c.spawn().unwrap();
+    wait_for("bootstrap", Duration::from_secs(30), || h.is_complete());
+    h.put("/docs/d0/added.txt", b"added\n");
+    h.delete("/README.md");
+    read_until(&h.local().join("docs/d0/added.txt"), b"added\n");
+    gone_until(&h.local().join("README.md"));
+    h.assert_mirror_exact();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(0));
+}
+
+#[test]
+fn second_instance_on_the_same_mirror_is_refused() {
+    let mut h = Harness::new();
+    h.put("/a.txt", b"a");
+    let mut c = h.service_cmd();
+    c.arg("--no-fuse")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut first = c.spawn().unwrap();
+    wait_for("bootstrap", Duration::from_secs(30), || h.is_complete());
+    let r = h.run(&[]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("another mountd is already running"),
+        "{}",
+        r.all()
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+}
