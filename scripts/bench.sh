@@ -6,25 +6,32 @@
 #   resume        a tree pull killed with SIGKILL part-way, then the `--once` that finishes it
 # Each reports wall time, peak RSS, entries/s and the remote's request counts. Results are printed
 # as a table and written as JSON lines {"name":..., "value":..., "unit":...} to
-# target/bench/results.jsonl (replaced on every run).
+# target/bench/results.jsonl (replaced on every run of bench.sh; every part appends to it).
+# Then the mount benchmarks (scripts/bench-mount.sh, needs root and /dev/fuse): `--once` and service
+# startup on N files + one large file, find/cat/dd/ls -l/du on the mirror vs the FUSE mount (cold and
+# warm), and remote-write-to-visible latency at --interval 1s and 200ms.
 #
 #   scripts/bench.sh [--files N] [--file-size BYTES] [--dirs D]     (default 20000 x 1024 B in 50 dirs)
-#
-# Mount benchmarks (ls/find/du on 100 ... 100k entries, startup until mounted, a 1 GiB file) are not
-# here yet: they come with the mount service.
+#                    [--mount | --no-mount] [--mount-files N] [--big-file-mib M]
+#     --mount: only the mount benchmarks; --no-mount: only the bootstrap ones (default: both)
+#     --mount-files N (default 100000, 1000 per dir), --big-file-mib M (default 1024; 0 = none)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 files=20000 file_size=1024 dirs=50
+run_bootstrap=1 run_mount=1 mount_args=()
 while (($#)); do
     case $1 in
     --files) files=$2; shift 2 ;;
     --file-size) file_size=$2; shift 2 ;;
     --dirs) dirs=$2; shift 2 ;;
+    --mount) run_bootstrap=0 run_mount=1; shift ;;
+    --no-mount) run_mount=0; shift ;;
+    --mount-files | --big-file-mib) mount_args+=("$1" "$2"); shift 2 ;;
     -h | --help)
-        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -33,6 +40,10 @@ while (($#)); do
         ;;
     esac
 done
+[[ $run_bootstrap == 1 || $run_mount == 1 ]] || {
+    echo "bench.sh: --mount and --no-mount together leave nothing to run" >&2
+    exit 2
+}
 for v in "$files" "$file_size" "$dirs"; do
     [[ $v =~ ^[1-9][0-9]*$ ]] || {
         echo "bench.sh: --files, --file-size and --dirs take positive integers" >&2
@@ -65,6 +76,10 @@ OUT_DIR=$ROOT/target/bench
 RESULTS=$OUT_DIR/results.jsonl
 mkdir -p "$OUT_DIR"
 : >"$RESULTS"
+
+if [[ $run_bootstrap == 0 ]]; then
+    exec "$ROOT/scripts/bench-mount.sh" --no-build "${mount_args[@]}"
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mountd-bench.XXXXXX")
 remote_pid='' run_pid=''
@@ -222,3 +237,13 @@ printf '\n%s\n' "$resume_note"
 printf 'entries/s: all files / wall time (resume: files fetched by the resumed run / its wall time)\n'
 printf 'tree, file, export, events: requests on each route during the run\n'
 printf 'results: %s\n' "${RESULTS#"$ROOT"/}"
+
+# ---------------------------------------------------------------------------------------------------
+if [[ $run_mount == 1 ]]; then
+    # Free the bootstrap remote and mirrors first, then hand over (the mount script has its own cleanup).
+    trap - EXIT INT TERM
+    if kill -TERM "$remote_pid" 2>/dev/null; then wait "$remote_pid" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+    printf '\n' >&2
+    exec "$ROOT/scripts/bench-mount.sh" --no-build "${mount_args[@]}"
+fi

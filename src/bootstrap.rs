@@ -25,8 +25,17 @@ impl PathUsed {
 
 /// Deletions below this count never trip the mass-deletion guard.
 const MASS_DELETE_MIN: u64 = 20;
-/// Records committed at least this often inside a large page or export.
+/// Inside a large page or the export, records are committed once this many are pending and
+/// [`INTRA_PAGE_EVERY`] has passed since the last commit (or at [`INTRA_PAGE_MAX`] regardless), so a kill
+/// loses little work while the durability barrier (syncfs) stays rare.
 const INTRA_PAGE_RECORDS: usize = 256;
+const INTRA_PAGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const INTRA_PAGE_MAX: usize = 4096;
+
+fn intra_commit_due(pending: usize, last: std::time::Instant) -> bool {
+    pending >= INTRA_PAGE_MAX
+        || (pending >= INTRA_PAGE_RECORDS && last.elapsed() >= INTRA_PAGE_EVERY)
+}
 
 enum ExportOutcome {
     Complete,
@@ -143,9 +152,11 @@ impl Engine {
             Ok(Err(e)) => return Err(e.into()),
             Ok(Ok(r)) => r,
         };
-        let mut rx = stream_entries(resp, cid);
+        let (root, store) = (self.cfg.remote_root.clone(), self.store.clone());
+        let mut rx = stream_entries(resp, cid, move |obj| apply_export_entry(&root, &store, obj));
         let mut pending = Pending::default();
         let mut applied: u64 = 0;
+        let mut last_commit = std::time::Instant::now();
         let outcome = loop {
             let item = match tokio::time::timeout(sub, rx.recv()).await {
                 Err(_) => break Some(format!("no export entry arrived within the export timeout ({}) after {applied} entries", humantime::format_duration(sub))),
@@ -153,11 +164,25 @@ impl Engine {
                 Ok(Some(i)) => i,
             };
             match item {
-                ExportItem::Entry(obj) => {
+                ExportItem::Entry(done) => {
                     applied += 1;
-                    self.apply_export_entry(obj, &mut pending).await;
-                    if pending.files.len() + pending.quarantine.len() >= INTRA_PAGE_RECORDS {
+                    match done {
+                        Applied::Ok { remote, rel, meta } => {
+                            self.progress.file_done(&remote, meta.size);
+                            pending.cleared.push(remote);
+                            pending.files.push((rel, meta));
+                        }
+                        Applied::Failed {
+                            remote,
+                            rel,
+                            reason,
+                            permanent,
+                        } => self.note_failure(&mut pending, rel, remote, reason, permanent),
+                    }
+                    if intra_commit_due(pending.files.len() + pending.quarantine.len(), last_commit)
+                    {
                         self.commit(&mut pending, ck.snapshot, None, &[])?;
+                        last_commit = std::time::Instant::now();
                     }
                 }
                 ExportItem::End(Ok(_)) => break None,
@@ -175,58 +200,6 @@ impl Engine {
             return Ok(ExportOutcome::FallThrough(format!("export returned {applied} files, less than half of the {tracked_before} tracked; not trusting it")));
         }
         Ok(ExportOutcome::Complete)
-    }
-
-    async fn apply_export_entry(&mut self, obj: crate::remote::types::FileObject, p: &mut Pending) {
-        let rel = match paths::to_local(&self.cfg.remote_root, &obj.path) {
-            Ok(r) => r,
-            Err(why) => {
-                return self.note_failure(
-                    p,
-                    None,
-                    obj.path.clone(),
-                    format!("skipped hostile path: {why}"),
-                    true,
-                )
-            }
-        };
-        let remote = obj.path.clone();
-        let store = self.store.clone();
-        let known = self.state.file(&rel).filter(|r| r.kind == KIND_FILE);
-        let r2 = rel.clone();
-        let res = tokio::task::spawn_blocking(move || -> Result<FileMeta, String> {
-            let (bytes, hash) = obj.decode_verified()?;
-            let same = match known {
-                Some(k) if k.content_hash.as_deref() == Some(hash.as_str()) => {
-                    store.file_size(&r2) == Some(bytes.len() as u64)
-                }
-                _ => {
-                    store.file_size(&r2) == Some(bytes.len() as u64)
-                        && store.matches_hash(&r2, &hash)
-                }
-            };
-            if !same {
-                store
-                    .write_atomic(&r2, &bytes)
-                    .map_err(|e| format!("cannot write locally: {e}"))?;
-            }
-            Ok(FileMeta {
-                size: bytes.len() as u64,
-                revision: obj.revision,
-                content_hash: Some(hash),
-                content_type: obj.content_type,
-            })
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("worker failed: {e}")));
-        match res {
-            Ok(meta) => {
-                self.progress.file_done(&remote, meta.size);
-                p.cleared.push(remote);
-                p.files.push((rel, meta));
-            }
-            Err(reason) => self.note_failure(p, Some(rel), remote, reason, false),
-        }
     }
 
     /// Breadth-first, page by page, resumable from the persisted queue and cursor.
@@ -322,6 +295,7 @@ impl Engine {
                 })
                 .buffer_unordered(self.cfg.concurrency);
             let mut fatal = None;
+            let mut last_commit = std::time::Instant::now();
             while let Some(r) = results.next().await {
                 match r {
                     Ok(Fetched::Ok(rel, meta)) => {
@@ -340,7 +314,8 @@ impl Engine {
                         break;
                     }
                 }
-                if p.files.len() >= INTRA_PAGE_RECORDS {
+                if intra_commit_due(p.files.len(), last_commit) {
+                    last_commit = std::time::Instant::now();
                     // Intra-page checkpoint: records only, the cursor still points at this page's start.
                     let mut part = Pending {
                         files: std::mem::take(&mut p.files),
@@ -421,5 +396,72 @@ impl Engine {
         extra.push(("last_sync_at", now.as_str()));
         self.commit(&mut p, ck.snapshot, None, &extra)?;
         Ok(())
+    }
+}
+
+/// One export entry as applied on the parser thread.
+enum Applied {
+    Ok {
+        remote: String,
+        rel: String,
+        meta: FileMeta,
+    },
+    Failed {
+        remote: String,
+        rel: Option<String>,
+        reason: String,
+        permanent: bool,
+    },
+}
+
+/// Map, decode, verify and (unless the local bytes already match) write one export entry.
+fn apply_export_entry(
+    root: &str,
+    store: &crate::store::LocalStore,
+    obj: crate::remote::types::FileObject,
+) -> Applied {
+    let rel = match paths::to_local(root, &obj.path) {
+        Ok(r) => r,
+        Err(why) => {
+            return Applied::Failed {
+                remote: obj.path,
+                rel: None,
+                reason: format!("skipped hostile path: {why}"),
+                permanent: true,
+            }
+        }
+    };
+    let (bytes, hash) = match obj.decode_verified() {
+        Ok(v) => v,
+        Err(reason) => {
+            return Applied::Failed {
+                remote: obj.path,
+                rel: Some(rel),
+                reason,
+                permanent: false,
+            }
+        }
+    };
+    let same = store.file_size(&rel) == Some(bytes.len() as u64) && store.matches_hash(&rel, &hash);
+    if !same {
+        if let Err(e) = store.write_atomic(&rel, &bytes) {
+            return Applied::Failed {
+                remote: obj.path,
+                rel: Some(rel),
+                reason: format!("cannot write locally: {e}"),
+                permanent: false,
+            };
+        }
+    }
+    let meta = FileMeta {
+        size: bytes.len() as u64,
+        revision: obj.revision,
+        content_hash: Some(hash),
+        content_type: obj.content_type,
+    };
+    Applied::Ok {
+        remote: obj.path,
+        rel,
+        meta,
     }
 }

@@ -111,6 +111,17 @@ impl FuseAdapter {
     }
 }
 
+/// Run one file system call and record its latency and outcome in the metrics.
+fn timed<T>(
+    op: &str,
+    f: impl FnOnce() -> Result<T, crate::fs::Errno>,
+) -> Result<T, crate::fs::Errno> {
+    let start = std::time::Instant::now();
+    let r = f();
+    crate::metrics::Metrics::global().observe_fuse(op, start.elapsed(), r.is_ok());
+    r
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         for cap in [
@@ -126,14 +137,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name) {
+        match timed("lookup", || self.fs.lookup(parent.0, name)) {
             Ok(a) => reply.entry_with_ttls(&self.ttl, &self.ttl, &file_attr(&a), FUSE_GENERATION),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
+        match timed("getattr", || self.fs.getattr(ino.0)) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -147,7 +158,7 @@ impl Filesystem for FuseAdapter {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
-        match self.fs.open(ino.0) {
+        match timed("open", || self.fs.open(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
             Err(e) => reply.error(errno(e)),
         }
@@ -164,7 +175,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
+        match timed("read", || self.fs.read(fh.0, offset, size)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
         }
@@ -229,7 +240,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let mut off = offset;
         loop {
-            let page = match self.fs.readdir(fh.0, off, READDIR_CHUNK) {
+            let page = match timed("readdir", || self.fs.readdir(fh.0, off, READDIR_CHUNK)) {
                 Ok(p) => p,
                 Err(e) => return reply.error(errno(e)),
             };
@@ -256,7 +267,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let mut off = offset;
         loop {
-            let page = match self.fs.readdir(fh.0, off, READDIR_CHUNK) {
+            let page = match timed("readdir", || self.fs.readdir(fh.0, off, READDIR_CHUNK)) {
                 Ok(p) => p,
                 Err(e) => return reply.error(errno(e)),
             };
@@ -305,7 +316,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let s = self.fs.statfs();
+        let s = timed("statfs", || Ok(self.fs.statfs())).expect("statfs cannot fail");
         reply.statfs(
             s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
         );

@@ -284,3 +284,85 @@ fn second_instance_on_the_same_mirror_is_refused() {
     let _ = first.kill();
     let _ = first.wait();
 }
+
+#[test]
+fn sigterm_during_a_sync_pass_unmounts_persists_and_resumes() {
+    let mut h = Harness::new();
+    h.sample_tree(3);
+    let mnt = h.tmp.path().join("mnt");
+    let mut svc = Service::start(&h, &mnt, &[]);
+    svc.wait_mounted();
+    let cursor_before = h.state().events_cursor();
+    // A slow file read keeps the next pass in flight.
+    h.set_faults(Faults {
+        file_delay_ms: 60_000,
+        ..Default::default()
+    });
+    h.put("/slow/one.txt", b"one\n");
+    h.put("/slow/two.txt", b"two\n");
+    wait_for(
+        "the pass to start fetching",
+        Duration::from_secs(30),
+        || h.remote.counts().file >= 1,
+    );
+    let start = Instant::now();
+    assert_eq!(svc.stop(), 0, "clean exit on SIGTERM");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "stopped within a bounded time: {:?}",
+        start.elapsed()
+    );
+    assert!(!is_mounted(&mnt), "unmounted");
+    // The in-flight page was abandoned, not half-applied: the cursor did not move past it.
+    assert_eq!(h.state().events_cursor(), cursor_before);
+    h.set_faults(Faults::default());
+    h.put("/slow/three.txt", b"three\n");
+    let svc = Service::start(&h, &mnt, &[]);
+    svc.wait_mounted();
+    read_until(&mnt.join("slow/one.txt"), b"one\n");
+    read_until(&mnt.join("slow/two.txt"), b"two\n");
+    read_until(&mnt.join("slow/three.txt"), b"three\n");
+    h.assert_mirror_exact();
+    drop(svc);
+}
+
+#[test]
+fn metrics_endpoint_serves_prometheus_text() {
+    let mut h = Harness::new();
+    h.sample_tree(2);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mnt = h.tmp.path().join("mnt");
+    let svc = Service::start(&h, &mnt, &["--metrics-addr", &format!("127.0.0.1:{port}")]);
+    svc.wait_mounted();
+    std::fs::read(mnt.join("README.md")).unwrap();
+    h.put("/m.txt", b"m");
+    read_until(&mnt.join("m.txt"), b"m");
+    let body = h.rt.block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(body.contains("mountd_sync_passes_total"), "{body}");
+    let passes: f64 = body
+        .lines()
+        .find(|l| l.starts_with("mountd_sync_passes_total "))
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(passes >= 1.0);
+    assert!(
+        body.contains("mountd_fuse_request_latency_seconds_bucket{op=\"read\""),
+        "{body}"
+    );
+    drop(svc);
+}

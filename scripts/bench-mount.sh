@@ -1,0 +1,415 @@
+#!/usr/bin/env bash
+# Mount benchmarks of the release build against the reference remote on loopback (run by
+# `scripts/bench.sh` unless --no-mount, or alone with `scripts/bench.sh --mount`):
+#   seed        N generated files of 1 KiB (1000 per directory, /dNNN/fNNNNNNN.txt) plus one M MiB
+#               random binary file /big/large.bin, served by mountd-remote
+#   once        `mountd --once` into DIR: wall time and peak RSS
+#   startup     the service (`--mountpoint MNT --interval 1s`) from launch until MNT is mounted
+#   reads       find | wc -l, cat of every file, dd of the large file, ls -l of a 1000-entry dir and
+#               du -s, each on X=DIR (the plain mirror) and X=MNT (the FUSE view): cold (page cache
+#               dropped before every run) and warm; median times and the ratio MNT/DIR
+#   latency     a PUT on the remote until `cat MNT/path` shows it (10 ms polls), at --interval 1s and
+#               200ms: p50/p90/max
+# Results are appended as JSON lines {"name":..., "value":..., "unit":...} to
+# target/bench/results.jsonl and printed as a table.
+#
+#   scripts/bench-mount.sh [--mount-files N] [--big-file-mib M] [--latency-samples K] [--no-build]
+#     defaults: 100000 files, 1024 MiB, 10 samples per interval; --big-file-mib 0 skips the large file
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+n_files=100000 big_mib=1024 samples=10 build=1
+while (($#)); do
+    case $1 in
+    --mount-files) n_files=$2; shift 2 ;;
+    --big-file-mib) big_mib=$2; shift 2 ;;
+    --latency-samples) samples=$2; shift 2 ;;
+    --no-build) build=0; shift ;;
+    -h | --help)
+        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "bench-mount.sh: unknown argument $1 (try --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+[[ $n_files =~ ^[1-9][0-9]*$ && $samples =~ ^[1-9][0-9]*$ && $big_mib =~ ^[0-9]+$ ]] || {
+    echo "bench-mount.sh: --mount-files and --latency-samples take positive integers, --big-file-mib a non-negative one" >&2
+    exit 2
+}
+say() { echo "bench-mount.sh: $*" >&2; }
+
+[[ $(id -u) -eq 0 && -c /dev/fuse ]] || {
+    say "the mount benchmark needs root and /dev/fuse"
+    exit 1
+}
+for tool in curl mountpoint; do
+    command -v "$tool" >/dev/null || {
+        say "$tool is needed"
+        exit 1
+    }
+done
+[[ -x /usr/bin/time ]] || {
+    say "/usr/bin/time (GNU time) is needed for peak RSS: apt-get install time"
+    exit 1
+}
+if ! command -v hyperfine >/dev/null && command -v apt-get >/dev/null; then
+    say "installing hyperfine (best effort)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null 2>&1 || true
+fi
+HYPERFINE=''
+if command -v hyperfine >/dev/null && { command -v jq >/dev/null || command -v python3 >/dev/null; }; then
+    HYPERFINE=$(command -v hyperfine)
+else
+    say "no hyperfine (or no jq/python3 to read its JSON): timing with \$EPOCHREALTIME, median of the runs"
+fi
+json_median() { # json_median FILE: median of a hyperfine --export-json file
+    if command -v jq >/dev/null; then
+        jq -r '.results[0].median' "$1"
+    else
+        python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][0]["median"])' "$1"
+    fi
+}
+
+if [[ $build == 1 ]]; then
+    say "building the release binaries"
+    cargo build --release --bins --quiet
+fi
+MOUNTD=$ROOT/target/release/mountd
+REMOTE=$ROOT/target/release/mountd-remote
+OUT_DIR=$ROOT/target/bench
+RESULTS=$OUT_DIR/results.jsonl
+mkdir -p "$OUT_DIR"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/mountd-bench-mount.XXXXXX")
+SEED=$WORK/seed DIR=$WORK/mirror MNT=$WORK/mnt TOKEN=$WORK/token
+remote_pid='' service_pid=''
+
+is_mounted() { mountpoint -q "$MNT" 2>/dev/null || grep -qs " $MNT fuse" /proc/mounts; }
+
+stop_pid() { # stop_pid PID NAME SECONDS: SIGTERM, wait, then SIGKILL
+    local pid=$1 name=$2 secs=$3
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq $((secs * 10))); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        say "$name (pid $pid) did not stop within ${secs}s of SIGTERM; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    stop_pid "$service_pid" "mountd service" 30
+    stop_pid "$remote_pid" "mountd-remote" 10
+    if is_mounted; then
+        say "$MNT is still mounted; detaching it (umount -l)"
+        umount -l "$MNT" 2>/dev/null || fusermount3 -uz "$MNT" 2>/dev/null
+    fi
+    if is_mounted; then
+        say "not removing $WORK: $MNT is still mounted"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+emit() { # emit NAME VALUE UNIT
+    printf '{"name":"%s","value":%s,"unit":"%s"}\n' "$1" "$2" "$3" >>"$RESULTS"
+}
+fmt() { awk -v v="$1" -v f="$2" 'BEGIN { printf f, v }'; }
+rows=()
+# shellcheck disable=SC2059 # row FORMAT ARGS...: the format is always a literal at the call site
+row() { rows+=("$(printf "$@")"); }
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Seed and remote: the small files are generated by the remote (--generate, 1000 per directory),
+#    the large file is read from the seed dir (--root).
+dirs=$(((n_files + 999) / 1000))
+mkdir -p "$SEED" "$MNT"
+if ((big_mib > 0)); then
+    say "writing a ${big_mib} MiB random file"
+    mkdir -p "$SEED/big"
+    head -c $((big_mib * 1048576)) /dev/urandom >"$SEED/big/large.bin"
+fi
+printf 'bench-token\n' >"$TOKEN"
+AUTH="Authorization: Bearer bench-token"
+say "starting mountd-remote: $n_files files x 1024 B in $dirs dirs + ${big_mib} MiB /big/large.bin"
+t0=$EPOCHREALTIME
+"$REMOTE" --listen 127.0.0.1:0 --token-file "$TOKEN" --root "$SEED" --generate "$n_files" \
+    --file-size 1024 --dirs "$dirs" >"$WORK/remote.out" 2>"$WORK/remote.log" &
+remote_pid=$!
+URL=''
+for _ in $(seq 3000); do # 5 min: seeding a large file base64-encodes and hashes it
+    URL=$(sed -n 's/^listening on \(http[^ ]*\).*/\1/p' "$WORK/remote.out" | head -n1 || true)
+    [[ -n $URL ]] && break
+    kill -0 "$remote_pid" 2>/dev/null || break
+    sleep 0.1
+done
+[[ -n $URL ]] || {
+    say "mountd-remote did not start:"
+    tail -n 20 "$WORK/remote.log" >&2
+    exit 1
+}
+remote_start=$(fmt "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')" '%.2f')
+rm -rf "$SEED" # the remote holds it in memory now
+COMMON=(--base-url "$URL" --workspace bench --token-file "$TOKEN" --local-dir "$DIR")
+
+emit mount.files "$n_files" count
+emit mount.big_file_size "$big_mib" MiB
+emit mount.remote_startup "$remote_start" s
+
+# ---------------------------------------------------------------------------------------------------
+# 2. --once into DIR, then the service.
+say "mountd --once into the mirror"
+rc=0
+/usr/bin/time -f '%e %M' -o "$WORK/once.time" "$MOUNTD" --once "${COMMON[@]}" --progress never \
+    >"$WORK/once.out" 2>"$WORK/once.log" || rc=$?
+if [[ $rc -ne 0 ]]; then
+    say "mountd --once exited $rc:"
+    tail -n 10 "$WORK/once.log" >&2
+    exit 1
+fi
+read -r once_wall once_kb <"$WORK/once.time"
+once_rss=$(awk -v k="$once_kb" 'BEGIN { printf "%.1f", k / 1024 }')
+emit mount.once.wall_time "$once_wall" s
+emit mount.once.peak_rss "$once_rss" MiB
+n_mirror=$(find "$DIR" -path "$DIR/.mountd" -prune -o -type f -print | wc -l)
+expected=$((n_files + (big_mib > 0 ? 1 : 0)))
+[[ $n_mirror -eq $expected ]] || {
+    say "the mirror holds $n_mirror files, expected $expected"
+    exit 1
+}
+
+# start_service INTERVAL: launch the service, wait until MNT is mounted; sets service_pid, startup_s.
+start_service() {
+    local t0 rc=0
+    t0=$EPOCHREALTIME
+    "$MOUNTD" "${COMMON[@]}" --mountpoint "$MNT" --interval "$1" 2>"$WORK/service-$1.log" &
+    service_pid=$!
+    for _ in $(seq 18000); do # 3 min
+        is_mounted && break
+        if ! kill -0 "$service_pid" 2>/dev/null; then
+            wait "$service_pid" 2>/dev/null || rc=$?
+            service_pid=''
+            say "the mount service exited with code $rc before mounting:"
+            tail -n 10 "$WORK/service-$1.log" >&2
+            exit 1
+        fi
+        sleep 0.01
+    done
+    is_mounted || {
+        say "$MNT was not mounted within 3 min"
+        tail -n 10 "$WORK/service-$1.log" >&2
+        exit 1
+    }
+    startup_s=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')
+}
+stop_service() {
+    stop_pid "$service_pid" "mountd service" 60
+    service_pid=''
+    if is_mounted; then
+        say "$MNT still mounted after the service stopped; umount -l"
+        umount -l "$MNT" 2>/dev/null || true
+    fi
+}
+
+say "starting the mount service (--interval 1s)"
+start_service 1s
+startup_1s=$startup_s
+emit mount.startup_to_mounted "$startup_1s" s
+
+# Sanity: both views list the same files, and the large file is identical through the mount.
+n_dir=$(find "$DIR" | wc -l) n_mnt=$(find "$MNT" | wc -l)
+n_mnt_files=$(find "$MNT" -type f | wc -l)
+[[ $n_mnt_files -eq $expected ]] || {
+    say "the mount shows $n_mnt_files files, expected $expected"
+    exit 1
+}
+if ((big_mib > 0)); then
+    cmp "$DIR/big/large.bin" "$MNT/big/large.bin" || {
+        say "big/large.bin differs through the mount"
+        exit 1
+    }
+fi
+ls_entries=$(find "$MNT/d000" -mindepth 1 -maxdepth 1 | wc -l)
+
+# ---------------------------------------------------------------------------------------------------
+# 3. Reads: DIR vs MNT, cold and warm.
+DROP='sync; echo 3 > /proc/sys/vm/drop_caches'
+cold_note='page cache, dentries and inodes dropped before every run'
+if ! (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
+    DROP='sync'
+    cold_note='NOT cold: /proc/sys/vm/drop_caches is not writable here'
+    say "cannot drop caches; the \"cold\" runs are not cold"
+fi
+
+# measure MODE RUNS CMD: median wall seconds of RUNS runs of CMD (sh -c). cold: caches dropped before
+# each run; warm: one untimed warmup first. Prints the median, or "fail".
+measure() {
+    local mode=$1 runs=$2 cmd=$3
+    if [[ -n $HYPERFINE ]]; then
+        local j=$WORK/hf.json opts=(--runs "$runs")
+        if [[ $mode == cold ]]; then opts+=(--prepare "$DROP"); else opts+=(--warmup 1); fi
+        if "$HYPERFINE" --style none "${opts[@]}" --export-json "$j" "$cmd" >>"$WORK/hyperfine.log" 2>&1; then
+            fmt "$(json_median "$j")" '%.4f'
+        else
+            echo fail
+        fi
+        return
+    fi
+    local times=() t0 i
+    [[ $mode == warm ]] && { sh -c "$cmd" >/dev/null 2>&1 || { echo fail; return; }; }
+    for ((i = 0; i < runs; i++)); do
+        [[ $mode == cold ]] && sh -c "$DROP" 2>/dev/null
+        t0=$EPOCHREALTIME
+        sh -c "$cmd" >/dev/null 2>&1 || { echo fail; return; }
+        times+=("$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')")
+    done
+    printf '%s\n' "${times[@]}" | sort -g | awk '{ v[NR] = $1 } END {
+        m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.4f\n", m }'
+}
+
+# bench NAME COLD_RUNS WARM_RUNS TEMPLATE: TEMPLATE with @X@ replaced by DIR and MNT.
+bench() {
+    local name=$1 cold_runs=$2 warm_runs=$3 tmpl=$4 mode x label cmd t d m ratio
+    for mode in cold warm; do
+        local runs=$cold_runs
+        [[ $mode == warm ]] && runs=$warm_runs
+        d='' m=''
+        for label in dir mnt; do
+            x=$DIR
+            [[ $label == mnt ]] && x=$MNT
+            cmd=${tmpl//@X@/$(printf %q "$x")}
+            say "$name $mode $label ($runs runs): $cmd"
+            t=$(measure "$mode" "$runs" "$cmd")
+            if [[ $t == fail ]]; then
+                say "$name $mode $label FAILED (see $WORK/hyperfine.log)"
+            else
+                emit "mount.$name.$label.$mode" "$t" s
+            fi
+            if [[ $label == dir ]]; then d=$t; else m=$t; fi
+        done
+        ratio=-
+        if [[ $d != fail && $m != fail ]] && awk -v d="$d" 'BEGIN { exit !(d > 0) }'; then
+            ratio=$(awk -v d="$d" -v m="$m" 'BEGIN { printf "%.2f", m / d }')
+            emit "mount.$name.ratio.$mode" "$ratio" x
+        fi
+        local extra=''
+        if [[ $name == dd_large && $d != fail && $m != fail ]]; then
+            local td tm
+            td=$(awk -v s="$d" -v b="$big_mib" 'BEGIN { printf "%.0f", b / s }')
+            tm=$(awk -v s="$m" -v b="$big_mib" 'BEGIN { printf "%.0f", b / s }')
+            emit "mount.$name.dir.$mode.throughput" "$td" MiB/s
+            emit "mount.$name.mnt.$mode.throughput" "$tm" MiB/s
+            extra="$td / $tm MiB/s"
+        fi
+        row '%-14s %-5s %4s %10s %10s %8s  %s' "$name" "$mode" "$runs" "$d" "$m" "$ratio" "$extra"
+    done
+}
+
+bench find 3 10 'find @X@ | wc -l'
+bench cat_all 3 3 'find @X@ -name .mountd -prune -o -type f -print0 | xargs -0 cat > /dev/null'
+((big_mib > 0)) && bench dd_large 3 3 'dd if=@X@/big/large.bin of=/dev/null bs=1M status=none'
+bench ls_l_dir 3 10 'ls -l @X@/d000 > /dev/null'
+bench du 3 10 'du -s @X@ > /dev/null'
+
+service_hwm=$(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$service_pid/status" 2>/dev/null || echo 0)
+remote_hwm=$(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$remote_pid/status" 2>/dev/null || echo 0)
+emit mount.service.peak_rss "${service_hwm:-0}" MiB
+emit mount.remote.peak_rss "${remote_hwm:-0}" MiB
+
+# ---------------------------------------------------------------------------------------------------
+# 4. Remote write -> visible under MNT. t0 is taken just before the PUT, so each figure includes the
+#    PUT's round trip; polls are `cat` every 10 ms.
+lat_rows=()
+latency() { # latency LABEL (the service runs at that interval)
+    local label=$1 i path want t0 got lat timeout lats=() timeouts=0
+    timeout=30 # seconds per sample
+    for ((i = 1; i <= samples; i++)); do
+        path=/d001/latency-$label-$i.txt
+        want="latency $label sample $i $RANDOM$RANDOM"
+        sleep "$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", 0.05 + (r % 300) / 1000 }')" # random phase
+        t0=$EPOCHREALTIME
+        curl -sS --fail-with-body -o /dev/null -X PUT \
+            "$URL/v1/workspaces/bench/fs/file?path=$path" -H "$AUTH" \
+            -H "X-Correlation-Id: bench_latency_${label}_$i" -H 'If-Match: *' \
+            -H 'Content-Type: application/json' \
+            -d "{\"contentType\":\"text/plain\",\"content\":\"$want\\n\"}" || {
+            say "PUT $path failed"
+            exit 1
+        }
+        lat=''
+        while :; do
+            got=$(cat "$MNT$path" 2>/dev/null || true)
+            if [[ $got == "$want" ]]; then
+                lat=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
+                break
+            fi
+            if awk -v a="$t0" -v b="$EPOCHREALTIME" -v t="$timeout" 'BEGIN { exit !(b - a > t) }'; then
+                break
+            fi
+            sleep 0.01
+        done
+        if [[ -z $lat ]]; then
+            say "latency $label sample $i: not visible within ${timeout}s"
+            timeouts=$((timeouts + 1))
+            ((timeouts >= 2)) && break
+            continue
+        fi
+        lats+=("$lat")
+    done
+    local n=${#lats[@]} p50=- p90=- max=- all=''
+    if ((n > 0)); then
+        read -r p50 p90 max < <(printf '%s\n' "${lats[@]}" | sort -g | awk '{ v[NR] = $1 } END {
+            i50 = int(NR * 0.5); if (i50 < NR * 0.5) i50++; i90 = int(NR * 0.9); if (i90 < NR * 0.9) i90++
+            print v[i50], v[i90], v[NR] }')
+        all=$(printf '%s\n' "${lats[@]}" | sort -g | paste -sd' ')
+        emit "mount.latency.$label.p50" "$p50" ms
+        emit "mount.latency.$label.p90" "$p90" ms
+        emit "mount.latency.$label.max" "$max" ms
+    fi
+    emit "mount.latency.$label.timeouts" "$timeouts" count
+    lat_rows+=("$(printf '%-15s %7s %8s %8s %8s %8s  %s' "$label" "$n/$samples" "$p50" "$p90" "$max" "$timeouts" "$all")")
+}
+
+say "latency: remote write -> visible under the mount (--interval 1s)"
+latency interval_1s
+say "restarting the service with --interval 200ms"
+stop_service
+start_service 200ms
+startup_200=$startup_s
+emit mount.restart_to_mounted "$startup_200" s
+say "latency: remote write -> visible under the mount (--interval 200ms)"
+latency interval_200ms
+stop_service
+
+# ---------------------------------------------------------------------------------------------------
+printf '\nmountd mount benchmarks: %s files x 1 KiB in %s dirs + %s MiB big/large.bin, release build, loopback (%s, %s cores)\n\n' \
+    "$n_files" "$dirs" "$big_mib" "$(uname -r)" "$(nproc)"
+printf 'remote startup (seed + generate)  %8s s\n' "$remote_start"
+printf 'mountd --once into DIR            %8s s   peak RSS %s MiB\n' "$once_wall" "$once_rss"
+printf 'service start -> mounted          %8s s   (restart at 200ms: %s s)\n' "$startup_1s" "$startup_200"
+printf 'service peak RSS after the reads  %8s MiB (remote %s MiB)\n' "$service_hwm" "$remote_hwm"
+printf 'entries: find DIR %s lines (incl. .mountd), find MNT %s; ls -l dir: %s entries\n\n' "$n_dir" "$n_mnt" "$ls_entries"
+printf '%-14s %-5s %4s %10s %10s %8s\n' bench cache runs DIR_s MNT_s MNT/DIR
+printf '%s\n' "${rows[@]}"
+printf '\ncold: %s; warm: after one untimed run. Times are medians%s.\n' "$cold_note" \
+    "$([[ -n $HYPERFINE ]] && echo ' (hyperfine)' || echo '')"
+printf 'MNT reads use FOPEN_DIRECT_IO (no page cache for file data); "cold" leaves the daemon'"'"'s own memory warm.\n\n'
+printf 'remote write -> visible under MNT (ms, from just before the PUT; 10 ms cat polls)\n'
+printf '%-15s %7s %8s %8s %8s %8s  %s\n' interval samples p50 p90 max timeouts 'all (sorted)'
+printf '%s\n' "${lat_rows[@]}"
+printf '\nresults appended to %s\n' "${RESULTS#"$ROOT"/}"
