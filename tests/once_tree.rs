@@ -455,3 +455,125 @@ fn config_errors_are_clear() {
         r.all()
     );
 }
+
+#[test]
+fn bursts_of_5xx_with_html_bodies_are_retried_and_the_run_completes() {
+    let mut h = Harness::with_page_size(4);
+    h.sample_tree(6);
+    h.set_faults(Faults {
+        fail_next: vec![
+            mountd::refremote::FailNext {
+                route: "tree".into(),
+                count: 2,
+                error: ErrorFault::new(502, "html"),
+            },
+            mountd::refremote::FailNext {
+                route: "file".into(),
+                count: 3,
+                error: ErrorFault::new(503, "unavailable"),
+            },
+        ],
+        ..Default::default()
+    });
+    let r = h.run(&["--no-export"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    h.assert_mirror_exact();
+    assert!(
+        r.stderr.contains("non-JSON error body"),
+        "the proxy page is reported clearly: {}",
+        r.all()
+    );
+    let c = h.remote.counts();
+    let files = h.expected.len() as u64;
+    assert_eq!(c.file, files + 3, "each failed read retried once");
+}
+
+#[test]
+fn a_429_pauses_all_workers_for_its_retry_after() {
+    let mut h = Harness::new();
+    for i in 0..64 {
+        h.put(&format!("/g/f{i:02}"), b"g");
+    }
+    h.set_faults(Faults {
+        fail_next: vec![mountd::refremote::FailNext {
+            route: "file".into(),
+            count: 1,
+            error: ErrorFault::new(429, "rate_limited").with_retry_after("2"),
+        }],
+        ..Default::default()
+    });
+    let r = h.run(&["--no-export", "--read-concurrency", "8"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    h.assert_mirror_exact();
+    assert_eq!(h.remote.counts().file, 65, "one retry, no stampede of 429s");
+    assert!(
+        r.elapsed >= Duration::from_secs(2),
+        "Retry-After honoured: {:?}",
+        r.elapsed
+    );
+}
+
+#[test]
+fn repeated_runs_without_progress_stop_with_a_diagnosis() {
+    let mut h = Harness::new();
+    h.put("/a.txt", b"a");
+    h.set_faults(Faults {
+        tree_hang_after: Some(0),
+        ..Default::default()
+    });
+    let args = [
+        "--no-export",
+        "--bootstrap-idle-timeout",
+        "1s",
+        "--read-timeout",
+        "500ms",
+        "--stall-limit",
+        "3",
+    ];
+    for _ in 0..2 {
+        let r = h.run(&args);
+        assert_eq!(r.code, 4, "{}", r.all());
+    }
+    let r = h.run(&args);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("no checkpoint progress in 3 consecutive attempts"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(h.status_json()["noProgressRuns"], 3);
+    h.set_faults(Faults::default());
+    assert_eq!(h.run(&[]).code, 0);
+    assert_eq!(h.status_json()["noProgressRuns"], 0);
+}
+
+#[test]
+fn an_unknown_cursor_replays_the_feed_harmlessly() {
+    let mut h = Harness::new();
+    h.sample_tree(5);
+    assert_eq!(h.run(&[]).code, 0);
+    // As after a server restart that lost its feed: the stored cursor is unknown to the server.
+    {
+        let mut st = h.state();
+        let mut b = st.batch().unwrap();
+        b.set_meta("events_cursor", "evt_999").unwrap();
+        b.commit().unwrap();
+    }
+    h.put("/after-reset.txt", b"new\n");
+    h.remote.reset_counts();
+    let r = h.run(&[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    h.assert_mirror_exact();
+    let c = h.remote.counts();
+    assert_eq!(
+        c.file, 1,
+        "replayed events are applied idempotently (hash-skip): {:?}",
+        c.file_paths
+    );
+    assert_eq!(
+        h.state().events_cursor().as_deref(),
+        Some("evt_999"),
+        "the cursor never moves backwards"
+    );
+}

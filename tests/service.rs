@@ -366,3 +366,107 @@ fn metrics_endpoint_serves_prometheus_text() {
     );
     drop(svc);
 }
+
+#[test]
+fn audit_heals_local_drift_and_hostile_names_never_appear() {
+    let mut h = Harness::new();
+    h.sample_tree(10);
+    h.remote.put("/../evil.txt", b"evil");
+    h.remote.put("/bad\\name.txt", b"evil");
+    assert_eq!(h.run(&[]).code, 5, "hostile paths reported as skipped");
+    // Drift behind mountd's back: a mirrored file disappears from the directory.
+    std::fs::remove_file(h.local().join("docs/d1/f00001.txt")).unwrap();
+    h.remote.reset_counts();
+    let mnt = h.tmp.path().join("mnt");
+    let svc = Service::start(&h, &mnt, &["--audit-interval", "500ms"]);
+    svc.wait_mounted();
+    wait_for(
+        "the audit to restore the file",
+        Duration::from_secs(30),
+        || h.local().join("docs/d1/f00001.txt").exists(),
+    );
+    h.assert_mirror_exact();
+    let c = h.remote.counts();
+    assert_eq!(c.file_paths.get("/docs/d1/f00001.txt"), Some(&1));
+    assert_eq!(
+        c.file, 1,
+        "the audit fetched only the missing file: {:?}",
+        c.file_paths
+    );
+    let names: Vec<_> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("evil") || n.contains('\\')),
+        "{names:?}"
+    );
+    assert!(!h.tmp.path().join("evil.txt").exists());
+    drop(svc);
+}
+
+#[test]
+fn without_an_events_feed_periodic_listings_keep_the_mount_in_sync() {
+    let mut h = Harness::new();
+    h.sample_tree(3);
+    h.set_faults(Faults {
+        events_404: true,
+        ..Default::default()
+    });
+    let mnt = h.tmp.path().join("mnt");
+    let svc = Service::start(&h, &mnt, &[]);
+    svc.wait_mounted();
+    h.put("/listed-later.txt", b"via listing\n");
+    h.put("/README.md", b"changed via listing\n");
+    read_until(&mnt.join("listed-later.txt"), b"via listing\n");
+    read_until(&mnt.join("README.md"), b"changed via listing\n");
+    h.assert_mirror_exact();
+    drop(svc);
+}
+
+#[test]
+fn systemd_ready_is_sent_only_once_the_mount_is_served() {
+    let mut h = Harness::new();
+    h.sample_tree(3);
+    let sock_path = h.tmp.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mnt = h.tmp.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut c = h.service_cmd();
+    c.arg("--mountpoint")
+        .arg(&mnt)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = c.spawn().unwrap();
+    let mut svc = Service {
+        child: Some(child),
+        mnt: mnt.clone(),
+    };
+    let mut buf = [0u8; 4096];
+    let mut saw_ready = false;
+    let mut watchdog_pings = 0;
+    while watchdog_pings < 2 {
+        let n = sock.recv(&mut buf).expect("notification within 60s");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.lines().any(|l| l == "READY=1") {
+            assert!(is_mounted(&mnt), "READY=1 sent before the mount was served");
+            saw_ready = true;
+        }
+        if msg.lines().any(|l| l == "WATCHDOG=1") {
+            watchdog_pings += 1;
+        }
+    }
+    assert!(saw_ready);
+    assert_eq!(svc.stop(), 0);
+    let mut stopping = false;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while let Ok(n) = sock.recv(&mut buf) {
+        stopping |= String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1");
+    }
+    assert!(stopping, "STOPPING=1 on shutdown");
+}
