@@ -168,9 +168,7 @@ impl Engine {
                     applied += 1;
                     match done {
                         Applied::Ok { remote, rel, meta } => {
-                            self.progress.file_done(&remote, meta.size);
-                            pending.cleared.push(remote);
-                            pending.files.push((rel, meta));
+                            self.note_done(&mut pending, remote, rel, meta)
                         }
                         Applied::Failed {
                             remote,
@@ -299,10 +297,7 @@ impl Engine {
             while let Some(r) = results.next().await {
                 match r {
                     Ok(Fetched::Ok(rel, meta)) => {
-                        self.progress
-                            .file_done(&paths::to_remote(&root, &rel), meta.size);
-                        p.cleared.push(paths::to_remote(&root, &rel));
-                        p.files.push((rel, meta));
+                        self.note_done(&mut p, paths::to_remote(&root, &rel), rel, meta)
                     }
                     Ok(Fetched::PerFile {
                         rel,
@@ -317,24 +312,12 @@ impl Engine {
                 if intra_commit_due(p.files.len(), last_commit) {
                     last_commit = std::time::Instant::now();
                     // Intra-page checkpoint: records only, the cursor still points at this page's start.
-                    let mut part = Pending {
-                        files: std::mem::take(&mut p.files),
-                        cleared: std::mem::take(&mut p.cleared),
-                        dirs: p.dirs.clone(),
-                        ..Default::default()
-                    };
-                    self.commit(&mut part, ck.snapshot, None, &[])?;
+                    self.commit(&mut p.take_records(), ck.snapshot, None, &[])?;
                 }
             }
             drop(results);
             if let Some(e) = fatal {
-                let mut part = Pending {
-                    files: std::mem::take(&mut p.files),
-                    cleared: std::mem::take(&mut p.cleared),
-                    dirs: p.dirs.clone(),
-                    ..Default::default()
-                };
-                self.commit(&mut part, ck.snapshot, None, &[])?;
+                self.commit(&mut p.take_records(), ck.snapshot, None, &[])?;
                 return Err(e.into());
             }
             ck.pages_done += 1;

@@ -75,6 +75,17 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Move the file records (not the traversal bookkeeping) into a batch of their own, for an
+    /// intra-page checkpoint that must not advance the cursor.
+    pub fn take_records(&mut self) -> Pending {
+        Pending {
+            files: std::mem::take(&mut self.files),
+            cleared: std::mem::take(&mut self.cleared),
+            dirs: self.dirs.clone(),
+            ..Default::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
             && self.dirs.is_empty()
@@ -243,6 +254,13 @@ impl Engine {
             sink.changed(&changes);
         }
         Ok(())
+    }
+
+    /// Record a file written or verified in `p` (a progress unit; clears any earlier quarantine).
+    pub fn note_done(&self, p: &mut Pending, remote: String, rel: String, meta: FileMeta) {
+        self.progress.file_done(&remote, meta.size);
+        p.cleared.push(remote);
+        p.files.push((rel, meta));
     }
 
     /// Record a per-file failure in `p` and log it once.

@@ -160,10 +160,7 @@ impl Engine {
             match r? {
                 Fetched::Ok(rel, meta) => {
                     n += 1;
-                    let remote = paths::to_remote(&self.cfg.remote_root, &rel);
-                    self.progress.file_done(&remote, meta.size);
-                    p.cleared.push(remote);
-                    p.files.push((rel, meta));
+                    self.note_done(p, paths::to_remote(&self.cfg.remote_root, &rel), rel, meta);
                 }
                 Fetched::PerFile {
                     rel,
