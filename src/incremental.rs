@@ -117,7 +117,9 @@ impl Engine {
             } else {
                 vec![]
             };
+            let deleted = p.deletes.clone();
             self.commit(&mut p, self.current_seen(), None, &meta)?;
+            self.prune_empty_dirs(deleted)?;
             if page.next_cursor.is_none() {
                 break;
             }
@@ -128,6 +130,37 @@ impl Engine {
         b.set_meta("last_sync_at", &now)?;
         b.commit()?;
         Ok(report)
+    }
+
+    /// Directories are implied by files on the remote: remove those a delete left empty, bottom-up.
+    fn prune_empty_dirs(&mut self, deleted: Vec<String>) -> Result<(), SyncError> {
+        let mut level: Vec<String> = deleted
+            .iter()
+            .map(|r| paths::parent(r).to_string())
+            .filter(|d| !d.is_empty())
+            .collect();
+        while !level.is_empty() {
+            level.sort();
+            level.dedup();
+            let mut p = Pending::default();
+            for dir in level.drain(..) {
+                if self.state.dir_is_empty(&dir) {
+                    self.store.remove_dir_if_empty(&dir);
+                    p.deletes.push(dir);
+                }
+            }
+            if p.deletes.is_empty() {
+                break;
+            }
+            level = p
+                .deletes
+                .iter()
+                .map(|d| paths::parent(d).to_string())
+                .filter(|d| !d.is_empty())
+                .collect();
+            self.commit(&mut p, self.current_seen(), None, &[])?;
+        }
+        Ok(())
     }
 
     /// The stamp given to records written outside a traversal (keeps them from an in-progress sweep).

@@ -335,6 +335,17 @@ impl State {
             .flatten()
     }
 
+    /// True when `rel` is a directory record with no children left.
+    pub fn dir_is_empty(&self, rel: &str) -> bool {
+        self.conn
+            .prepare_cached(
+                "SELECT d.kind = 2 AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.parent = d.ino AND e.ino != 1)
+                 FROM entries d WHERE d.path = ?1",
+            )
+            .and_then(|mut s| s.query_row([rel], |r| r.get::<_, bool>(0)))
+            .unwrap_or(false)
+    }
+
     pub fn tracked_files(&self) -> u64 {
         self.conn
             .query_row("SELECT count(*) FROM entries WHERE kind = 1", [], |r| {

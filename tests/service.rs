@@ -187,10 +187,16 @@ fn remote_changes_show_up_through_the_mount_without_remount() {
     h.put("/brand/new/dir/file.txt", b"new dir\n");
     h.put("/bin/new.bin", &[0, 159, 146, 150, 255]);
     h.delete("/empty.txt");
+    h.delete("/deep/a/b/c/d/e/f/g/h/i/j/k/l/leaf.txt");
     read_until(&readme, b"# updated on the remote\n");
     read_until(&mnt.join("brand/new/dir/file.txt"), b"new dir\n");
     read_until(&mnt.join("bin/new.bin"), &[0, 159, 146, 150, 255]);
     gone_until(&mnt.join("empty.txt"));
+    gone_until(&mnt.join("deep"));
+    assert!(
+        !h.local().join("deep").exists(),
+        "directories emptied by deletes are removed"
+    );
     assert_eq!(
         std::fs::metadata(&readme).unwrap().ino(),
         ino_before,
