@@ -163,6 +163,7 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
             .progress_chars("=> "),
         );
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        let _ = crate::progress::BAR.set(bar.clone());
         bar
     });
     let progress = Progress::new(state_file, a.mount_kind.as_str(), bar);

@@ -8,7 +8,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| mountd::progress::LogWriter);
     match format {
         LogFormat::Json => b.json().init(),
         LogFormat::Human => b.init(),

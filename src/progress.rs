@@ -7,6 +7,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The terminal progress bar, if one is shown; log lines are printed around it.
+pub static BAR: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
+
+/// stderr writer for the log subscriber that keeps log lines from tearing the progress bar.
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match BAR.get() {
+            Some(bar) if !bar.is_finished() => bar.suspend(|| std::io::stderr().write(buf)),
+            _ => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 #[derive(Clone)]
 pub struct Progress {
     inner: Arc<Inner>,

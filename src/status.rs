@@ -14,6 +14,8 @@ pub struct Status {
     pub events_feed: bool,
     pub last_path: Option<String>,
     pub last_sync_at: Option<String>,
+    /// Seconds since the last successful sync (bootstrap completion or events pass).
+    pub lag_seconds: Option<u64>,
     pub last_audit_at: Option<String>,
     pub last_error: Option<String>,
     pub no_progress_runs: u64,
@@ -60,6 +62,11 @@ pub fn read(st: &State) -> Status {
         events_cursor: st.events_cursor(),
         events_feed: st.has_feed(),
         last_path: st.meta("last_path"),
+        lag_seconds: st
+            .meta("last_sync_at")
+            .and_then(|t| humantime::parse_rfc3339(&t).ok())
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .map(|d| d.as_secs()),
         last_sync_at: st.meta("last_sync_at"),
         last_audit_at: st.meta("last_audit_at"),
         last_error: st.meta("last_error").filter(|s| !s.is_empty()),
@@ -107,9 +114,11 @@ pub fn render(s: &Status) -> String {
         }
     ));
     out.push_str(&format!(
-        "last sync:     {} (via {})\n",
+        "last sync:     {} (via {}){}\n",
         opt(&s.last_sync_at),
-        opt(&s.last_path)
+        opt(&s.last_path),
+        s.lag_seconds
+            .map_or(String::new(), |l| format!(", {l}s ago"))
     ));
     if let Some(t) = &s.traversal {
         out.push_str(&format!(

@@ -258,15 +258,15 @@ fn no_fuse_mode_keeps_the_directory_in_sync() {
     c.arg("--no-fuse")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    let mut child = c.spawn().unwrap();
+    let mut child = KillOnDrop(c.spawn().unwrap());
     wait_for("bootstrap", Duration::from_secs(30), || h.is_complete());
     h.put("/docs/d0/added.txt", b"added\n");
     h.delete("/README.md");
     read_until(&h.local().join("docs/d0/added.txt"), b"added\n");
     gone_until(&h.local().join("README.md"));
     h.assert_mirror_exact();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let st = child.wait().unwrap();
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let st = child.0.wait().unwrap();
     assert_eq!(st.code(), Some(0));
 }
 
@@ -278,7 +278,7 @@ fn second_instance_on_the_same_mirror_is_refused() {
     c.arg("--no-fuse")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut first = c.spawn().unwrap();
+    let _first = KillOnDrop(c.spawn().unwrap());
     wait_for("bootstrap", Duration::from_secs(30), || h.is_complete());
     let r = h.run(&[]);
     assert_eq!(r.code, 2, "{}", r.all());
@@ -287,8 +287,6 @@ fn second_instance_on_the_same_mirror_is_refused() {
         "{}",
         r.all()
     );
-    let _ = first.kill();
-    let _ = first.wait();
 }
 
 #[test]

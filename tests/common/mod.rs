@@ -287,3 +287,13 @@ pub fn is_mounted(path: &Path) -> bool {
     let p = path.to_string_lossy();
     mi.lines().any(|l| l.split(' ').nth(4) == Some(&p))
 }
+
+/// A child process killed when dropped (a failing test never leaks a running mountd).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
