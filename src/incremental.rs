@@ -78,7 +78,7 @@ impl Engine {
             for (remote, action) in actions {
                 let rel = match paths::to_local(&root, &remote) {
                     Ok(r) => r,
-                    Err(_) if !remote.starts_with(&root) => continue,
+                    Err(_) if !paths::is_under(&root, &remote) => continue,
                     Err(why) => {
                         self.note_failure(
                             &mut p,

@@ -51,6 +51,14 @@ pub fn to_local(root: &str, remote: &str) -> Result<String, Rejected> {
     Ok(rel.to_string())
 }
 
+/// True when `remote` lies strictly below `root` (which [`normalize_root`] produced).
+pub fn is_under(root: &str, remote: &str) -> bool {
+    root == "/" && remote.starts_with('/')
+        || remote
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// The remote path of a local relative path (the inverse of [`to_local`]).
 pub fn to_remote(root: &str, rel: &str) -> String {
     if rel.is_empty() {
@@ -135,6 +143,14 @@ mod tests {
         assert!(to_local("/docs", "/docs").is_err());
         assert!(normalize_root("/../x").is_err());
         assert_eq!(normalize_root("docs/").unwrap(), "/docs");
+    }
+
+    #[test]
+    fn under_root() {
+        assert!(is_under("/docs", "/docs/a"));
+        assert!(!is_under("/docs", "/docsx/a"));
+        assert!(!is_under("/docs", "/docs"));
+        assert!(is_under("/", "/x"));
     }
 
     #[test]

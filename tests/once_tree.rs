@@ -577,3 +577,50 @@ fn an_unknown_cursor_replays_the_feed_harmlessly() {
         "the cursor never moves backwards"
     );
 }
+
+#[test]
+fn remote_path_mirrors_only_that_subtree() {
+    let mut h = Harness::with_page_size(3);
+    for (p, b) in [
+        ("/docs/a.txt", "a"),
+        ("/docs/sub/b.txt", "b"),
+        ("/docsx/not.txt", "x"),
+        ("/other/c.txt", "c"),
+    ] {
+        h.remote.put(p, b.as_bytes());
+    }
+    for export in [true, false] {
+        let local = h.tmp.path().join(format!("sub-{export}"));
+        let mut c = h.cmd();
+        c.args(["--remote-path", "/docs", "--local-dir"])
+            .arg(&local)
+            .args(["--state-file"])
+            .arg(h.tmp.path().join(format!("s-{export}.json")));
+        if !export {
+            c.arg("--no-export");
+        }
+        let r = run_cmd(c);
+        assert_eq!(r.code, 0, "{}", r.all());
+        let got = read_tree(&local);
+        assert_eq!(
+            got.keys().cloned().collect::<Vec<_>>(),
+            ["a.txt", "sub/b.txt"],
+            "export={export}"
+        );
+    }
+    // Events outside the subtree are ignored, inside are applied.
+    h.remote.put("/docsx/later.txt", b"no");
+    h.remote.put("/docs/later.txt", b"yes");
+    let local = h.tmp.path().join("sub-true");
+    let mut c = h.cmd();
+    c.args(["--remote-path", "/docs", "--local-dir"])
+        .arg(&local)
+        .args(["--state-file"])
+        .arg(h.tmp.path().join("s-true.json"));
+    let r = run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        read_tree(&local).keys().cloned().collect::<Vec<_>>(),
+        ["a.txt", "later.txt", "sub/b.txt"]
+    );
+}
