@@ -580,7 +580,7 @@ fn an_unknown_cursor_replays_the_feed_harmlessly() {
 
 #[test]
 fn remote_path_mirrors_only_that_subtree() {
-    let mut h = Harness::with_page_size(3);
+    let h = Harness::with_page_size(3);
     for (p, b) in [
         ("/docs/a.txt", "a"),
         ("/docs/sub/b.txt", "b"),
