@@ -14,21 +14,23 @@
 # target/bench/results.jsonl and printed as a table.
 #
 #   scripts/bench-mount.sh [--mount-files N] [--big-file-mib M] [--latency-samples K] [--no-build]
+#                          [--latency-only]
 #     defaults: 100000 files, 1024 MiB, 10 samples per interval; --big-file-mib 0 skips the large file
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
-n_files=100000 big_mib=1024 samples=10 build=1
+n_files=100000 big_mib=1024 samples=10 build=1 reads=1
 while (($#)); do
     case $1 in
     --mount-files) n_files=$2; shift 2 ;;
     --big-file-mib) big_mib=$2; shift 2 ;;
     --latency-samples) samples=$2; shift 2 ;;
     --no-build) build=0; shift ;;
+    --latency-only) reads=0; shift ;;
     -h | --help)
-        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -320,11 +322,15 @@ bench() {
     done
 }
 
-bench find 3 10 'find @X@ | wc -l'
-bench cat_all 3 3 'find @X@ -name .mountd -prune -o -type f -print0 | xargs -0 cat > /dev/null'
-((big_mib > 0)) && bench dd_large 3 3 'dd if=@X@/big/large.bin of=/dev/null bs=1M status=none'
-bench ls_l_dir 3 10 'ls -l @X@/d000 > /dev/null'
-bench du 3 10 'du -s @X@ > /dev/null'
+if [[ $reads == 1 ]]; then
+    bench find 3 10 'find @X@ | wc -l'
+    bench cat_all 3 3 'find @X@ -name .mountd -prune -o -type f -print0 | xargs -0 cat > /dev/null'
+    ((big_mib > 0)) && bench dd_large 3 3 'dd if=@X@/big/large.bin of=/dev/null bs=1M status=none'
+    bench ls_l_dir 3 10 'ls -l @X@/d000 > /dev/null'
+    bench du 3 10 'du -s @X@ > /dev/null'
+else
+    cold_note='read benchmarks skipped (--latency-only)'
+fi
 
 service_hwm=$(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$service_pid/status" 2>/dev/null || echo 0)
 remote_hwm=$(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$remote_pid/status" 2>/dev/null || echo 0)
@@ -333,15 +339,16 @@ emit mount.remote.peak_rss "${remote_hwm:-0}" MiB
 
 # ---------------------------------------------------------------------------------------------------
 # 4. Remote write -> visible under MNT. t0 is taken just before the PUT, so each figure includes the
-#    PUT's round trip; polls are `cat` every 10 ms.
+#    PUT's round trip; polls are `cat` every 10 ms. Before each PUT a random pause of 0..1.2 x the
+#    interval puts it at a random phase of the poll cycle (the previous sample ended right after a pass).
 lat_rows=()
-latency() { # latency LABEL (the service runs at that interval)
-    local label=$1 i path want t0 got lat timeout lats=() timeouts=0
+latency() { # latency LABEL INTERVAL_SECONDS (the service runs at that interval)
+    local label=$1 interval_s=$2 i path want t0 got lat timeout lats=() timeouts=0
     timeout=30 # seconds per sample
     for ((i = 1; i <= samples; i++)); do
         path=/d001/latency-$label-$i.txt
         want="latency $label sample $i $RANDOM$RANDOM"
-        sleep "$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", 0.05 + (r % 300) / 1000 }')" # random phase
+        sleep "$(awk -v r="$RANDOM" -v s="$interval_s" 'BEGIN { printf "%.3f", r / 32768 * 1.2 * s }')"
         t0=$EPOCHREALTIME
         curl -sS --fail-with-body -o /dev/null -X PUT \
             "$URL/v1/workspaces/bench/fs/file?path=$path" -H "$AUTH" \
@@ -386,14 +393,14 @@ latency() { # latency LABEL (the service runs at that interval)
 }
 
 say "latency: remote write -> visible under the mount (--interval 1s)"
-latency interval_1s
+latency interval_1s 1
 say "restarting the service with --interval 200ms"
 stop_service
 start_service 200ms
 startup_200=$startup_s
 emit mount.restart_to_mounted "$startup_200" s
 say "latency: remote write -> visible under the mount (--interval 200ms)"
-latency interval_200ms
+latency interval_200ms 0.2
 stop_service
 
 # ---------------------------------------------------------------------------------------------------
