@@ -411,11 +411,15 @@ printf 'mountd --once into DIR            %8s s   peak RSS %s MiB\n' "$once_wall
 printf 'service start -> mounted          %8s s   (restart at 200ms: %s s)\n' "$startup_1s" "$startup_200"
 printf 'service peak RSS after the reads  %8s MiB (remote %s MiB)\n' "$service_hwm" "$remote_hwm"
 printf 'entries: find DIR %s lines (incl. .mountd), find MNT %s; ls -l dir: %s entries\n\n' "$n_dir" "$n_mnt" "$ls_entries"
-printf '%-14s %-5s %4s %10s %10s %8s\n' bench cache runs DIR_s MNT_s MNT/DIR
-printf '%s\n' "${rows[@]}"
-printf '\ncold: %s; warm: after one untimed run. Times are medians%s.\n' "$cold_note" \
-    "$([[ -n $HYPERFINE ]] && echo ' (hyperfine)' || echo '')"
-printf 'MNT reads use FOPEN_DIRECT_IO (no page cache for file data); "cold" leaves the daemon'"'"'s own memory warm.\n\n'
+if [[ $reads == 1 ]]; then
+    printf '%-14s %-5s %4s %10s %10s %8s\n' bench cache runs DIR_s MNT_s MNT/DIR
+    printf '%s\n' "${rows[@]}"
+    printf '\ncold: %s; warm: after one untimed run. Times are medians%s.\n' "$cold_note" \
+        "$([[ -n $HYPERFINE ]] && echo ' (hyperfine)' || echo '')"
+    printf 'MNT reads use FOPEN_DIRECT_IO (no page cache for file data); "cold" leaves the daemon'"'"'s own memory warm.\n\n'
+else
+    printf '(read benchmarks skipped: --latency-only)\n\n'
+fi
 printf 'remote write -> visible under MNT (ms, from just before the PUT; 10 ms cat polls)\n'
 printf '%-15s %7s %8s %8s %8s %8s  %s\n' interval samples p50 p90 max timeouts 'all (sorted)'
 printf '%s\n' "${lat_rows[@]}"
