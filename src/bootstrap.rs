@@ -152,41 +152,45 @@ impl Engine {
             Ok(Err(e)) => return Err(e.into()),
             Ok(Ok(r)) => r,
         };
-        let (root, store) = (self.cfg.remote_root.clone(), self.store.clone());
-        let mut rx = stream_entries(resp, cid, move |obj| apply_export_entry(&root, &store, obj));
+        let mut rx = stream_entries(resp, cid, |obj| obj);
         let mut pending = Pending::default();
         let mut applied: u64 = 0;
         let mut last_commit = std::time::Instant::now();
-        let outcome = loop {
-            let item = match tokio::time::timeout(sub, rx.recv()).await {
-                Err(_) => break Some(format!("no export entry arrived within the export timeout ({}) after {applied} entries", humantime::format_duration(sub))),
-                Ok(None) => break Some("export parser ended without a result".into()),
-                Ok(Some(i)) => i,
-            };
-            match item {
-                ExportItem::Entry(done) => {
+        // Entries are decoded, verified and written on blocking threads, up to `concurrency` at once
+        // (file creation latency overlaps); their records are committed here.
+        let mut inflight = futures_util::stream::FuturesUnordered::new();
+        let mut ended: Option<Option<String>> = None;
+        loop {
+            let more = ended.is_none() && inflight.len() < self.cfg.concurrency;
+            if !more && inflight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(done) = inflight.next(), if !inflight.is_empty() => {
                     applied += 1;
                     match done {
-                        Applied::Ok { remote, rel, meta } => {
-                            self.note_done(&mut pending, remote, rel, meta)
-                        }
-                        Applied::Failed {
-                            remote,
-                            rel,
-                            reason,
-                            permanent,
-                        } => self.note_failure(&mut pending, rel, remote, reason, permanent),
+                        Ok(Applied::Ok { remote, rel, meta }) => self.note_done(&mut pending, remote, rel, meta),
+                        Ok(Applied::Failed { remote, rel, reason, permanent }) => self.note_failure(&mut pending, rel, remote, reason, permanent),
+                        Err(e) => return Err(SyncError::Io(format!("export worker failed: {e}"))),
                     }
-                    if intra_commit_due(pending.files.len() + pending.quarantine.len(), last_commit)
-                    {
+                    if intra_commit_due(pending.files.len() + pending.quarantine.len(), last_commit) {
                         self.commit(&mut pending, ck.snapshot, None, &[])?;
                         last_commit = std::time::Instant::now();
                     }
                 }
-                ExportItem::End(Ok(_)) => break None,
-                ExportItem::End(Err(e)) => break Some(e.to_string()),
+                item = tokio::time::timeout(sub, rx.recv()), if more => match item {
+                    Err(_) => ended = Some(Some(format!("no export entry arrived within the export timeout ({}) after {applied} entries", humantime::format_duration(sub)))),
+                    Ok(None) => ended = Some(Some("export parser ended without a result".into())),
+                    Ok(Some(ExportItem::Entry(obj))) => {
+                        let (root, store) = (self.cfg.remote_root.clone(), self.store.clone());
+                        inflight.push(tokio::task::spawn_blocking(move || apply_export_entry(&root, &store, obj)));
+                    }
+                    Ok(Some(ExportItem::End(Ok(_)))) => ended = Some(None),
+                    Ok(Some(ExportItem::End(Err(e)))) => ended = Some(Some(e.to_string())),
+                },
             }
-        };
+        }
+        let outcome = ended.flatten();
         self.commit(&mut pending, ck.snapshot, None, &[])?;
         if let Some(reason) = outcome {
             return Ok(ExportOutcome::FallThrough(reason));
