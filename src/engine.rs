@@ -146,7 +146,8 @@ impl Engine {
             Err(e) => return Err(e),
         };
         let done = tokio::task::spawn_blocking(move || {
-            let (bytes, hash) = match obj.decode_verified() {
+            let mut obj = obj;
+            let (bytes, hash) = match obj.take_verified() {
                 Ok(v) => v,
                 Err(reason) => {
                     return Fetched::PerFile {

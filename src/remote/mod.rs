@@ -37,6 +37,9 @@ impl std::fmt::Debug for ClientConfig {
     }
 }
 
+/// JSON bodies larger than this are parsed while they stream in.
+const STREAM_ABOVE: u64 = 4 << 20;
+
 pub struct RemoteClient {
     http: reqwest::Client,
     prefix: String,
@@ -153,7 +156,7 @@ impl RemoteClient {
     }
 
     /// GET a small JSON document; reading the body is part of the retried attempt.
-    async fn get_json<T: serde::de::DeserializeOwned>(
+    async fn get_json<T: serde::de::DeserializeOwned + Send + 'static>(
         &self,
         op: &str,
         route: &str,
@@ -161,16 +164,43 @@ impl RemoteClient {
     ) -> Result<T, RemoteError> {
         with_retries(&self.policy, &self.gate, || async {
             let (resp, cid) = self.get_once(op, route, query).await?;
-            let body = resp.bytes().await.map_err(|e| RemoteError::Transport {
+            let transport = |detail: String, cid: &str| RemoteError::Transport {
                 op: op.to_string(),
-                detail: describe(&e),
-                correlation_id: cid.clone(),
+                detail,
+                correlation_id: cid.to_string(),
                 after_status: false,
-            })?;
-            serde_json::from_slice(&body).map_err(|e| RemoteError::BadData {
+            };
+            let bad = |e: serde_json::Error, cid: &str| RemoteError::BadData {
                 op: op.to_string(),
                 detail: format!("malformed JSON: {e}"),
-                correlation_id: cid,
+                correlation_id: cid.to_string(),
+            };
+            if resp.content_length().is_some_and(|n| n <= STREAM_ABOVE) {
+                let body = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| transport(describe(&e), &cid))?;
+                return serde_json::from_slice(&body).map_err(|e| bad(e, &cid));
+            }
+            // Large or unsized bodies (a big file) are parsed as they arrive, never buffered whole.
+            let stream =
+                futures_util::TryStreamExt::map_err(resp.bytes_stream(), std::io::Error::other);
+            let reader =
+                tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+            let parsed = tokio::task::spawn_blocking(move || {
+                serde_json::from_reader::<_, T>(std::io::BufReader::with_capacity(
+                    256 * 1024,
+                    reader,
+                ))
+            })
+            .await
+            .map_err(|e| transport(format!("parser failed: {e}"), &cid))?;
+            parsed.map_err(|e| {
+                if e.is_io() {
+                    transport(format!("body broken: {e}"), &cid)
+                } else {
+                    bad(e, &cid)
+                }
             })
         })
         .await

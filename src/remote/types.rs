@@ -59,7 +59,17 @@ impl FileObject {
     /// Decode the content and verify it against `contentHash` (when the server sent one).
     /// Returns the bytes and their hex SHA-256.
     pub fn decode_verified(&self) -> Result<(Vec<u8>, String), String> {
-        let raw = self.content.as_deref().unwrap_or("");
+        self.decode_content(self.content.as_deref().unwrap_or(""))
+    }
+
+    /// Like [`FileObject::decode_verified`], but releases the encoded content as soon as it is decoded
+    /// (a large file is not held twice while it is verified and written).
+    pub fn take_verified(&mut self) -> Result<(Vec<u8>, String), String> {
+        let content = self.content.take().unwrap_or_default();
+        self.decode_content(&content)
+    }
+
+    fn decode_content(&self, raw: &str) -> Result<(Vec<u8>, String), String> {
         let bytes = match self.encoding.as_deref().map(|e| e.to_ascii_lowercase()) {
             None => raw.as_bytes().to_vec(),
             Some(e) if e.is_empty() || e == "utf-8" || e == "utf8" => raw.as_bytes().to_vec(),
