@@ -108,8 +108,8 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
     while !s.engine.state.is_complete() {
         let r = tokio::select! {
             r = app::attempt(s) => r,
-            _ = term.recv() => return shutdown(None, "SIGTERM during bootstrap"),
-            _ = int.recv() => return shutdown(None, "SIGINT during bootstrap"),
+            _ = term.recv() => return stopped("SIGTERM during bootstrap"),
+            _ = int.recv() => return stopped("SIGINT during bootstrap"),
         };
         match r {
             Ok(at) => {
@@ -134,8 +134,8 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "bootstrap attempt failed; resuming from the checkpoint");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = term.recv() => return shutdown(None, "SIGTERM"),
-                    _ = int.recv() => return shutdown(None, "SIGINT"),
+                    _ = term.recv() => return stopped("SIGTERM"),
+                    _ = int.recv() => return stopped("SIGINT"),
                 }
             }
         }
@@ -239,12 +239,13 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
         tracing::info!("unmounted");
     }
     match stop {
-        Stop::Signal => shutdown(None, "signal"),
+        Stop::Signal => stopped("signal"),
         Stop::Fatal(code) => code,
     }
 }
 
-fn shutdown(_m: Option<()>, why: &str) -> i32 {
+/// A signal ended the service: everything committed is persisted; exit 0.
+fn stopped(why: &str) -> i32 {
     tracing::info!(why, "stopping: state persisted");
     exit::OK
 }
