@@ -405,7 +405,7 @@ enum Applied {
 fn apply_export_entry(
     root: &str,
     store: &crate::store::LocalStore,
-    mut obj: crate::remote::types::FileObject,
+    obj: crate::remote::types::FileObject,
 ) -> Applied {
     let rel = match paths::to_local(root, &obj.path) {
         Ok(r) => r,
@@ -418,7 +418,7 @@ fn apply_export_entry(
             }
         }
     };
-    let (bytes, hash) = match obj.take_verified() {
+    let (bytes, hash) = match obj.decode_verified() {
         Ok(v) => v,
         Err(reason) => {
             return Applied::Failed {

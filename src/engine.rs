@@ -134,8 +134,8 @@ impl Engine {
                 ));
             }
         }
-        let obj = match client.file(&remote).await {
-            Ok(o) => o,
+        let body = match client.file(&remote).await {
+            Ok(b) => b,
             Err(e) if e.is_per_file() => {
                 return Ok(Fetched::PerFile {
                     rel,
@@ -145,10 +145,10 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
+        // Decoded in bounded steps straight into the temp file, verified before the rename.
         let done = tokio::task::spawn_blocking(move || {
-            let mut obj = obj;
-            let (bytes, hash) = match obj.take_verified() {
-                Ok(v) => v,
+            let file = match body.parse() {
+                Ok(f) => f,
                 Err(reason) => {
                     return Fetched::PerFile {
                         rel,
@@ -157,22 +157,22 @@ impl Engine {
                     }
                 }
             };
-            if let Err(e) = store.write_atomic(&rel, &bytes) {
-                return Fetched::PerFile {
+            match store.write_atomic_with(&rel, |w| file.decode_into(w)) {
+                Ok((size, hash)) => Fetched::Ok(
+                    rel,
+                    FileMeta {
+                        size,
+                        revision: file.revision.clone(),
+                        content_hash: Some(hash),
+                        content_type: file.content_type.clone(),
+                    },
+                ),
+                Err(reason) => Fetched::PerFile {
                     rel,
                     remote,
-                    reason: format!("cannot write locally: {e}"),
-                };
-            }
-            Fetched::Ok(
-                rel,
-                FileMeta {
-                    size: bytes.len() as u64,
-                    revision: obj.revision,
-                    content_hash: Some(hash),
-                    content_type: obj.content_type,
+                    reason,
                 },
-            )
+            }
         })
         .await
         .map_err(|e| RemoteError::BadData {

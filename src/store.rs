@@ -118,12 +118,27 @@ impl LocalStore {
     /// Write `bytes` to `rel` atomically: temp file in the reserved dir, then rename over the target.
     /// An open reader of the old file keeps reading the old version.
     pub fn write_atomic(&self, rel: &str, bytes: &[u8]) -> io::Result<()> {
-        self.ensure_dir(crate::paths::parent(rel))?;
+        self.write_atomic_with(rel, |f| {
+            f.write_all(bytes)
+                .map_err(|e| format!("cannot write locally: {e}"))
+        })
+        .map_err(io::Error::other)
+    }
+
+    /// Like [`LocalStore::write_atomic`], with the content produced by `fill` into the temp file; an
+    /// error from `fill` (a hash mismatch found while decoding, say) leaves the target untouched.
+    pub fn write_atomic_with<T>(
+        &self,
+        rel: &str,
+        fill: impl FnOnce(&mut fs::File) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let local = |e: io::Error| format!("cannot write locally: {e}");
+        self.ensure_dir(crate::paths::parent(rel)).map_err(local)?;
         let target = self.abs(rel);
         if let Ok(m) = fs::symlink_metadata(&target) {
             if m.is_dir() {
                 // The remote replaced a directory by a file: remove the stale local tree.
-                fs::remove_dir_all(&target)?;
+                fs::remove_dir_all(&target).map_err(local)?;
                 self.forget_dirs(rel);
             }
         }
@@ -134,10 +149,12 @@ impl LocalStore {
                 .write(true)
                 .create_new(true)
                 .mode(0o644)
-                .open(&tmp)?;
-            f.write_all(bytes)?;
+                .open(&tmp)
+                .map_err(local)?;
+            let v = fill(&mut f)?;
             drop(f);
-            fs::rename(&tmp, &target)
+            fs::rename(&tmp, &target).map_err(local)?;
+            Ok(v)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);

@@ -14,7 +14,7 @@ pub use error::RemoteError;
 use retry::{with_retries, RateGate, RetryPolicy};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use types::{ErrorBody, EventsPage, FileObject, TreePage};
+use types::{ErrorBody, EventsPage, TreePage};
 
 /// How to reach one workspace.
 #[derive(Clone)]
@@ -37,8 +37,9 @@ impl std::fmt::Debug for ClientConfig {
     }
 }
 
-/// JSON bodies larger than this are parsed while they stream in.
-const STREAM_ABOVE: u64 = 4 << 20;
+/// Largest body buffer allocated up front from a server's Content-Length (beyond it, the buffer grows
+/// to the announced size only once that much data has really arrived).
+const MAX_PREALLOC: u64 = 64 << 20;
 
 pub struct RemoteClient {
     http: reqwest::Client,
@@ -155,55 +156,48 @@ impl RemoteClient {
         Err(err)
     }
 
-    /// GET a small JSON document; reading the body is part of the retried attempt.
-    async fn get_json<T: serde::de::DeserializeOwned + Send + 'static>(
+    /// GET a JSON document's raw body; reading the body is part of the retried attempt.
+    async fn get_body(
+        &self,
+        op: &str,
+        route: &str,
+        query: &[(&str, &str)],
+    ) -> Result<(Vec<u8>, String), RemoteError> {
+        with_retries(&self.policy, &self.gate, || async {
+            let (mut resp, cid) = self.get_once(op, route, query).await?;
+            let announced = resp.content_length();
+            let mut body = Vec::with_capacity(announced.unwrap_or(0).min(MAX_PREALLOC) as usize);
+            loop {
+                let chunk = resp.chunk().await.map_err(|e| RemoteError::Transport {
+                    op: op.to_string(),
+                    detail: describe(&e),
+                    correlation_id: cid.clone(),
+                    after_status: false,
+                })?;
+                let Some(chunk) = chunk else { break };
+                if let (Some(len), true) = (announced, body.capacity() - body.len() < chunk.len()) {
+                    // The body really is large: grow once to the announced size, not by doubling.
+                    body.reserve_exact((len as usize).saturating_sub(body.len()).max(chunk.len()));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok((body, cid))
+        })
+        .await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         op: &str,
         route: &str,
         query: &[(&str, &str)],
     ) -> Result<T, RemoteError> {
-        with_retries(&self.policy, &self.gate, || async {
-            let (resp, cid) = self.get_once(op, route, query).await?;
-            let transport = |detail: String, cid: &str| RemoteError::Transport {
-                op: op.to_string(),
-                detail,
-                correlation_id: cid.to_string(),
-                after_status: false,
-            };
-            let bad = |e: serde_json::Error, cid: &str| RemoteError::BadData {
-                op: op.to_string(),
-                detail: format!("malformed JSON: {e}"),
-                correlation_id: cid.to_string(),
-            };
-            if resp.content_length().is_some_and(|n| n <= STREAM_ABOVE) {
-                let body = resp
-                    .bytes()
-                    .await
-                    .map_err(|e| transport(describe(&e), &cid))?;
-                return serde_json::from_slice(&body).map_err(|e| bad(e, &cid));
-            }
-            // Large or unsized bodies (a big file) are parsed as they arrive, never buffered whole.
-            let stream =
-                futures_util::TryStreamExt::map_err(resp.bytes_stream(), std::io::Error::other);
-            let reader =
-                tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-            let parsed = tokio::task::spawn_blocking(move || {
-                serde_json::from_reader::<_, T>(std::io::BufReader::with_capacity(
-                    256 * 1024,
-                    reader,
-                ))
-            })
-            .await
-            .map_err(|e| transport(format!("parser failed: {e}"), &cid))?;
-            parsed.map_err(|e| {
-                if e.is_io() {
-                    transport(format!("body broken: {e}"), &cid)
-                } else {
-                    bad(e, &cid)
-                }
-            })
+        let (body, cid) = self.get_body(op, route, query).await?;
+        serde_json::from_slice(&body).map_err(|e| RemoteError::BadData {
+            op: op.to_string(),
+            detail: format!("malformed JSON: {e}"),
+            correlation_id: cid,
         })
-        .await
     }
 
     /// One page of `/fs/tree`.
@@ -221,9 +215,14 @@ impl RemoteClient {
         self.get_json("tree", "/fs/tree", &q).await
     }
 
-    /// One file with its content (not yet decoded).
-    pub async fn file(&self, path: &str) -> Result<FileObject, RemoteError> {
-        self.get_json("file", "/fs/file", &[("path", path)]).await
+    /// One file with its content, as the raw JSON body (see [`types::FileBody`]): a large file is held
+    /// once, encoded, and decoded straight to disk.
+    pub async fn file(&self, path: &str) -> Result<types::FileBody, RemoteError> {
+        let (raw, correlation_id) = self.get_body("file", "/fs/file", &[("path", path)]).await?;
+        Ok(types::FileBody {
+            raw,
+            correlation_id,
+        })
     }
 
     /// One page of the change feed, oldest first after `cursor`.
