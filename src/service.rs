@@ -181,13 +181,16 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
     // 3. Incremental sync every interval (±20%), audit by listing every audit interval.
     let mut last_audit = Instant::now();
     let mut consecutive_failures = 0u32;
+    // The first pass runs at once: a restarted service catches up without waiting an interval.
+    let mut wait = Duration::ZERO;
     let stop = loop {
         tokio::select! {
-            _ = tokio::time::sleep(jittered(a.interval)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = hup.recv() => tracing::info!("SIGHUP: syncing now"),
             _ = term.recv() => break Stop::Signal,
             _ = int.recv() => break Stop::Signal,
         }
+        wait = jittered(a.interval);
         let audit_due = !a.audit_interval.is_zero() && last_audit.elapsed() >= a.audit_interval;
         let e = &mut s.engine;
         let progress = e.progress.clone();
