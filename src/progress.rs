@@ -37,6 +37,8 @@ struct Inner {
     last_unit_ms: AtomicU64,
     /// Milliseconds since `start` of the last state-file touch.
     last_touch_ms: AtomicU64,
+    /// Milliseconds since `start` of the last progress log line (when no bar is shown).
+    last_log_ms: AtomicU64,
     files: AtomicU64,
     bytes: AtomicU64,
     checkpoints: AtomicU64,
@@ -44,6 +46,9 @@ struct Inner {
     file: Option<StateFile>,
     bar: Option<indicatif::ProgressBar>,
 }
+
+/// Spacing of the plain progress log lines shown instead of a bar.
+const LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Minimum spacing of mtime touches, so 20,000 tiny files do not cost 20,000 extra syscalls.
 const TOUCH_EVERY: Duration = Duration::from_millis(20);
@@ -64,6 +69,7 @@ impl Progress {
                 start: Instant::now(),
                 last_unit_ms: AtomicU64::new(0),
                 last_touch_ms: AtomicU64::new(0),
+                last_log_ms: AtomicU64::new(0),
                 files: AtomicU64::new(0),
                 bytes: AtomicU64::new(0),
                 checkpoints: AtomicU64::new(0),
@@ -122,10 +128,23 @@ impl Progress {
     /// A checkpoint committed: a progress unit that also rewrites the state file's content.
     pub fn checkpoint(&self) {
         self.inner.checkpoints.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .last_unit_ms
-            .store(self.now_ms(), Ordering::Relaxed);
+        let now = self.now_ms();
+        self.inner.last_unit_ms.store(now, Ordering::Relaxed);
         self.flush_content();
+        let last_log = self.inner.last_log_ms.load(Ordering::Relaxed);
+        if self.inner.bar.is_none() && now.saturating_sub(last_log) >= LOG_EVERY.as_millis() as u64
+        {
+            self.inner.last_log_ms.store(now, Ordering::Relaxed);
+            let c = self.inner.content.lock().unwrap();
+            tracing::info!(
+                phase = %c.phase,
+                files = c.files_synced,
+                total = c.files_total.map_or("?".to_string(), |t| t.to_string()),
+                bytes = c.bytes,
+                elapsed_s = self.elapsed().as_secs(),
+                "progress"
+            );
+        }
     }
 
     fn flush_content(&self) {
