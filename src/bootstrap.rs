@@ -152,7 +152,7 @@ impl Engine {
             Ok(Err(e)) => return Err(e.into()),
             Ok(Ok(r)) => r,
         };
-        let mut rx = stream_entries(resp, cid, |obj| obj);
+        let mut rx = stream_entries(resp, cid);
         let mut pending = Pending::default();
         let mut applied: u64 = 0;
         let mut last_commit = std::time::Instant::now();

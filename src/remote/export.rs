@@ -6,24 +6,17 @@ use futures_util::TryStreamExt;
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use tokio::sync::mpsc;
 
-/// What the parser thread sends: each entry as processed by the caller's function, then `Ok(count)` at
-/// a clean end, or the error that ended it.
-pub enum ExportItem<T> {
-    Entry(T),
+/// What the parser thread sends: entries, then `Ok(count)` at a clean end, or the error that ended it.
+pub enum ExportItem {
+    Entry(FileObject),
     End(Result<u64, RemoteError>),
 }
 
-/// Spawn the parser for a 2xx export response. Each entry is handed to `apply` on the parser thread
-/// (so decoding and writing overlap with the consumer's bookkeeping); results arrive on the channel.
-pub fn stream_entries<T, F>(
+/// Spawn the parser for a 2xx export response; read items from the returned channel.
+pub fn stream_entries(
     resp: reqwest::Response,
     correlation_id: String,
-    apply: F,
-) -> mpsc::Receiver<ExportItem<T>>
-where
-    T: Send + 'static,
-    F: FnMut(FileObject) -> T + Send + 'static,
-{
+) -> mpsc::Receiver<ExportItem> {
     let (tx, rx) = mpsc::channel(64);
     let stream = resp.bytes_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::StreamReader::new(stream);
@@ -31,7 +24,7 @@ where
     tokio::task::spawn_blocking(move || {
         let reader = std::io::BufReader::with_capacity(256 * 1024, bridge);
         let mut de = serde_json::Deserializer::from_reader(reader);
-        let visitor = EntryVisitor { tx: &tx, apply };
+        let visitor = EntryVisitor { tx: &tx };
         let result = de
             .deserialize_seq(visitor)
             .and_then(|n| de.end().map(|_| n))
@@ -63,24 +56,22 @@ fn classify(e: serde_json::Error, cid: &str) -> RemoteError {
     }
 }
 
-struct EntryVisitor<'a, T, F> {
-    tx: &'a mpsc::Sender<ExportItem<T>>,
-    apply: F,
+struct EntryVisitor<'a> {
+    tx: &'a mpsc::Sender<ExportItem>,
 }
 
-impl<'de, T, F: FnMut(FileObject) -> T> Visitor<'de> for EntryVisitor<'_, T, F> {
+impl<'de> Visitor<'de> for EntryVisitor<'_> {
     type Value = u64;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON array of file objects")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<u64, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
         let mut n = 0;
         while let Some(entry) = seq.next_element::<FileObject>()? {
             n += 1;
-            let out = (self.apply)(entry);
-            if self.tx.blocking_send(ExportItem::Entry(out)).is_err() {
+            if self.tx.blocking_send(ExportItem::Entry(entry)).is_err() {
                 // The consumer gave up (sub-deadline or cancellation): stop reading.
                 return Err(serde::de::Error::custom("export abandoned by the reader"));
             }
