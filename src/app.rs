@@ -246,7 +246,7 @@ pub async fn attempt(s: &mut Setup) -> Result<Attempt, SyncError> {
         let _ = b.commit();
     }
     match result {
-        Err(err) if runs >= s.stall_limit as u64 => Err(SyncError::Stalled(format!(
+        Err(err) if runs >= s.stall_limit as u64 => Err(SyncError::GaveUp(format!(
             "no checkpoint progress in {runs} consecutive attempts; giving up instead of looping. Last error: {err}. \
              Check the server's health and `mountd status`; the mirror resumes from its checkpoint once the cause is fixed"
         ))),
@@ -257,7 +257,7 @@ pub async fn attempt(s: &mut Setup) -> Result<Attempt, SyncError> {
 pub fn exit_code_for(e: &SyncError) -> i32 {
     match e {
         SyncError::Remote(r) if r.is_auth() || r.status() == Some(403) => exit::AUTH,
-        SyncError::Stalled(_) => exit::STALLED,
+        SyncError::Stalled(_) | SyncError::GaveUp(_) => exit::STALLED,
         SyncError::MassDelete { .. } => exit::MASS_DELETE,
         _ => exit::FAILED,
     }
@@ -266,7 +266,7 @@ pub fn exit_code_for(e: &SyncError) -> i32 {
 pub fn hint_for(e: &SyncError) -> &'static str {
     match e {
         SyncError::Remote(r) => r.hint(),
-        SyncError::Stalled(_) => "run again to resume from the checkpoint; if it keeps stalling, check the server (or raise --bootstrap-idle-timeout)",
+        SyncError::Stalled(_) | SyncError::GaveUp(_) => "run again to resume from the checkpoint; if it keeps stalling, check the server (or raise --bootstrap-idle-timeout)",
         SyncError::MassDelete { .. } => "check that --base-url, --workspace and --remote-path point at the right tree",
         SyncError::State(_) => "the state database is unusable; move it aside to start over (files on disk are kept and re-verified by hash)",
         SyncError::Io(_) => "check free space and permissions of --local-dir",

@@ -307,6 +307,7 @@ impl Engine {
                         rel,
                         remote,
                         reason,
+                        ..
                     }) => self.note_failure(&mut p, Some(rel), remote, reason, false),
                     Err(e) => {
                         fatal = Some(e);
@@ -379,7 +380,7 @@ impl Engine {
             ("feed", if ck.feed { "1" } else { "0" }),
             ("last_path", used.as_str()),
         ];
-        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let now = crate::engine::now_rfc3339();
         extra.push(("last_sync_at", now.as_str()));
         self.commit(&mut p, ck.snapshot, None, &extra)?;
         Ok(())

@@ -18,8 +18,16 @@ pub enum SyncError {
     Io(String),
     #[error("stalled: {0}")]
     Stalled(String),
+    /// The stall guard: no checkpoint progress in `--stall-limit` consecutive attempts.
+    #[error("stalled: {0}")]
+    GaveUp(String),
     #[error("refusing to delete {would} of {tracked} mirrored files at completion (the remote listing lost more than half of the tree); if that is really intended, run again with --allow-mass-delete")]
     MassDelete { would: u64, tracked: u64 },
+}
+
+/// Now, as the RFC 3339 timestamp stored in the state DB (`last_sync_at`, `last_audit_at`).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 /// Fixed settings of the engine.
@@ -56,6 +64,8 @@ pub enum Fetched {
         rel: String,
         remote: String,
         reason: String,
+        /// The HTTP status when the server refused this file (404: gone since it was announced).
+        status: Option<u16>,
     },
 }
 
@@ -141,6 +151,7 @@ impl Engine {
                     rel,
                     remote,
                     reason: e.to_string(),
+                    status: e.status(),
                 })
             }
             Err(e) => return Err(e),
@@ -154,6 +165,7 @@ impl Engine {
                         rel,
                         remote,
                         reason,
+                        status: None,
                     }
                 }
             };
@@ -171,6 +183,7 @@ impl Engine {
                     rel,
                     remote,
                     reason,
+                    status: None,
                 },
             }
         })

@@ -10,13 +10,6 @@ use std::collections::BTreeMap;
 /// Events asked per page.
 const EVENTS_PAGE: u32 = 1000;
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PassReport {
-    pub events: u64,
-    pub fetched: u64,
-    pub deleted: u64,
-}
-
 enum Action {
     Fetch(Option<String>, Option<String>),
     Delete,
@@ -24,11 +17,9 @@ enum Action {
 
 impl Engine {
     /// Apply every event after the stored cursor, up to the tail of the feed.
-    pub async fn sync_pass(&mut self) -> Result<PassReport, SyncError> {
-        let mut report = PassReport::default();
+    pub async fn sync_pass(&mut self) -> Result<(), SyncError> {
         if !self.state.has_feed() {
-            self.audit().await?;
-            return Ok(report);
+            return self.audit().await;
         }
         self.progress.set_phase("sync");
         let root = self.cfg.remote_root.clone();
@@ -44,8 +35,7 @@ impl Engine {
                     let mut b = self.state.batch()?;
                     b.set_meta("feed", "0")?;
                     b.commit()?;
-                    self.audit().await?;
-                    return Ok(report);
+                    return self.audit().await;
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -56,7 +46,6 @@ impl Engine {
             // Collapse per path: the last event of a path decides.
             let mut actions: BTreeMap<String, Action> = BTreeMap::new();
             for ev in &page.events {
-                report.events += 1;
                 let Some(path) = ev.path.clone() else {
                     continue;
                 };
@@ -96,7 +85,6 @@ impl Engine {
                             self.store
                                 .remove_file(&rel)
                                 .map_err(|e| SyncError::Io(format!("cannot remove {rel}: {e}")))?;
-                            report.deleted += 1;
                         }
                         p.deletes.push(rel);
                         p.cleared.push(remote);
@@ -104,8 +92,7 @@ impl Engine {
                     Action::Fetch(hash, rev) => to_fetch.push((rel, remote, hash, rev)),
                 }
             }
-            let fetched = self.fetch_all(to_fetch, &mut p).await?;
-            report.fetched += fetched;
+            self.fetch_all(to_fetch, &mut p).await?;
             // Never move the stored cursor backwards (an unknown cursor replays the feed from the start).
             let next = page.next_cursor.clone().unwrap_or_else(|| last.clone());
             let advance = match (&stored, event_seq(&next)) {
@@ -125,11 +112,11 @@ impl Engine {
             }
             cursor = Some(next);
         }
-        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let now = crate::engine::now_rfc3339();
         let mut b = self.state.batch()?;
         b.set_meta("last_sync_at", &now)?;
         b.commit()?;
-        Ok(report)
+        Ok(())
     }
 
     /// Directories are implied by files on the remote: remove those a delete left empty, bottom-up.
@@ -199,9 +186,10 @@ impl Engine {
                     rel,
                     remote,
                     reason,
+                    status,
                 } => {
                     // 404 after an event: the file was deleted since; treat as a delete.
-                    if reason.contains("HTTP 404") {
+                    if status == Some(404) {
                         let _ = self.store.remove_file(&rel);
                         p.deletes.push(rel);
                         p.cleared.push(remote);
@@ -245,7 +233,7 @@ impl Engine {
         };
         self.tree_pull(&mut ck).await?;
         self.complete(&ck, crate::bootstrap::PathUsed::Tree)?;
-        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let now = crate::engine::now_rfc3339();
         let mut b = self.state.batch()?;
         b.set_meta("last_audit_at", &now)?;
         b.commit()?;

@@ -124,7 +124,7 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
                 let code = app::exit_code_for(&e);
                 if code == exit::AUTH
                     || code == exit::MASS_DELETE
-                    || e.to_string().contains("consecutive attempts")
+                    || matches!(e, crate::engine::SyncError::GaveUp(_))
                 {
                     eprintln!("mountd: error: {e}\nmountd: hint: {}", app::hint_for(&e));
                     return code;
