@@ -79,7 +79,7 @@ json_median() { # json_median FILE: median of a hyperfine --export-json file
 
 if [[ $build == 1 ]]; then
     say "building the release binaries"
-    cargo build --release --bins --quiet
+    cargo build --workspace --release --bins --quiet
 fi
 MOUNTD=$ROOT/target/release/mountd
 REMOTE=$ROOT/target/release/mountd-remote

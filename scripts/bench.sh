@@ -68,7 +68,7 @@ command -v curl >/dev/null || {
 }
 
 echo "bench.sh: building the release binaries" >&2
-cargo build --release --bins --quiet
+cargo build --workspace --release --bins --quiet
 MOUNTD=$ROOT/target/release/mountd
 REMOTE=$ROOT/target/release/mountd-remote
 

@@ -40,9 +40,9 @@ run() {
 
 say "building ($profile)"
 if [[ $profile == release ]]; then
-    cargo build --release --bins
+    cargo build --workspace --release --bins
 else
-    cargo build --bins
+    cargo build --workspace --bins
 fi
 BIN=$ROOT/target/$profile
 MOUNTD=$BIN/mountd

@@ -80,26 +80,26 @@ fi
 
 if cargo clippy --version >/dev/null 2>&1; then
     step "cargo clippy"
-    cargo clippy --all-targets --locked -- -D warnings
+    cargo clippy --workspace --all-targets --locked -- -D warnings
 else
     warn "clippy is not installed (rustup component add clippy); skipping lints"
 fi
 
 step "cargo build --all-targets"
-cargo build --all-targets --locked
+cargo build --workspace --all-targets --locked
 export MOUNTD_BIN=$ROOT/target/debug/mountd
 export MOUNTD_REMOTE_BIN=$ROOT/target/debug/mountd-remote
 
 TEST_TIMEOUT=${MOUNTD_TEST_TIMEOUT:-720}
 if cargo nextest --version >/dev/null 2>&1; then
     step "cargo nextest run (timeout ${TEST_TIMEOUT}s)"
-    timeout --kill-after=30s "$TEST_TIMEOUT" cargo nextest run --no-fail-fast --locked
+    timeout --kill-after=30s "$TEST_TIMEOUT" cargo nextest run --workspace --no-fail-fast --locked
     # nextest does not run doctests.
     step "cargo test --doc"
-    timeout --kill-after=30s 300 cargo test --doc --locked
+    timeout --kill-after=30s 300 cargo test --workspace --doc --locked
 else
     step "cargo test (timeout ${TEST_TIMEOUT}s; install cargo-nextest for faster, per-test isolated runs)"
-    timeout --kill-after=30s "$TEST_TIMEOUT" cargo test --no-fail-fast --locked
+    timeout --kill-after=30s "$TEST_TIMEOUT" cargo test --workspace --no-fail-fast --locked
 fi
 
 # ---------------------------------------------------------------------------------------------------

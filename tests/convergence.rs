@@ -2,7 +2,7 @@
 //! the mirror is down or mid-bootstrap; after the runs the mirror must equal the model exactly.
 mod common;
 use common::*;
-use mountd::refremote::Faults;
+use mountd_remote::Faults;
 use rand::{Rng, SeedableRng};
 
 fn random_bytes(rng: &mut rand::rngs::StdRng) -> Vec<u8> {
@@ -67,7 +67,7 @@ fn interrupted_bootstraps_with_concurrent_changes_converge() {
         let hang_after = rng.random_range(1..6);
         h.set_faults(Faults {
             tree_hang_after: Some(hang_after),
-            export_status: (!export).then(|| mountd::refremote::ErrorFault::new(404, "not_found")),
+            export_status: (!export).then(|| mountd_remote::ErrorFault::new(404, "not_found")),
             ..Default::default()
         });
         let depth = rng.random_range(1..4).to_string();

@@ -1,10 +1,10 @@
 //! Real FUSE mounts of a mirror built without network (State + LocalStore). These tests need root and
 //! /dev/fuse; a test that cannot mount fails.
-use mountd::engine::Change;
-use mountd::fs::FsOptions;
-use mountd::fuse::{mount, MountHandle, MountOptions};
-use mountd::state::{FileMeta, Identity, State};
+use mountd::store::db::{FileMeta, Identity, State};
 use mountd::store::LocalStore;
+use mountd::sync::engine::Change;
+use mountd::view::fs::FsOptions;
+use mountd::view::fuse::{mount, MountHandle, MountOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -1,7 +1,7 @@
 //! `mountd --once` bootstrap through the export and its fall-through rules, against the reference remote.
 mod common;
 use common::*;
-use mountd::refremote::{ErrorFault, Faults};
+use mountd_remote::{ErrorFault, Faults};
 
 #[test]
 fn export_happy_path_is_complete_and_byte_exact() {

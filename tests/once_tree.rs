@@ -2,7 +2,7 @@
 //! and its wrapper, writes during a bootstrap, quarantine, hostile paths and auth failures.
 mod common;
 use common::*;
-use mountd::refremote::{ErrorFault, Faults, PathFault};
+use mountd_remote::{ErrorFault, Faults, PathFault};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -462,12 +462,12 @@ fn bursts_of_5xx_with_html_bodies_are_retried_and_the_run_completes() {
     h.sample_tree(6);
     h.set_faults(Faults {
         fail_next: vec![
-            mountd::refremote::FailNext {
+            mountd_remote::FailNext {
                 route: "tree".into(),
                 count: 2,
                 error: ErrorFault::new(502, "html"),
             },
-            mountd::refremote::FailNext {
+            mountd_remote::FailNext {
                 route: "file".into(),
                 count: 3,
                 error: ErrorFault::new(503, "unavailable"),
@@ -495,7 +495,7 @@ fn a_429_pauses_all_workers_for_its_retry_after() {
         h.put(&format!("/g/f{i:02}"), b"g");
     }
     h.set_faults(Faults {
-        fail_next: vec![mountd::refremote::FailNext {
+        fail_next: vec![mountd_remote::FailNext {
             route: "file".into(),
             count: 1,
             error: ErrorFault::new(429, "rate_limited").with_retry_after("2"),

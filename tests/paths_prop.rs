@@ -1,6 +1,6 @@
 //! Property test: whatever string a remote sends as a path, the mapped local path stays strictly inside
 //! the mirror root and outside the reserved directory (or the path is rejected).
-use mountd::paths::{to_local, RESERVED_DIR};
+use mountd::store::paths::{to_local, RESERVED_DIR};
 use proptest::prelude::*;
 use std::path::{Component, Path};
 
@@ -31,7 +31,7 @@ proptest! {
             prop_assert!(!rel.contains('\0') && !rel.contains('\\'));
             prop_assert!(rel.split('/').all(|s| !s.is_empty() && s.len() <= 255));
             // The inverse mapping gives back the remote path.
-            prop_assert_eq!(mountd::paths::to_remote("/", &rel), remote);
+            prop_assert_eq!(mountd::store::paths::to_remote("/", &rel), remote);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! events feed, restarts, signals, and the plain-directory mode.
 mod common;
 use common::*;
-use mountd::refremote::Faults;
+use mountd_remote::Faults;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};

@@ -1,7 +1,7 @@
 //! Test harness: a reference remote on loopback (in-process), a temp mirror, and the real `mountd`
 //! binary run as a child process.
 #![allow(dead_code)]
-use mountd::refremote::{Faults, RemoteConfig, RemoteHandle};
+use mountd_remote::{Faults, RemoteConfig, RemoteHandle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -178,8 +178,8 @@ impl Harness {
         })
     }
 
-    pub fn state(&self) -> mountd::state::State {
-        mountd::state::State::open_existing(&self.state_db()).unwrap()
+    pub fn state(&self) -> mountd::store::db::State {
+        mountd::store::db::State::open_existing(&self.state_db()).unwrap()
     }
 
     /// Lose the state DB (the files stay on disk).
@@ -195,7 +195,7 @@ impl Harness {
 
     /// True once the state DB exists and says the bootstrap completed (false while it is being created).
     pub fn is_complete(&self) -> bool {
-        mountd::state::State::open_existing(&self.state_db())
+        mountd::store::db::State::open_existing(&self.state_db())
             .map(|s| s.is_complete())
             .unwrap_or(false)
     }

@@ -1,10 +1,10 @@
 //! The bootstrap: export first under its own sub-deadline, falling through to the resumable per-page
 //! tree pull; completion sweeps what the authoritative listing no longer has and sets the events cursor
 //! to the tip taken before the snapshot started.
-use crate::engine::{Engine, Fetched, Pending, SyncError};
-use crate::paths;
 use crate::remote::export::{stream_entries, ExportItem};
-use crate::state::{Checkpoint, FileMeta, Phase, KIND_FILE};
+use crate::store::db::{Checkpoint, FileMeta, Phase, KIND_FILE};
+use crate::store::paths;
+use crate::sync::engine::{Engine, Fetched, Pending, SyncError};
 use futures_util::StreamExt;
 
 /// How the bootstrap got its listing.
@@ -380,7 +380,7 @@ impl Engine {
             ("feed", if ck.feed { "1" } else { "0" }),
             ("last_path", used.as_str()),
         ];
-        let now = crate::engine::now_rfc3339();
+        let now = crate::sync::engine::now_rfc3339();
         extra.push(("last_sync_at", now.as_str()));
         self.commit(&mut p, ck.snapshot, None, &extra)?;
         Ok(())

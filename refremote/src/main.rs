@@ -1,5 +1,5 @@
 //! `mountd-remote`: the reference relayfile remote as a standalone server, for the demo, the
-//! benchmarks and manual testing. Serves the relayfile API (see `src/refremote/`) with switchable
+//! benchmarks and manual testing. Serves the relayfile API (see the `mountd_remote` library) with switchable
 //! faults (`--faults` or `PUT /_control/faults`) until SIGINT/SIGTERM.
 //!
 //! Prints exactly one line to stdout, `listening on http://ADDR`, then logs to stderr.
@@ -9,11 +9,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use mountd::refremote::{Faults, RemoteConfig, RemoteHandle};
+use mountd_remote::{Faults, RemoteConfig, RemoteHandle};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "mountd-remote",
+    version,
     about = "Reference relayfile remote (loopback test server)"
 )]
 struct Args {

@@ -495,14 +495,14 @@ impl Batch<'_> {
     /// Make sure directory `rel` and its ancestors have records stamped `seen`; returns its inode.
     pub fn ensure_dir(&mut self, rel: &str, seen: i64) -> Result<u64, StateError> {
         if rel.is_empty() {
-            return Ok(crate::state::ROOT_INO);
+            return Ok(crate::store::db::ROOT_INO);
         }
         if let Some((ino, stamp)) = self.lookup_dir(rel) {
             if stamp == seen {
                 return Ok(ino);
             }
         }
-        let parent = self.ensure_dir(crate::paths::parent(rel), seen)?;
+        let parent = self.ensure_dir(crate::store::paths::parent(rel), seen)?;
         let existing: Option<(i64, i64)> = self
             .tx
             .prepare_cached("SELECT ino, kind FROM entries WHERE path = ?1")
@@ -525,7 +525,7 @@ impl Batch<'_> {
                 }
                 self.tx
                     .prepare_cached("INSERT INTO entries(parent, name, path, kind, mtime, seen) VALUES (?1, ?2, ?3, 2, ?4, ?5)")
-                    .and_then(|mut s| s.execute(params![parent as i64, crate::paths::name(rel), rel, now_secs(), seen]))
+                    .and_then(|mut s| s.execute(params![parent as i64, crate::store::paths::name(rel), rel, now_secs(), seen]))
                     .map_err(|e| self.err(e))?;
                 self.tx.last_insert_rowid() as u64
             }
@@ -541,7 +541,7 @@ impl Batch<'_> {
         m: &FileMeta,
         seen: i64,
     ) -> Result<(u64, u64, bool), StateError> {
-        let parent = self.ensure_dir(crate::paths::parent(rel), seen)?;
+        let parent = self.ensure_dir(crate::store::paths::parent(rel), seen)?;
         let existing: Option<(i64, i64, Option<String>, i64)> = self
             .tx
             .prepare_cached("SELECT ino, kind, content_hash, size FROM entries WHERE path = ?1")
@@ -572,7 +572,7 @@ impl Batch<'_> {
                          VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)",
                     )
                     .and_then(|mut s| {
-                        s.execute(params![parent as i64, crate::paths::name(rel), rel, m.size as i64, m.revision, m.content_hash, m.content_type, now_secs(), seen])
+                        s.execute(params![parent as i64, crate::store::paths::name(rel), rel, m.size as i64, m.revision, m.content_hash, m.content_type, now_secs(), seen])
                     })
                     .map_err(|e| self.err(e))?;
                 Ok((self.tx.last_insert_rowid() as u64, parent, true))

@@ -1,9 +1,9 @@
 //! Incremental sync after the bootstrap: apply the events feed page by page (changes collapsed per
 //! path, cursor committed with the records), retry quarantined files, and audit by listing.
-use crate::engine::{Engine, Fetched, Pending, SyncError};
-use crate::paths;
 use crate::remote::types::event_seq;
-use crate::state::{Phase, KIND_FILE};
+use crate::store::db::{Phase, KIND_FILE};
+use crate::store::paths;
+use crate::sync::engine::{Engine, Fetched, Pending, SyncError};
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
 
@@ -112,7 +112,7 @@ impl Engine {
             }
             cursor = Some(next);
         }
-        let now = crate::engine::now_rfc3339();
+        let now = crate::sync::engine::now_rfc3339();
         let mut b = self.state.batch()?;
         b.set_meta("last_sync_at", &now)?;
         b.commit()?;
@@ -232,8 +232,8 @@ impl Engine {
             _ => self.new_checkpoint(Phase::Tree).await?,
         };
         self.tree_pull(&mut ck).await?;
-        self.complete(&ck, crate::bootstrap::PathUsed::Tree)?;
-        let now = crate::engine::now_rfc3339();
+        self.complete(&ck, crate::sync::bootstrap::PathUsed::Tree)?;
+        let now = crate::sync::engine::now_rfc3339();
         let mut b = self.state.batch()?;
         b.set_meta("last_audit_at", &now)?;
         b.commit()?;

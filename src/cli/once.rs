@@ -1,12 +1,12 @@
 //! Wiring: turn validated arguments into an engine, run `--once`, report, and map outcomes to exit codes.
-use crate::config::{clamp_export_timeout, validate_timeouts, ProgressMode, RunArgs};
-use crate::engine::{Engine, SyncConfig, SyncError};
-use crate::progress::Progress;
+use crate::cli::args::{clamp_export_timeout, validate_timeouts, ProgressMode, RunArgs};
 use crate::remote::retry::RetryPolicy;
 use crate::remote::{ClientConfig, RemoteClient};
-use crate::state::{Identity, State};
-use crate::statefile::{StateFile, StateFileContent};
+use crate::store::db::{Identity, State};
 use crate::store::LocalStore;
+use crate::sync::engine::{Engine, SyncConfig, SyncError};
+use crate::sync::progress::Progress;
+use crate::sync::statefile::{StateFile, StateFileContent};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -38,9 +38,11 @@ impl Fatal {
 }
 
 pub fn state_db_path(local_dir: &std::path::Path, explicit: Option<&PathBuf>) -> PathBuf {
-    explicit
-        .cloned()
-        .unwrap_or_else(|| local_dir.join(crate::paths::RESERVED_DIR).join("state.db"))
+    explicit.cloned().unwrap_or_else(|| {
+        local_dir
+            .join(crate::store::paths::RESERVED_DIR)
+            .join("state.db")
+    })
 }
 
 fn read_token(a: &RunArgs) -> Result<String, Fatal> {
@@ -70,7 +72,7 @@ pub struct Setup {
     pub idle: std::time::Duration,
     pub cap: std::time::Duration,
     pub stall_limit: u32,
-    pub _lock: crate::lock::MirrorLock,
+    pub _lock: crate::cli::lock::MirrorLock,
 }
 
 pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
@@ -92,7 +94,7 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
         .local_dir
         .clone()
         .ok_or_else(|| Fatal::usage("missing --local-dir (or RELAYFILE_LOCAL_DIR)"))?;
-    let remote_root = crate::paths::normalize_root(&a.remote_path)
+    let remote_root = crate::store::paths::normalize_root(&a.remote_path)
         .map_err(|e| Fatal::usage(format!("--remote-path {:?}: {e}", a.remote_path)))?;
     validate_timeouts(a).map_err(Fatal::usage)?;
     let token = read_token(a)?;
@@ -130,7 +132,7 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
         ))
     })?;
     let db = state_db_path(store.root(), a.state_db.as_ref());
-    let lock = crate::lock::acquire(&db).map_err(Fatal::usage)?;
+    let lock = crate::cli::lock::acquire(&db).map_err(Fatal::usage)?;
     let identity = Identity {
         base_url: base_url.trim_end_matches('/').to_string(),
         workspace: workspace.clone(),
@@ -163,7 +165,7 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
             .progress_chars("=> "),
         );
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        let _ = crate::progress::BAR.set(bar.clone());
+        let _ = crate::sync::progress::BAR.set(bar.clone());
         bar
     });
     let progress = Progress::new(state_file, a.mount_kind.as_str(), bar);
@@ -210,7 +212,7 @@ pub struct Attempt {
 pub async fn attempt(s: &mut Setup) -> Result<Attempt, SyncError> {
     let e = &mut s.engine;
     let before = e.progress.checkpoints();
-    let result = crate::watchdog::guarded(&e.progress.clone(), s.idle, s.cap, async {
+    let result = crate::sync::watchdog::guarded(&e.progress.clone(), s.idle, s.cap, async {
         // Files quarantined by an earlier run are retried once; a bootstrap retries nothing it just failed.
         let path = if !e.state.is_complete() {
             e.bootstrap().await?.as_str()

@@ -1,6 +1,6 @@
 //! The read-only file system view: answers lookup, getattr, readdir, open/read and statfs from the state
 //! database and the local mirror only (no network), with no FUSE types so it can be tested without a
-//! kernel. [`crate::fuse`] maps fuser calls onto it.
+//! kernel. [`crate::view::fuse`] maps fuser calls onto it.
 //!
 //! Errors are libc errno values (`i32`).
 //!
@@ -12,7 +12,7 @@
 //! offset `3 + i`. A directory handle remembers the names at the offsets it returned (the last batch,
 //! plus every 256th offset), so the next page continues by name keyset (`name > last`) and a repeated
 //! or earlier offset is answered by walking forward from the nearest remembered name.
-use crate::state::{Entry, StateReader, KIND_DIR, KIND_FILE, ROOT_INO};
+use crate::store::db::{Entry, StateReader, KIND_DIR, KIND_FILE, ROOT_INO};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs::File;
@@ -472,7 +472,7 @@ impl MirrorFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{FileMeta, Identity, State};
+    use crate::store::db::{FileMeta, Identity, State};
     use crate::store::LocalStore;
     use std::ffi::OsString;
     use std::os::unix::ffi::OsStringExt;

@@ -1,10 +1,10 @@
 //! The sync engine's shared parts: its inputs (remote client, local store, state), fetching one file with
 //! hash-skip, committing a batch of results, and telling the file system view what changed.
-use crate::paths;
-use crate::progress::Progress;
 use crate::remote::{RemoteClient, RemoteError};
-use crate::state::{Checkpoint, FileMeta, State, StateError};
+use crate::store::db::{Checkpoint, FileMeta, State, StateError};
+use crate::store::paths;
 use crate::store::LocalStore;
+use crate::sync::progress::Progress;
 use std::sync::Arc;
 use std::time::Duration;
 

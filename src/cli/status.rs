@@ -1,5 +1,5 @@
 //! `mountd status`: where a mirror stands, read from its state database.
-use crate::state::State;
+use crate::store::db::State;
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -20,7 +20,7 @@ pub struct Status {
     pub last_error: Option<String>,
     pub no_progress_runs: u64,
     pub traversal: Option<Traversal>,
-    pub quarantined: Vec<crate::state::Quarantined>,
+    pub quarantined: Vec<crate::store::db::Quarantined>,
     pub remote: Remote,
 }
 

@@ -1,6 +1,6 @@
 //! The no-progress watchdog and the optional hard cap around a bootstrap or sync attempt.
-use crate::engine::SyncError;
-use crate::progress::Progress;
+use crate::sync::engine::SyncError;
+use crate::sync::progress::Progress;
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;

@@ -11,9 +11,9 @@
 //!
 //! fuser 0.18.0's `AutoUnmount` hangs on in-process unmount, so it is never used: [`MountHandle`]
 //! unmounts explicitly (also on drop), and [`mount`] detaches a stale mount it finds first.
-use crate::engine::{Change, ChangeSink};
-use crate::fs::{Attr, FsOptions, Kind, MirrorFs};
-use crate::state::State;
+use crate::store::db::State;
+use crate::sync::engine::{Change, ChangeSink};
+use crate::view::fs::{Attr, FsOptions, Kind, MirrorFs};
 use fuser::{
     AccessFlags, BackgroundSession, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType,
     Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption,
@@ -114,8 +114,8 @@ impl FuseAdapter {
 /// Run one file system call and record its latency and outcome in the metrics.
 fn timed<T>(
     op: &str,
-    f: impl FnOnce() -> Result<T, crate::fs::Errno>,
-) -> Result<T, crate::fs::Errno> {
+    f: impl FnOnce() -> Result<T, crate::view::fs::Errno>,
+) -> Result<T, crate::view::fs::Errno> {
     let start = std::time::Instant::now();
     let r = f();
     crate::metrics::Metrics::global().observe_fuse(op, start.elapsed(), r.is_ok());

@@ -1,6 +1,6 @@
 //! The reference remote: a real relayfile-API HTTP server on loopback (axum), backed by an
 //! in-memory store, with switchable faults and per-route request counters. Tests, the demo and the
-//! benchmarks run mountd against it; `src/bin/mountd-remote.rs` wraps it as a standalone binary.
+//! benchmarks run mountd against it; `src/main.rs` wraps it as a standalone binary.
 
 mod export;
 mod faults;

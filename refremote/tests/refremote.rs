@@ -1,7 +1,7 @@
-//! Tests of the reference remote (`mountd::refremote`): the wire contract and a few faults.
+//! Tests of the reference remote (`mountd_remote`): the wire contract and a few faults.
 
 use base64::Engine;
-use mountd::refremote::{ErrorFault, Faults, PathFault, RemoteConfig, RemoteHandle};
+use mountd_remote::{ErrorFault, Faults, PathFault, RemoteConfig, RemoteHandle};
 use serde_json::Value;
 
 const WS: &str = "/v1/workspaces/ws1/fs";
@@ -169,7 +169,7 @@ async fn file_base64_roundtrip_and_export() {
         .decode(v["content"].as_str().unwrap())
         .unwrap();
     assert_eq!(bytes, bin);
-    assert_eq!(v["contentHash"], mountd::refremote::sha256_hex(&bin));
+    assert_eq!(v["contentHash"], mountd_remote::sha256_hex(&bin));
 
     let (_, v) = get_json(&r, "file?path=/a.txt").await;
     assert_eq!(v["content"], "hello");
@@ -184,10 +184,7 @@ async fn file_base64_roundtrip_and_export() {
     let ps: Vec<_> = arr.iter().map(|f| f["path"].as_str().unwrap()).collect();
     assert_eq!(ps, ["/a.txt", "/img/bin.dat", "/img/t.txt"]);
     assert_eq!(arr[2]["encoding"], "base64");
-    assert_eq!(
-        arr[2]["contentHash"],
-        mountd::refremote::sha256_hex(b"text")
-    );
+    assert_eq!(arr[2]["contentHash"], mountd_remote::sha256_hex(b"text"));
     let (_, v) = get_json(&r, "export?format=json&path=/img").await;
     assert_eq!(v.as_array().unwrap().len(), 2);
     let (st, _) = get_json(&r, "export?format=tar").await;
@@ -270,7 +267,7 @@ async fn faults_429_truncate_reset_badhash() {
         "/y.txt".into(),
         PathFault::Status(ErrorFault::new(502, "html")),
     );
-    f.fail_next.push(mountd::refremote::FailNext {
+    f.fail_next.push(mountd_remote::FailNext {
         route: "tree".into(),
         count: 1,
         error: ErrorFault::new(500, "internal_error"),
@@ -279,7 +276,7 @@ async fn faults_429_truncate_reset_badhash() {
     let (_, v) = get_json(&r, "file?path=/x.txt").await;
     assert_ne!(
         v["contentHash"],
-        mountd::refremote::sha256_hex(b"some content here")
+        mountd_remote::sha256_hex(b"some content here")
     );
     let resp = get(&r, "file?path=/y.txt").await;
     assert_eq!(resp.status().as_u16(), 502);
@@ -334,7 +331,7 @@ async fn writes_control_and_seed() {
         412
     );
     let (_, v) = get_json(&r, "file?path=/new.txt").await;
-    assert_eq!(v["contentHash"], mountd::refremote::sha256_hex(b"new"));
+    assert_eq!(v["contentHash"], mountd_remote::sha256_hex(b"new"));
     assert_eq!(
         send(reqwest::Method::DELETE, "*")
             .await

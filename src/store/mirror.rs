@@ -5,7 +5,7 @@
 //! whole file system of the root is flushed with `syncfs(2)`, so a committed record never points at bytes
 //! that a power loss could take back. Between checkpoints, a crash may lose uncommitted files; the next
 //! run re-verifies them by hash.
-use crate::paths::RESERVED_DIR;
+use crate::store::paths::RESERVED_DIR;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::fs;
@@ -133,7 +133,8 @@ impl LocalStore {
         fill: impl FnOnce(&mut fs::File) -> Result<T, String>,
     ) -> Result<T, String> {
         let local = |e: io::Error| format!("cannot write locally: {e}");
-        self.ensure_dir(crate::paths::parent(rel)).map_err(local)?;
+        self.ensure_dir(crate::store::paths::parent(rel))
+            .map_err(local)?;
         let target = self.abs(rel);
         if let Ok(m) = fs::symlink_metadata(&target) {
             if m.is_dir() {

@@ -2,7 +2,7 @@
 //!
 //! A progress unit is a tree page listed, a file fetched and written or verified by hash, an export entry
 //! applied, or a checkpoint committed. Bytes trickling inside one response are not progress.
-use crate::statefile::{StateFile, StateFileContent};
+use crate::sync::statefile::{StateFile, StateFileContent};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

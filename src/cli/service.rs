@@ -1,7 +1,7 @@
 //! The long-running service: bootstrap if needed, then serve (FUSE or plain directory) and apply the
 //! events feed every interval (±20% jitter) until SIGTERM/SIGINT.
-use crate::app::{self, exit};
-use crate::config::{RunArgs, StatusArgs};
+use crate::cli::args::{RunArgs, StatusArgs};
+use crate::cli::once::{self as app, exit};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,16 +17,16 @@ pub fn status_command(s: &StatusArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    match crate::state::State::open_existing(&db) {
+    match crate::store::db::State::open_existing(&db) {
         Ok(st) => {
-            let status = crate::status::read(&st);
+            let status = crate::cli::status::read(&st);
             if s.json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&status).expect("status serializes")
                 );
             } else {
-                print!("{}", crate::status::render(&status));
+                print!("{}", crate::cli::status::render(&status));
             }
             if status.bootstrap_complete && status.quarantined.is_empty() {
                 exit::OK
@@ -124,7 +124,7 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
                 let code = app::exit_code_for(&e);
                 if code == exit::AUTH
                     || code == exit::MASS_DELETE
-                    || matches!(e, crate::engine::SyncError::GaveUp(_))
+                    || matches!(e, crate::sync::engine::SyncError::GaveUp(_))
                 {
                     eprintln!("mountd: error: {e}\nmountd: hint: {}", app::hint_for(&e));
                     return code;
@@ -144,19 +144,19 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
     // 2. Serve.
     let mount = match (&a.mountpoint, a.no_fuse) {
         (Some(mnt), false) => {
-            let opts = crate::fuse::MountOptions {
+            let opts = crate::view::fuse::MountOptions {
                 fsname: format!("mountd:{}", a.workspace.clone().unwrap_or_default()),
                 allow_other: a.allow_other,
                 ttl: a.metadata_ttl,
                 threads: 2,
-                fs: crate::fs::FsOptions {
+                fs: crate::view::fs::FsOptions {
                     uid: a.uid.unwrap_or_else(|| unsafe { libc::geteuid() }),
                     gid: a.gid.unwrap_or_else(|| unsafe { libc::getegid() }),
                     file_mode: a.file_mode,
                     dir_mode: a.dir_mode,
                 },
             };
-            match crate::fuse::mount(mnt, &s.engine.state, s.engine.store.root(), opts) {
+            match crate::view::fuse::mount(mnt, &s.engine.state, s.engine.store.root(), opts) {
                 Ok(m) => {
                     s.engine.sink = Some(m.sink());
                     tracing::info!(mountpoint = %mnt.display(), "mounted read-only");
@@ -195,7 +195,7 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
         let e = &mut s.engine;
         let progress = e.progress.clone();
         let started = Instant::now();
-        let pass = crate::watchdog::guarded(&progress, s.idle, Duration::ZERO, async {
+        let pass = crate::sync::watchdog::guarded(&progress, s.idle, Duration::ZERO, async {
             if audit_due || e.state.checkpoint().is_some() {
                 e.audit().await?;
             } else {

@@ -1,0 +1,7 @@
+//! Local persistence: the mirror on disk ([`mirror`]), remote-to-local path mapping ([`paths`]) and the
+//! SQLite state database ([`db`]), the one owner of durable state.
+pub mod db;
+pub mod mirror;
+pub mod paths;
+
+pub use mirror::LocalStore;
