@@ -18,7 +18,7 @@ fn init_logging(format: LogFormat) {
 fn main() {
     let cli = Cli::parse();
     if let Some(Command::Status(s)) = &cli.command {
-        std::process::exit(mountd::cli::service::status_command(s));
+        std::process::exit(mountd::cli::status::command(s));
     }
     init_logging(cli.run.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,5 +1,5 @@
-//! Prometheus text metrics on a loopback address (`--metrics-addr`): sync counters and latencies,
-//! FUSE operation latency histograms. Process-global, lock-free counters.
+//! Process-wide metrics: sync counters and latencies, FUSE operation latency histograms, rendered as
+//! Prometheus text (served by [`crate::cli::metrics_server`]). Lock-free counters, no dependencies.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -130,36 +130,4 @@ impl Metrics {
         }
         out
     }
-}
-
-/// Serve `/metrics` on `addr` in the background (HTTP/1.1, plain text exposition format).
-pub async fn serve(addr: std::net::SocketAddr) -> std::io::Result<()> {
-    use hyper::body::Incoming;
-    use hyper::{Request, Response};
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let io = hyper_util::rt::TokioIo::new(stream);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let (status, body) = if req.uri().path() == "/metrics" {
-                        (200, Metrics::global().render())
-                    } else {
-                        (404, "not found: metrics are at /metrics\n".to_string())
-                    };
-                    Response::builder()
-                        .status(status)
-                        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
-            });
-        }
-    });
-    Ok(())
 }

@@ -95,7 +95,7 @@ fn interrupted_bootstraps_with_concurrent_changes_converge() {
         h.assert_mirror_exact();
         let st = h.state();
         assert_eq!(
-            st.tracked_files() as usize,
+            st.tracked_files().unwrap() as usize,
             h.expected.len(),
             "seed {seed}: records match the tree"
         );

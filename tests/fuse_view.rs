@@ -1,8 +1,8 @@
 //! Real FUSE mounts of a mirror built without network (State + LocalStore). These tests need root and
 //! /dev/fuse; a test that cannot mount fails.
+use mountd::store::change::Change;
 use mountd::store::db::{FileMeta, Identity, State};
 use mountd::store::LocalStore;
-use mountd::sync::engine::Change;
 use mountd::view::fs::FsOptions;
 use mountd::view::fuse::{mount, MountHandle, MountOptions};
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,47 +42,34 @@ impl Mirror {
 
     /// Write and record files in one transaction; returns the changes (for the sink).
     fn put(&mut self, files: &[(&str, &[u8])]) -> Vec<Change> {
-        let mut changes = Vec::new();
         let mut b = self.st.batch().unwrap();
         for (rel, bytes) in files {
             self.store.write_atomic(rel, bytes).unwrap();
-            let (ino, parent, _) = b
-                .upsert_file(
-                    rel,
-                    &FileMeta {
-                        size: bytes.len() as u64,
-                        content_hash: Some(format!("{:x}", fnv(bytes))),
-                        ..Default::default()
-                    },
-                    1,
-                )
-                .unwrap();
-            changes.push(Change {
-                ino,
-                parent,
-                name: rel.rsplit('/').next().unwrap().to_string(),
-                removed: false,
-            });
+            b.upsert_file(
+                rel,
+                &FileMeta {
+                    size: bytes.len() as u64,
+                    content_hash: Some(format!("{:x}", fnv(bytes))),
+                    ..Default::default()
+                },
+                1,
+            )
+            .unwrap();
         }
-        b.commit().unwrap();
-        changes
+        b.commit().unwrap()
     }
 
     fn remove(&mut self, rel: &str) -> Vec<Change> {
         let mut b = self.st.batch().unwrap();
-        let (ino, parent, name) = b.delete(rel).unwrap().expect("recorded");
-        b.commit().unwrap();
+        b.delete(rel).unwrap().expect("recorded");
+        let changes = b.commit().unwrap();
         self.store.remove_file(rel).unwrap();
-        vec![Change {
-            ino,
-            parent,
-            name,
-            removed: true,
-        }]
+        changes
     }
 
     fn mount_at(&self, mp: &Path) -> Mounted {
-        let handle = mount(mp, &self.st, self.store.root(), opts()).expect("mount must work here");
+        let handle =
+            mount(mp, self.st.path(), self.store.root(), opts()).expect("mount must work here");
         Mounted {
             handle: Some(handle),
         }
@@ -446,7 +433,7 @@ fn inodes_stable_across_remount() {
     mnt.unmount();
     let mnt = m.mount_at(mp.path());
     assert_eq!(inos(mp.path()), first);
-    assert_eq!(first[2], m.st.file("a/b/c.txt").unwrap().ino);
+    assert_eq!(first[2], m.st.file("a/b/c.txt").unwrap().unwrap().ino);
     drop(mnt);
 }
 
@@ -462,7 +449,7 @@ fn helper_child_mount() {
         return;
     };
     let st = State::open(Path::new(&db), &identity(Path::new(&root))).unwrap();
-    let h = mount(Path::new(&mp), &st, Path::new(&root), opts()).unwrap();
+    let h = mount(Path::new(&mp), st.path(), Path::new(&root), opts()).unwrap();
     println!("CHILD-READY");
     std::thread::sleep(Duration::from_secs(120));
     drop(h);

@@ -18,7 +18,7 @@ fn export_happy_path_is_complete_and_byte_exact() {
     );
     assert!(r.stdout.contains("via export"), "{}", r.all());
     let st = h.state();
-    assert!(st.is_complete());
+    assert!(st.is_complete().unwrap());
     // A second run catches up from the feed and fetches nothing.
     h.remote.reset_counts();
     let r = h.run(&[]);
@@ -42,7 +42,7 @@ fn slow_export_falls_through_to_tree_in_the_same_run() {
     assert_eq!(c.export, 1, "export requested exactly once");
     assert!(c.tree >= 5, "tree pull used: {c:?}");
     assert!(r.stdout.contains("via tree"), "{}", r.all());
-    assert!(h.state().is_complete());
+    assert!(h.state().is_complete().unwrap());
 }
 
 #[test]
@@ -126,8 +126,8 @@ fn rate_limited_and_queue_full_fail_visibly_without_fall_through() {
             r.all()
         );
         let st = h.state();
-        assert!(!st.is_complete());
-        assert_eq!(st.events_cursor(), None);
+        assert!(!st.is_complete().unwrap());
+        assert_eq!(st.events_cursor().unwrap(), None);
     }
 }
 
@@ -220,7 +220,7 @@ fn empty_export_on_an_empty_workspace_completes() {
     let h = Harness::new();
     let r = h.run(&[]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(h.state().is_complete());
+    assert!(h.state().is_complete().unwrap());
     let c = h.remote.counts();
     assert_eq!((c.export, c.tree), (1, 0));
 }
@@ -238,8 +238,8 @@ fn export_5xx_after_retries_fails_and_advances_nothing() {
     let c = h.remote.counts();
     assert_eq!((c.export, c.tree, c.file), (4, 0, 0));
     let st = h.state();
-    assert!(!st.is_complete());
-    assert_eq!(st.events_cursor(), None);
+    assert!(!st.is_complete().unwrap());
+    assert_eq!(st.events_cursor().unwrap(), None);
     assert!(r.stderr.contains("hint:"), "{}", r.all());
     // Once the export recovers, the next run completes.
     h.set_faults(Faults::default());

@@ -32,7 +32,11 @@ fn kill_9_mid_tree_pull_resumes_without_refetching() {
         "killed before the end ({} files)",
         first.file
     );
-    let ck = h.state().checkpoint().expect("checkpoint persisted");
+    let ck = h
+        .state()
+        .checkpoint()
+        .unwrap()
+        .expect("checkpoint persisted");
     assert!(ck.pages_done >= 1, "{ck:?}");
     h.set_faults(Faults::default());
     h.remote.reset_counts();
@@ -84,7 +88,7 @@ fn hung_page_trips_the_watchdog_and_the_next_run_resumes() {
     ]);
     assert_eq!(r.code, 4, "stalled exit code: {}", r.all());
     assert!(r.stderr.contains("no progress for 2s"), "{}", r.all());
-    let ck = h.state().checkpoint().expect("state saved");
+    let ck = h.state().checkpoint().unwrap().expect("state saved");
     assert_eq!(ck.pages_done, 2, "{ck:?}");
     let fetched_first = h.remote.counts().file;
     assert_eq!(fetched_first, 10);
@@ -278,7 +282,7 @@ fn writes_during_the_bootstrap_are_not_lost() {
     let r = wait_output(child, Duration::from_secs(60), Instant::now());
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(
-        h.state().events_cursor().as_deref(),
+        h.state().events_cursor().unwrap().as_deref(),
         Some("evt_40"),
         "cursor is the tip from before the snapshot"
     );
@@ -286,7 +290,10 @@ fn writes_during_the_bootstrap_are_not_lost() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains("via catch-up"), "{}", r.all());
     h.assert_mirror_exact();
-    assert_eq!(h.state().events_cursor().as_deref(), Some("evt_43"));
+    assert_eq!(
+        h.state().events_cursor().unwrap().as_deref(),
+        Some("evt_43")
+    );
 }
 
 #[test]
@@ -381,7 +388,7 @@ fn hostile_paths_are_skipped_and_nothing_escapes_the_root() {
             "{q:?}"
         );
         // The state DB inside the reserved dir is intact.
-        assert!(h.state().is_complete());
+        assert!(h.state().is_complete().unwrap());
     }
 }
 
@@ -557,7 +564,8 @@ fn an_unknown_cursor_replays_the_feed_harmlessly() {
     {
         let mut st = h.state();
         let mut b = st.batch().unwrap();
-        b.set_meta("events_cursor", "evt_999").unwrap();
+        b.set_meta(mountd::store::db::MetaKey::EventsCursor, "evt_999")
+            .unwrap();
         b.commit().unwrap();
     }
     h.put("/after-reset.txt", b"new\n");
@@ -572,7 +580,7 @@ fn an_unknown_cursor_replays_the_feed_harmlessly() {
         c.file_paths
     );
     assert_eq!(
-        h.state().events_cursor().as_deref(),
+        h.state().events_cursor().unwrap().as_deref(),
         Some("evt_999"),
         "the cursor never moves backwards"
     );

@@ -229,7 +229,7 @@ fn restart_keeps_inodes_and_applies_events_written_while_down() {
     read_until(&mnt.join("while-up.txt"), b"up\n");
     assert_eq!(svc.stop(), 0);
     assert!(!is_mounted(&mnt));
-    let cursor = h.state().events_cursor();
+    let cursor = h.state().events_cursor().unwrap();
     assert!(cursor.is_some());
     // Written while the daemon is down.
     h.put("/while-down.txt", b"down\n");
@@ -297,7 +297,7 @@ fn sigterm_during_a_sync_pass_unmounts_persists_and_resumes() {
     let mnt = h.tmp.path().join("mnt");
     let mut svc = Service::start(&h, &mnt, &[]);
     svc.wait_mounted();
-    let cursor_before = h.state().events_cursor();
+    let cursor_before = h.state().events_cursor().unwrap();
     // A slow file read keeps the next pass in flight.
     h.set_faults(Faults {
         file_delay_ms: 60_000,
@@ -319,7 +319,7 @@ fn sigterm_during_a_sync_pass_unmounts_persists_and_resumes() {
     );
     assert!(!is_mounted(&mnt), "unmounted");
     // The in-flight page was abandoned, not half-applied: the cursor did not move past it.
-    assert_eq!(h.state().events_cursor(), cursor_before);
+    assert_eq!(h.state().events_cursor().unwrap(), cursor_before);
     h.set_faults(Faults::default());
     h.put("/slow/three.txt", b"three\n");
     let svc = Service::start(&h, &mnt, &[]);

@@ -1,5 +1,5 @@
-//! One daemon per mirror: an exclusive `flock` on `<state-db>.lock`, held for the life of the process.
-use std::os::fd::AsRawFd;
+//! One daemon per mirror: an exclusive lock (`flock`) on `<state-db>.lock`, held for the life of the
+//! process.
 use std::path::{Path, PathBuf};
 
 pub struct MirrorLock {
@@ -20,12 +20,14 @@ pub fn acquire(state_db: &Path) -> Result<MirrorLock, String> {
         .write(true)
         .open(&path)
         .map_err(|e| format!("cannot open lock file {}: {e}", path.display()))?;
-    // SAFETY: flock on a valid descriptor that lives as long as the returned guard.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(format!(
+    match file.try_lock() {
+        Ok(()) => Ok(MirrorLock { _file: file, path }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
             "another mountd is already running on this mirror (lock {} is held); stop it first or use a different --local-dir/--state-db",
             path.display()
-        ));
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(format!("cannot lock {}: {e}", path.display()))
+        }
     }
-    Ok(MirrorLock { _file: file, path })
 }

@@ -1,47 +1,13 @@
 //! The long-running service: bootstrap if needed, then serve (FUSE or plain directory) and apply the
 //! events feed every interval (±20% jitter) until SIGTERM/SIGINT.
-use crate::cli::args::{RunArgs, StatusArgs};
-use crate::cli::once::{self as app, exit};
+use crate::cli::args::RunArgs;
+use crate::cli::exit;
+use crate::cli::once as app;
+use crate::cli::setup::{self, Setup};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
-
-/// `mountd status`.
-pub fn status_command(s: &StatusArgs) -> i32 {
-    let db = match (&s.state_db, &s.local_dir) {
-        (Some(p), _) => p.clone(),
-        (None, Some(d)) => app::state_db_path(d, None),
-        (None, None) => {
-            eprintln!("mountd status: pass --local-dir DIR or --state-db PATH");
-            return exit::USAGE;
-        }
-    };
-    match crate::store::db::State::open_existing(&db) {
-        Ok(st) => {
-            let status = crate::cli::status::read(&st);
-            if s.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status).expect("status serializes")
-                );
-            } else {
-                print!("{}", crate::cli::status::render(&status));
-            }
-            if status.bootstrap_complete && status.quarantined.is_empty() {
-                exit::OK
-            } else if status.bootstrap_complete {
-                exit::QUARANTINED
-            } else {
-                exit::FAILED
-            }
-        }
-        Err(e) => {
-            eprintln!("mountd status: {e}");
-            exit::USAGE
-        }
-    }
-}
 
 /// Why the serve loop ended.
 enum Stop {
@@ -65,7 +31,7 @@ pub fn run(a: &RunArgs, rt: &tokio::runtime::Runtime) -> i32 {
         eprintln!("mountd: error: the service needs --mountpoint MNT (or --no-fuse to keep --local-dir in sync as a plain directory)\nmountd: hint: use --once for a one-shot sync");
         return exit::USAGE;
     }
-    let mut s = match app::setup(a, false) {
+    let mut s = match setup::setup(a, false) {
         Ok(s) => s,
         Err(f) => {
             eprintln!("mountd: error: {}", f.msg);
@@ -77,7 +43,7 @@ pub fn run(a: &RunArgs, rt: &tokio::runtime::Runtime) -> i32 {
     code
 }
 
-async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
+async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
@@ -95,7 +61,7 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
     }
     let metrics = crate::metrics::Metrics::global();
     if let Some(addr) = a.metrics_addr {
-        if let Err(e) = crate::metrics::serve(addr).await {
+        if let Err(e) = crate::cli::metrics_server::serve(addr).await {
             eprintln!("mountd: error: cannot serve metrics on {addr}: {e}");
             return exit::USAGE;
         }
@@ -105,7 +71,15 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
     notify(&[sd_notify::NotifyState::Status("bootstrapping")]);
     let mut failures = 0u32;
     // A complete mirror is served at once (even if the server is down); catch-up happens in the loop.
-    while !s.engine.state.is_complete() {
+    loop {
+        match s.engine.read(|st| st.is_complete()).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("mountd: error: {e}");
+                return exit::FAILED;
+            }
+        }
         let r = tokio::select! {
             r = app::attempt(s) => r,
             _ = term.recv() => return stopped("SIGTERM during bootstrap"),
@@ -113,20 +87,16 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
         };
         match r {
             Ok(at) => {
-                tracing::info!(
-                    path = at.path,
-                    files = s.engine.state.tracked_files(),
-                    "mirror complete"
-                );
+                tracing::info!(path = at.path, "mirror complete");
                 break;
             }
             Err(e) => {
-                let code = app::exit_code_for(&e);
+                let code = exit::code_for(&e);
                 if code == exit::AUTH
                     || code == exit::MASS_DELETE
                     || matches!(e, crate::sync::engine::SyncError::GaveUp(_))
                 {
-                    eprintln!("mountd: error: {e}\nmountd: hint: {}", app::hint_for(&e));
+                    eprintln!("mountd: error: {e}\nmountd: hint: {}", exit::hint_for(&e));
                     return code;
                 }
                 failures += 1;
@@ -150,15 +120,16 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
                 ttl: a.metadata_ttl,
                 threads: 2,
                 fs: crate::view::fs::FsOptions {
-                    uid: a.uid.unwrap_or_else(|| unsafe { libc::geteuid() }),
-                    gid: a.gid.unwrap_or_else(|| unsafe { libc::getegid() }),
+                    uid: a.uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
+                    gid: a.gid.unwrap_or_else(|| nix::unistd::getegid().as_raw()),
                     file_mode: a.file_mode,
                     dir_mode: a.dir_mode,
                 },
             };
-            match crate::view::fuse::mount(mnt, &s.engine.state, s.engine.store.root(), opts) {
+            match crate::view::fuse::mount(mnt, s.engine.db().path(), s.engine.store().root(), opts)
+            {
                 Ok(m) => {
-                    s.engine.sink = Some(m.sink());
+                    s.engine.set_sink(m.sink());
                     tracing::info!(mountpoint = %mnt.display(), "mounted read-only");
                     Some(m)
                 }
@@ -169,7 +140,7 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
             }
         }
         _ => {
-            tracing::info!(dir = %s.engine.store.root().display(), "serving the mirror as a plain directory (--no-fuse)");
+            tracing::info!(dir = %s.engine.store().root().display(), "serving the mirror as a plain directory (--no-fuse)");
             None
         }
     };
@@ -192,11 +163,12 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
         }
         wait = jittered(a.interval);
         let audit_due = !a.audit_interval.is_zero() && last_audit.elapsed() >= a.audit_interval;
-        let e = &mut s.engine;
-        let progress = e.progress.clone();
+        let e = s.engine.clone();
+        let progress = e.progress().clone();
         let started = Instant::now();
-        let pass = crate::sync::watchdog::guarded(&progress, s.idle, Duration::ZERO, async {
-            if audit_due || e.state.checkpoint().is_some() {
+        let pass = crate::sync::watchdog::guarded(&progress, s.idle, Duration::ZERO, async move {
+            let traversal = e.read(|st| st.checkpoint()).await?.is_some();
+            if audit_due || traversal {
                 e.audit().await?;
             } else {
                 e.sync_pass().await?;
@@ -222,8 +194,8 @@ async fn serve(a: &RunArgs, s: &mut app::Setup) -> i32 {
             Err(e) => {
                 consecutive_failures += 1;
                 tracing::warn!(error = %e, consecutive_failures, "sync pass failed; retrying next interval");
-                if app::exit_code_for(&e) == exit::AUTH {
-                    eprintln!("mountd: error: {e}\nmountd: hint: {}", app::hint_for(&e));
+                if exit::code_for(&e) == exit::AUTH {
+                    eprintln!("mountd: error: {e}\nmountd: hint: {}", exit::hint_for(&e));
                     break Stop::Fatal(exit::AUTH);
                 }
                 if consecutive_failures >= s.stall_limit {

@@ -1,6 +1,44 @@
 //! `mountd status`: where a mirror stands, read from its state database.
-use crate::store::db::State;
+use crate::cli::args::StatusArgs;
+use crate::cli::exit;
+use crate::store::db::{MetaKey, State, StateError};
 use serde::Serialize;
+
+/// `mountd status`.
+pub fn command(s: &StatusArgs) -> i32 {
+    let db = match (&s.state_db, &s.local_dir) {
+        (Some(p), _) => p.clone(),
+        (None, Some(d)) => crate::cli::setup::state_db_path(d, None),
+        (None, None) => {
+            eprintln!("mountd status: pass --local-dir DIR or --state-db PATH");
+            return exit::USAGE;
+        }
+    };
+    let status = State::open_existing(&db).and_then(|st| read(&st));
+    match status {
+        Ok(status) => {
+            if s.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).expect("status serializes")
+                );
+            } else {
+                print!("{}", render(&status));
+            }
+            if status.bootstrap_complete && status.quarantined.is_empty() {
+                exit::OK
+            } else if status.bootstrap_complete {
+                exit::QUARANTINED
+            } else {
+                exit::FAILED
+            }
+        }
+        Err(e) => {
+            eprintln!("mountd status: {e}");
+            exit::USAGE
+        }
+    }
+}
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -44,52 +82,54 @@ pub struct Remote {
     pub local_dir: Option<String>,
 }
 
-pub fn read(st: &State) -> Status {
-    let ck = st.checkpoint();
-    let complete = st.is_complete();
+pub fn read(st: &State) -> Result<Status, StateError> {
+    let ck = st.checkpoint()?;
+    let complete = st.is_complete()?;
     let phase = match (&ck, complete) {
         (Some(_), true) => "synced (audit in progress)",
         (None, true) => "synced",
         (Some(_), false) => "bootstrapping",
         (None, false) => "not started",
     };
-    Status {
-        state_db: st.path().display().to_string(),
-        phase: phase.into(),
-        bootstrap_complete: complete,
-        files: st.tracked_files(),
-        bytes: st.tracked_bytes(),
-        events_cursor: st.events_cursor(),
-        events_feed: st.has_feed(),
-        last_path: st.meta("last_path"),
-        lag_seconds: st
-            .meta("last_sync_at")
-            .and_then(|t| humantime::parse_rfc3339(&t).ok())
-            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
-            .map(|d| d.as_secs()),
-        last_sync_at: st.meta("last_sync_at"),
-        last_audit_at: st.meta("last_audit_at"),
-        last_error: st.meta("last_error").filter(|s| !s.is_empty()),
-        no_progress_runs: st
-            .meta("no_progress_runs")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0),
-        traversal: ck.map(|c| Traversal {
+    let last_sync_at = st.meta(MetaKey::LastSyncAt)?;
+    let traversal = match ck {
+        Some(c) => Some(Traversal {
             phase: format!("{:?}", c.phase).to_lowercase(),
-            current_dir: st.queue_front().map(|(_, d)| d),
-            queued_dirs: st.queue_len(),
+            current_dir: st.queue_front()?.map(|q| q.path),
+            queued_dirs: st.queue_len()?,
             pages_done: c.pages_done,
             files_done: c.files_done,
             total_files: c.total_files,
         }),
-        quarantined: st.quarantined(),
+        None => None,
+    };
+    Ok(Status {
+        state_db: st.path().display().to_string(),
+        phase: phase.into(),
+        bootstrap_complete: complete,
+        files: st.tracked_files()?,
+        bytes: st.tracked_bytes()?,
+        events_cursor: st.events_cursor()?,
+        events_feed: st.has_feed()?,
+        last_path: st.meta(MetaKey::LastPath)?,
+        lag_seconds: last_sync_at
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .map(|d| d.as_secs()),
+        last_sync_at,
+        last_audit_at: st.meta(MetaKey::LastAuditAt)?,
+        last_error: st.meta(MetaKey::LastError)?.filter(|s| !s.is_empty()),
+        no_progress_runs: st.no_progress_runs()?,
+        traversal,
+        quarantined: st.quarantined()?,
         remote: Remote {
-            base_url: st.meta("identity.base_url"),
-            workspace: st.meta("identity.workspace"),
-            remote_root: st.meta("identity.remote_root"),
-            local_dir: st.meta("identity.local_dir"),
+            base_url: st.meta(MetaKey::IdentityBaseUrl)?,
+            workspace: st.meta(MetaKey::IdentityWorkspace)?,
+            remote_root: st.meta(MetaKey::IdentityRemoteRoot)?,
+            local_dir: st.meta(MetaKey::IdentityLocalDir)?,
         },
-    }
+    })
 }
 
 pub fn render(s: &Status) -> String {

@@ -1,7 +1,7 @@
 //! Streaming parse of the export body: a JSON array read element by element on a blocking thread,
 //! so memory stays bounded by one entry whatever the body size. Entries arrive on a channel.
 use super::types::FileObject;
-use super::RemoteError;
+use super::{BodyStream, RemoteError};
 use futures_util::TryStreamExt;
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use tokio::sync::mpsc;
@@ -12,13 +12,11 @@ pub enum ExportItem {
     End(Result<u64, RemoteError>),
 }
 
-/// Spawn the parser for a 2xx export response; read items from the returned channel.
-pub fn stream_entries(
-    resp: reqwest::Response,
-    correlation_id: String,
-) -> mpsc::Receiver<ExportItem> {
+/// Spawn the parser for a 2xx export body; read items from the returned channel.
+pub fn stream_entries(body: BodyStream) -> mpsc::Receiver<ExportItem> {
     let (tx, rx) = mpsc::channel(64);
-    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    let correlation_id = body.correlation_id;
+    let stream = body.chunks.map_err(std::io::Error::other);
     let reader = tokio_util::io::StreamReader::new(stream);
     let bridge = tokio_util::io::SyncIoBridge::new(reader);
     tokio::task::spawn_blocking(move || {

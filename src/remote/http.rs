@@ -1,14 +1,14 @@
-//! The one client for the relayfile HTTP API: bearer auth, a fresh correlation id per request,
-//! error bodies parsed, every failure classified and retried through [`retry`].
+//! The relayfile HTTP API as a [`Remote`]: bearer auth, a fresh correlation id per request, error
+//! bodies parsed, every failure classified. One call is one request: retries are [`super::retry`]'s job.
 //!
 //! Timeouts: a connect timeout and a per-read idle timeout only. There is never a whole-request
 //! deadline, so a long export body that keeps arriving is never killed; the export's own sub-deadline
 //! lives in the bootstrap engine.
 
-use super::error::parse_retry_after;
-use super::error::RemoteError;
-use super::retry::{with_retries, RateGate, RetryPolicy};
-use super::types::{ErrorBody, EventsPage, TreePage};
+use super::error::{parse_retry_after, RemoteError};
+use super::types::{ErrorBody, EventsPage, FileBody, TreePage};
+use super::{BodyStream, Remote};
+use futures_util::TryStreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -20,7 +20,6 @@ pub struct ClientConfig {
     pub token: String,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
-    pub retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -37,12 +36,10 @@ impl std::fmt::Debug for ClientConfig {
 /// to the announced size only once that much data has really arrived).
 const MAX_PREALLOC: u64 = 64 << 20;
 
-pub struct RemoteClient {
+pub struct HttpRemote {
     http: reqwest::Client,
     prefix: String,
     auth: reqwest::header::HeaderValue,
-    policy: RetryPolicy,
-    gate: RateGate,
     run_id: String,
     seq: AtomicU64,
 }
@@ -59,7 +56,7 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-impl RemoteClient {
+impl HttpRemote {
     pub fn new(cfg: &ClientConfig) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
@@ -74,12 +71,10 @@ impl RemoteClient {
             })?;
         auth.set_sensitive(true);
         let base = cfg.base_url.trim_end_matches('/');
-        Ok(RemoteClient {
+        Ok(HttpRemote {
             http,
             prefix: format!("{base}/v1/workspaces/{}", percent_encode(&cfg.workspace)),
             auth,
-            policy: cfg.retry.clone(),
-            gate: RateGate::default(),
             run_id: format!("{:08x}", rand::random::<u32>()),
             seq: AtomicU64::new(0),
         })
@@ -152,14 +147,14 @@ impl RemoteClient {
         Err(err)
     }
 
-    /// GET a JSON document's raw body; reading the body is part of the retried attempt.
+    /// GET a JSON document's raw body (a body cut short is a retryable transport error).
     async fn get_body(
         &self,
         op: &str,
         route: &str,
         query: &[(&str, &str)],
     ) -> Result<(Vec<u8>, String), RemoteError> {
-        with_retries(&self.policy, &self.gate, || async {
+        {
             let (mut resp, cid) = self.get_once(op, route, query).await?;
             let announced = resp.content_length();
             let mut body = Vec::with_capacity(announced.unwrap_or(0).min(MAX_PREALLOC) as usize);
@@ -178,8 +173,7 @@ impl RemoteClient {
                 body.extend_from_slice(&chunk);
             }
             Ok((body, cid))
-        })
-        .await
+        }
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(
@@ -195,9 +189,11 @@ impl RemoteClient {
             correlation_id: cid,
         })
     }
+}
 
-    /// One page of `/fs/tree`.
-    pub async fn tree(
+#[async_trait::async_trait]
+impl Remote for HttpRemote {
+    async fn tree(
         &self,
         path: &str,
         depth: u32,
@@ -211,22 +207,17 @@ impl RemoteClient {
         self.get_json("tree", "/fs/tree", &q).await
     }
 
-    /// One file with its content, as the raw JSON body (see [`super::types::FileBody`]): a large file is held
-    /// once, encoded, and decoded straight to disk.
-    pub async fn file(&self, path: &str) -> Result<super::types::FileBody, RemoteError> {
+    /// The raw JSON body (see [`FileBody`]): a large file is held once, encoded, and decoded straight
+    /// to disk.
+    async fn file(&self, path: &str) -> Result<FileBody, RemoteError> {
         let (raw, correlation_id) = self.get_body("file", "/fs/file", &[("path", path)]).await?;
-        Ok(super::types::FileBody {
+        Ok(FileBody {
             raw,
             correlation_id,
         })
     }
 
-    /// One page of the change feed, oldest first after `cursor`.
-    pub async fn events(
-        &self,
-        cursor: Option<&str>,
-        limit: u32,
-    ) -> Result<EventsPage, RemoteError> {
+    async fn events(&self, cursor: Option<&str>, limit: u32) -> Result<EventsPage, RemoteError> {
         let limit = limit.to_string();
         let mut q = vec![("direction", "asc"), ("limit", limit.as_str())];
         if let Some(c) = cursor {
@@ -235,8 +226,7 @@ impl RemoteClient {
         self.get_json("events", "/fs/events", &q).await
     }
 
-    /// The newest event id (`None` for an empty feed). A 404 means the server has no feed.
-    pub async fn events_tip(&self) -> Result<Option<String>, RemoteError> {
+    async fn events_tip(&self) -> Result<Option<String>, RemoteError> {
         let page: EventsPage = self
             .get_json(
                 "events_tip",
@@ -247,14 +237,27 @@ impl RemoteClient {
         Ok(page.events.into_iter().next().map(|e| e.event_id))
     }
 
-    /// Start `/fs/export?format=json`: retried until a 2xx status arrives; the body is read by
-    /// [`super::export::stream_entries`].
-    pub async fn export(&self, path: &str) -> Result<(reqwest::Response, String), RemoteError> {
-        let query = [("format", "json"), ("path", path)];
-        with_retries(&self.policy, &self.gate, || {
-            self.get_once("export", "/fs/export", &query)
+    async fn export(&self, path: &str) -> Result<BodyStream, RemoteError> {
+        let (resp, cid) = self
+            .get_once(
+                "export",
+                "/fs/export",
+                &[("format", "json"), ("path", path)],
+            )
+            .await?;
+        let c = cid.clone();
+        let chunks = resp
+            .bytes_stream()
+            .map_err(move |e| RemoteError::Transport {
+                op: "export".into(),
+                detail: format!("body broken while streaming: {}", describe(&e)),
+                correlation_id: c.clone(),
+                after_status: true,
+            });
+        Ok(BodyStream {
+            correlation_id: cid,
+            chunks: Box::pin(chunks),
         })
-        .await
     }
 }
 

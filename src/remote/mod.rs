@@ -1,9 +1,54 @@
-//! The remote: how mountd talks to a relayfile server.
+//! The remote: how mountd talks to a relayfile server, behind one trait.
+//!
+//! [`Remote`] is all the engine knows. Implementations compose like layers:
+//! - [`http::HttpRemote`]: the relayfile HTTP API (one request per call, no retries);
+//! - [`retry::Retrying`]: retries with backoff, `Retry-After` and the shared 429 gate, around any remote;
+//! - [`fault::FaultyRemote`]: switchable faults for tests (delays, each error class, cut or hung
+//!   exports, one directory listing or file failing, a hang at any call);
+//! - the reference server's store in-process (in the test harness, `tests/common`).
+//!
+//! Error classes live in [`error`], wire types and content decoding in [`types`], and the streaming
+//! parser of the export body in [`export`].
 pub mod error;
 pub mod export;
+pub mod fault;
 pub mod http;
 pub mod retry;
 pub mod types;
 
 pub use error::RemoteError;
-pub use http::{ClientConfig, RemoteClient};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use std::pin::Pin;
+use types::{EventsPage, FileBody, TreePage};
+
+/// The chunks of a response body as they arrive.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, RemoteError>> + Send>>;
+
+/// A response body that arrives over time (the export), with the request's correlation id.
+pub struct BodyStream {
+    pub correlation_id: String,
+    pub chunks: ByteStream,
+}
+
+/// The relayfile API as the engine uses it. Every method is one logical request.
+#[async_trait::async_trait]
+pub trait Remote: Send + Sync {
+    /// One page of `/fs/tree` (metadata only) for directory `path`, `depth` levels down.
+    async fn tree(
+        &self,
+        path: &str,
+        depth: u32,
+        cursor: Option<&str>,
+    ) -> Result<TreePage, RemoteError>;
+    /// One file with its content.
+    async fn file(&self, path: &str) -> Result<FileBody, RemoteError>;
+    /// One page of the change feed, oldest first after `cursor`.
+    async fn events(&self, cursor: Option<&str>, limit: u32) -> Result<EventsPage, RemoteError>;
+    /// The newest event id (`None`: empty feed). A 404 means the server has no feed.
+    async fn events_tip(&self) -> Result<Option<String>, RemoteError>;
+    /// `/fs/export?format=json` of `path`, once a 2xx status arrived; the body is read by
+    /// [`export::stream_entries`].
+    async fn export(&self, path: &str) -> Result<BodyStream, RemoteError>;
+}

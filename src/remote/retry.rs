@@ -1,9 +1,12 @@
-//! The one retry policy (exponential backoff with jitter via `backon`) and the shared rate-limit gate.
+//! The one retry policy (exponential backoff with jitter via `backon`) and the shared rate-limit gate,
+//! as a [`Remote`] wrapper: [`Retrying`].
 //!
 //! Every request goes through [`with_retries`]: transport errors, 429 and 5xx are retried (3 times by
 //! default); `Retry-After` is honoured, capped; a 429 closes the [`RateGate`] so every worker pauses
 //! together instead of stampeding.
 use super::error::RemoteError;
+use super::types::{EventsPage, FileBody, TreePage};
+use super::{BodyStream, Remote};
 use backon::{ExponentialBuilder, Retryable};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -102,4 +105,56 @@ where
         tracing::warn!(error = %e, wait_ms = d.as_millis() as u64, "retrying");
     })
     .await
+}
+
+/// Any [`Remote`] with the retry policy and one shared rate gate around every call.
+pub struct Retrying<R> {
+    inner: R,
+    policy: RetryPolicy,
+    gate: RateGate,
+}
+
+impl<R: Remote> Retrying<R> {
+    pub fn new(inner: R, policy: RetryPolicy) -> Retrying<R> {
+        Retrying {
+            inner,
+            policy,
+            gate: RateGate::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<R: Remote> Remote for Retrying<R> {
+    async fn tree(
+        &self,
+        path: &str,
+        depth: u32,
+        cursor: Option<&str>,
+    ) -> Result<TreePage, RemoteError> {
+        with_retries(&self.policy, &self.gate, || {
+            self.inner.tree(path, depth, cursor)
+        })
+        .await
+    }
+
+    async fn file(&self, path: &str) -> Result<FileBody, RemoteError> {
+        with_retries(&self.policy, &self.gate, || self.inner.file(path)).await
+    }
+
+    async fn events(&self, cursor: Option<&str>, limit: u32) -> Result<EventsPage, RemoteError> {
+        with_retries(&self.policy, &self.gate, || {
+            self.inner.events(cursor, limit)
+        })
+        .await
+    }
+
+    async fn events_tip(&self) -> Result<Option<String>, RemoteError> {
+        with_retries(&self.policy, &self.gate, || self.inner.events_tip()).await
+    }
+
+    /// Retried until a 2xx status arrives; a body that breaks later is the export's business.
+    async fn export(&self, path: &str) -> Result<BodyStream, RemoteError> {
+        with_retries(&self.policy, &self.gate, || self.inner.export(path)).await
+    }
 }

@@ -55,17 +55,28 @@ const B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
         .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
 );
 
+/// Why decoding a file's content failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The content is unusable: unknown encoding, bad base64, hash mismatch.
+    #[error("{0}")]
+    Content(String),
+    /// Writing the decoded bytes failed (a local problem).
+    #[error("cannot write locally: {0}")]
+    Write(std::io::Error),
+}
+
 impl FileObject {
     /// Decode the content and verify it against `contentHash` (when the server sent one).
     /// Returns the bytes and their hex SHA-256.
     pub fn decode_verified(&self) -> Result<(Vec<u8>, String), String> {
         let mut out = Vec::new();
-        let (_, hash) = self.decode_into(&mut out)?;
+        let (_, hash) = self.decode_into(&mut out).map_err(|e| e.to_string())?;
         Ok((out, hash))
     }
 
     /// Decode into `w`, verifying as it goes; returns (decoded size, hex SHA-256).
-    pub fn decode_into(&self, w: &mut impl std::io::Write) -> Result<(u64, String), String> {
+    pub fn decode_into(&self, w: &mut impl std::io::Write) -> Result<(u64, String), DecodeError> {
         decode_to(
             self.encoding.as_deref(),
             self.content.as_deref().unwrap_or(""),
@@ -140,7 +151,7 @@ impl FileBody {
 
 impl FileRef<'_> {
     /// Decode into `w`, verifying as it goes; returns (decoded size, hex SHA-256).
-    pub fn decode_into(&self, w: &mut impl std::io::Write) -> Result<(u64, String), String> {
+    pub fn decode_into(&self, w: &mut impl std::io::Write) -> Result<(u64, String), DecodeError> {
         decode_to(
             self.encoding.as_deref(),
             self.content.as_deref().unwrap_or(""),
@@ -160,10 +171,10 @@ pub fn decode_to(
     content: &str,
     expected: Option<&str>,
     w: &mut impl std::io::Write,
-) -> Result<(u64, String), String> {
+) -> Result<(u64, String), DecodeError> {
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    let io = |e: std::io::Error| format!("cannot write locally: {e}");
+    let io = DecodeError::Write;
     match encoding.map(|e| e.to_ascii_lowercase()) {
         None => write_hashed(content.as_bytes(), &mut hasher, &mut size, w).map_err(io)?,
         Some(e) if e.is_empty() || e == "utf-8" || e == "utf8" => {
@@ -175,20 +186,25 @@ pub fn decode_to(
             while !rest.is_empty() {
                 let (step, tail) = rest.split_at(rest.len().min(DECODE_CHUNK));
                 buf.clear();
-                B64.decode_vec(step, &mut buf)
-                    .map_err(|err| format!("invalid base64 content: {err}"))?;
+                B64.decode_vec(step, &mut buf).map_err(|err| {
+                    DecodeError::Content(format!("invalid base64 content: {err}"))
+                })?;
                 write_hashed(&buf, &mut hasher, &mut size, w).map_err(io)?;
                 rest = tail;
             }
         }
-        Some(e) => return Err(format!("unknown content encoding {e:?}")),
+        Some(e) => {
+            return Err(DecodeError::Content(format!(
+                "unknown content encoding {e:?}"
+            )))
+        }
     }
     let hash = hex::encode(hasher.finalize());
     if let Some(expected) = expected.filter(|h| !h.is_empty()) {
         if !expected.eq_ignore_ascii_case(&hash) {
-            return Err(format!(
+            return Err(DecodeError::Content(format!(
                 "content hash mismatch: server says {expected}, decoded bytes hash to {hash}"
-            ));
+            )));
         }
     }
     Ok((size, hash))

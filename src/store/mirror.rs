@@ -5,7 +5,7 @@
 //! whole file system of the root is flushed with `syncfs(2)`, so a committed record never points at bytes
 //! that a power loss could take back. Between checkpoints, a crash may lose uncommitted files; the next
 //! run re-verifies them by hash.
-use crate::store::paths::RESERVED_DIR;
+use crate::store::paths::{self, RESERVED_DIR};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::fs;
@@ -14,6 +14,26 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+/// Why writing a file into the mirror failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The content is unusable (bad base64, hash mismatch...): a problem of this one file.
+    #[error("{0}")]
+    Content(String),
+    /// The local disk failed (full, read-only, permissions...): a problem of the whole run.
+    #[error("{path}: {source}")]
+    Local { path: PathBuf, source: io::Error },
+}
+
+impl WriteError {
+    pub fn local(path: &Path, source: io::Error) -> WriteError {
+        WriteError::Local {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
 
 pub struct LocalStore {
     root: PathBuf,
@@ -50,26 +70,27 @@ impl LocalStore {
         self.root.join(rel)
     }
 
-    /// True when the local file exists and its bytes hash to `hash`.
-    pub fn matches_hash(&self, rel: &str, hash: &str) -> bool {
-        let Ok(meta) = fs::symlink_metadata(self.abs(rel)) else {
-            return false;
-        };
-        if !meta.is_file() {
-            return false;
+    /// True when the local file exists and its bytes hash to `hash` (a missing file is `false`; any other
+    /// read failure is an error).
+    pub fn matches_hash(&self, rel: &str, hash: &str) -> io::Result<bool> {
+        let path = self.abs(rel);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
         }
-        match hash_file(&self.abs(rel)) {
-            Ok(h) => h.eq_ignore_ascii_case(hash),
-            Err(_) => false,
-        }
+        Ok(hash_file(&path)?.eq_ignore_ascii_case(hash))
     }
 
-    /// Size of the local file, if it is a regular file.
-    pub fn file_size(&self, rel: &str) -> Option<u64> {
-        fs::symlink_metadata(self.abs(rel))
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
+    /// Size of the local file, if it is a regular file (`None` when missing or not a file).
+    pub fn file_size(&self, rel: &str) -> io::Result<Option<u64>> {
+        match fs::symlink_metadata(self.abs(rel)) {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Make sure `rel` (relative dir) exists as a real directory chain under the root.
@@ -95,9 +116,10 @@ impl LocalStore {
                     )))
                 }
                 Ok(_) => {
-                    return Err(io::Error::other(format!(
-                        "{built} is a file locally but the remote has a directory there"
-                    )))
+                    // The remote has a directory where the mirror still holds a file (a file replaced
+                    // by a directory): the mirror is ours, the stale file goes.
+                    fs::remove_file(&p)?;
+                    fs::create_dir(&p)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     fs::create_dir(&p).or_else(|e| {
@@ -117,29 +139,28 @@ impl LocalStore {
 
     /// Write `bytes` to `rel` atomically: temp file in the reserved dir, then rename over the target.
     /// An open reader of the old file keeps reading the old version.
-    pub fn write_atomic(&self, rel: &str, bytes: &[u8]) -> io::Result<()> {
-        self.write_atomic_with(rel, |f| {
-            f.write_all(bytes)
-                .map_err(|e| format!("cannot write locally: {e}"))
+    pub fn write_atomic(&self, rel: &str, bytes: &[u8]) -> Result<(), WriteError> {
+        self.write_atomic_with(rel, |f, tmp| {
+            f.write_all(bytes).map_err(|e| WriteError::local(tmp, e))
         })
-        .map_err(io::Error::other)
     }
 
-    /// Like [`LocalStore::write_atomic`], with the content produced by `fill` into the temp file; an
-    /// error from `fill` (a hash mismatch found while decoding, say) leaves the target untouched.
+    /// Like [`LocalStore::write_atomic`], with the content produced by `fill` into the temp file (it gets
+    /// the file and the temp path for error messages); an error from `fill` (a hash mismatch found while
+    /// decoding, say) leaves the target untouched.
     pub fn write_atomic_with<T>(
         &self,
         rel: &str,
-        fill: impl FnOnce(&mut fs::File) -> Result<T, String>,
-    ) -> Result<T, String> {
-        let local = |e: io::Error| format!("cannot write locally: {e}");
-        self.ensure_dir(crate::store::paths::parent(rel))
-            .map_err(local)?;
+        fill: impl FnOnce(&mut fs::File, &Path) -> Result<T, WriteError>,
+    ) -> Result<T, WriteError> {
+        let parent = paths::parent(rel);
+        self.ensure_dir(parent)
+            .map_err(|e| WriteError::local(&self.abs(parent), e))?;
         let target = self.abs(rel);
         if let Ok(m) = fs::symlink_metadata(&target) {
             if m.is_dir() {
                 // The remote replaced a directory by a file: remove the stale local tree.
-                fs::remove_dir_all(&target).map_err(local)?;
+                fs::remove_dir_all(&target).map_err(|e| WriteError::local(&target, e))?;
                 self.forget_dirs(rel);
             }
         }
@@ -151,10 +172,10 @@ impl LocalStore {
                 .create_new(true)
                 .mode(0o644)
                 .open(&tmp)
-                .map_err(local)?;
-            let v = fill(&mut f)?;
+                .map_err(|e| WriteError::local(&tmp, e))?;
+            let v = fill(&mut f, &tmp)?;
             drop(f);
-            fs::rename(&tmp, &target).map_err(local)?;
+            fs::rename(&tmp, &target).map_err(|e| WriteError::local(&target, e))?;
             Ok(v)
         })();
         if result.is_err() {
@@ -210,12 +231,7 @@ impl LocalStore {
     /// Durability barrier before a checkpoint commit: flush the root's file system.
     pub fn sync(&self) -> io::Result<()> {
         let f = fs::File::open(&self.root)?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: syncfs on a valid, open file descriptor.
-        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        nix::unistd::syncfs(&f).map_err(io::Error::from)
     }
 }
 
@@ -243,8 +259,11 @@ mod tests {
         let s = LocalStore::open(dir.path()).unwrap();
         s.write_atomic("a/b/c.bin", b"\x00\x01").unwrap();
         assert_eq!(fs::read(dir.path().join("a/b/c.bin")).unwrap(), b"\x00\x01");
-        assert!(s.matches_hash("a/b/c.bin", &crate::remote::types::sha256_hex(b"\x00\x01")));
-        assert!(!s.matches_hash("a/b/c.bin", "00"));
+        assert!(s
+            .matches_hash("a/b/c.bin", &crate::remote::types::sha256_hex(b"\x00\x01"))
+            .unwrap());
+        assert!(!s.matches_hash("a/b/c.bin", "00").unwrap());
+        assert!(!s.matches_hash("missing", "00").unwrap());
         assert_eq!(
             fs::read_dir(dir.path().join(".mountd/tmp"))
                 .unwrap()

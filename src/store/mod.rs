@@ -1,5 +1,6 @@
 //! Local persistence: the mirror on disk ([`mirror`]), remote-to-local path mapping ([`paths`]) and the
 //! SQLite state database ([`db`]), the one owner of durable state.
+pub mod change;
 pub mod db;
 pub mod mirror;
 pub mod paths;

@@ -2,10 +2,13 @@
 //! tree pull; completion sweeps what the authoritative listing no longer has and sets the events cursor
 //! to the tip taken before the snapshot started.
 use crate::remote::export::{stream_entries, ExportItem};
-use crate::store::db::{Checkpoint, FileMeta, Phase, KIND_FILE};
-use crate::store::paths;
-use crate::sync::engine::{Engine, Fetched, Pending, SyncError};
+use crate::remote::types::FileObject;
+use crate::store::db::{Checkpoint, FileMeta, Kind, MetaKey, Phase, State};
+use crate::store::mirror::WriteError;
+use crate::store::{paths, LocalStore};
+use crate::sync::engine::{Engine, FetchJob, Fetched, Pending, Recorded, SyncError};
 use futures_util::StreamExt;
+use std::sync::Arc;
 
 /// How the bootstrap got its listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,46 +51,46 @@ fn segments(p: &str) -> usize {
 
 impl Engine {
     /// Resume or start a bootstrap and run it to completion.
-    pub async fn bootstrap(&mut self) -> Result<PathUsed, SyncError> {
-        let mut ck = match self.state.checkpoint() {
+    pub async fn bootstrap(&self) -> Result<PathUsed, SyncError> {
+        let mut ck = match self.read(|st| st.checkpoint()).await? {
             Some(ck) => {
                 tracing::info!(phase = ?ck.phase, dir = ?ck.current_dir, pages = ck.pages_done, "resuming bootstrap from checkpoint");
                 ck
             }
             None => {
-                self.new_checkpoint(if self.cfg.use_export {
+                let phase = if self.config().use_export {
                     Phase::Export
                 } else {
                     Phase::Tree
-                })
-                .await?
+                };
+                self.new_checkpoint(phase).await?
             }
         };
-        self.progress.set_total(ck.total_files);
+        self.progress().set_total(ck.total_files);
         if ck.phase == Phase::Export {
             match self.try_export(&ck).await? {
                 ExportOutcome::Complete => {
-                    self.complete(&ck, PathUsed::Export)?;
+                    self.complete(&ck, PathUsed::Export).await?;
                     return Ok(PathUsed::Export);
                 }
                 ExportOutcome::FallThrough(reason) => {
                     tracing::warn!(%reason, "export unusable; falling through to the per-page tree pull");
-                    self.progress.set_error(Some(format!("export: {reason}")));
+                    self.progress().set_error(Some(format!("export: {reason}")));
                     ck.phase = Phase::Tree;
-                    ck.snapshot = self.state.next_snapshot()?;
-                    self.start_traversal(&mut ck)?;
+                    ck.snapshot = self.db().run(|st: &mut State| st.next_snapshot()).await?;
+                    self.start_traversal(&mut ck).await?;
                 }
             }
         }
         self.tree_pull(&mut ck).await?;
-        self.complete(&ck, PathUsed::Tree)?;
+        self.complete(&ck, PathUsed::Tree).await?;
         Ok(PathUsed::Tree)
     }
 
     /// A fresh checkpoint: the events tip is taken here, before any listing, so nothing written during
     /// the snapshot is lost.
-    pub async fn new_checkpoint(&mut self, phase: Phase) -> Result<Checkpoint, SyncError> {
-        let (tip, feed) = match self.client.events_tip().await {
+    pub async fn new_checkpoint(&self, phase: Phase) -> Result<Checkpoint, SyncError> {
+        let (tip, feed) = match self.remote().events_tip().await {
             Ok(t) => (t, true),
             Err(e) if e.status() == Some(404) => {
                 tracing::info!("the server has no events feed; the mirror will be refreshed by periodic listings");
@@ -95,9 +98,9 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
-        self.progress.unit();
+        self.progress().unit();
         let mut ck = Checkpoint {
-            snapshot: self.state.next_snapshot()?,
+            snapshot: self.db().run(|st: &mut State| st.next_snapshot()).await?,
             phase,
             current_dir: None,
             cursor: None,
@@ -108,38 +111,45 @@ impl Engine {
             pages_done: 0,
         };
         if phase == Phase::Tree {
-            self.start_traversal(&mut ck)?;
+            self.start_traversal(&mut ck).await?;
         } else {
-            self.commit(&mut Pending::default(), ck.snapshot, Some(&ck), &[])?;
+            self.commit(Pending::default(), ck.snapshot, Some(ck.clone()), vec![])
+                .await?;
         }
         Ok(ck)
     }
 
-    fn start_traversal(&mut self, ck: &mut Checkpoint) -> Result<(), SyncError> {
+    async fn start_traversal(&self, ck: &mut Checkpoint) -> Result<(), SyncError> {
         ck.current_dir = None;
         ck.cursor = None;
-        let mut b = self.state.batch()?;
-        b.queue_clear()?;
-        b.queue_push(&self.cfg.remote_root)?;
-        b.set_checkpoint(ck)?;
-        b.commit()?;
-        Ok(())
+        let (ck2, root) = (ck.clone(), self.config().remote_root.clone());
+        self.db()
+            .run(move |st: &mut State| {
+                let mut b = st.batch()?;
+                b.queue_clear()?;
+                b.queue_push(&root)?;
+                b.set_checkpoint(&ck2)?;
+                b.commit()?;
+                Ok::<_, SyncError>(())
+            })
+            .await
     }
 
     /// The atomic export, applied entry by entry as it streams in.
-    async fn try_export(&mut self, ck: &Checkpoint) -> Result<ExportOutcome, SyncError> {
-        self.progress.set_phase("export");
-        let sub = self.cfg.export_timeout;
+    async fn try_export(&self, ck: &Checkpoint) -> Result<ExportOutcome, SyncError> {
+        self.progress().set_phase("export");
+        let sub = self.config().export_timeout;
         // What the mirror already holds: its records, or (when the state DB is new) the files on disk.
-        let mut tracked_before = self.state.tracked_files();
+        let mut tracked_before = self.read(|st| st.tracked_files()).await?;
         if tracked_before == 0 {
-            let store = self.store.clone();
+            let store = self.store().clone();
             tracked_before = tokio::task::spawn_blocking(move || store.count_files(10_000_000))
                 .await
-                .unwrap_or(0);
+                .map_err(|e| SyncError::Internal(format!("counting local files: {e}")))?;
         }
-        let started = tokio::time::timeout(sub, self.client.export(&self.cfg.remote_root)).await;
-        let (resp, cid) = match started {
+        let root = self.config().remote_root.clone();
+        let started = tokio::time::timeout(sub, self.remote().export(&root)).await;
+        let body = match started {
             Err(_) => {
                 return Ok(ExportOutcome::FallThrough(format!(
                     "no answer within the export timeout ({})",
@@ -150,9 +160,9 @@ impl Engine {
                 return Ok(ExportOutcome::FallThrough(e.to_string()))
             }
             Ok(Err(e)) => return Err(e.into()),
-            Ok(Ok(r)) => r,
+            Ok(Ok(b)) => b,
         };
-        let mut rx = stream_entries(resp, cid);
+        let mut rx = stream_entries(body);
         let mut pending = Pending::default();
         let mut applied: u64 = 0;
         let mut last_commit = std::time::Instant::now();
@@ -161,20 +171,24 @@ impl Engine {
         let mut inflight = futures_util::stream::FuturesUnordered::new();
         let mut ended: Option<Option<String>> = None;
         loop {
-            let more = ended.is_none() && inflight.len() < self.cfg.concurrency;
+            let more = ended.is_none() && inflight.len() < self.config().concurrency;
             if !more && inflight.is_empty() {
                 break;
             }
             tokio::select! {
                 Some(done) = inflight.next(), if !inflight.is_empty() => {
                     applied += 1;
-                    match done {
-                        Ok(Applied::Ok { remote, rel, meta }) => self.note_done(&mut pending, remote, rel, meta),
-                        Ok(Applied::Failed { remote, rel, reason, permanent }) => self.note_failure(&mut pending, rel, remote, reason, permanent),
-                        Err(e) => return Err(SyncError::Io(format!("export worker failed: {e}"))),
+                    let done: Result<Applied, tokio::task::JoinError> = done;
+                    match done.map_err(|e| SyncError::Internal(format!("export worker: {e}")))? {
+                        Applied::Ok { remote, rel, meta } => self.note_done(&mut pending, remote, rel, meta),
+                        Applied::Failed { remote, rel, reason, permanent } => self.note_failure(&mut pending, rel, remote, reason, permanent),
+                        Applied::Local(e) => {
+                            self.commit(pending, ck.snapshot, None, vec![]).await?;
+                            return Err(e.into());
+                        }
                     }
                     if intra_commit_due(pending.files.len() + pending.quarantine.len(), last_commit) {
-                        self.commit(&mut pending, ck.snapshot, None, &[])?;
+                        self.commit(std::mem::take(&mut pending), ck.snapshot, None, vec![]).await?;
                         last_commit = std::time::Instant::now();
                     }
                 }
@@ -182,7 +196,7 @@ impl Engine {
                     Err(_) => ended = Some(Some(format!("no export entry arrived within the export timeout ({}) after {applied} entries", humantime::format_duration(sub)))),
                     Ok(None) => ended = Some(Some("export parser ended without a result".into())),
                     Ok(Some(ExportItem::Entry(obj))) => {
-                        let (root, store) = (self.cfg.remote_root.clone(), self.store.clone());
+                        let (root, store) = (root.clone(), self.store().clone());
                         inflight.push(tokio::task::spawn_blocking(move || apply_export_entry(&root, &store, obj)));
                     }
                     Ok(Some(ExportItem::End(Ok(_)))) => ended = Some(None),
@@ -191,7 +205,7 @@ impl Engine {
             }
         }
         let outcome = ended.flatten();
-        self.commit(&mut pending, ck.snapshot, None, &[])?;
+        self.commit(pending, ck.snapshot, None, vec![]).await?;
         if let Some(reason) = outcome {
             return Ok(ExportOutcome::FallThrough(reason));
         }
@@ -205,16 +219,14 @@ impl Engine {
     }
 
     /// Breadth-first, page by page, resumable from the persisted queue and cursor.
-    pub async fn tree_pull(&mut self, ck: &mut Checkpoint) -> Result<(), SyncError> {
-        self.progress.set_phase("tree");
-        let root = self.cfg.remote_root.clone();
+    pub async fn tree_pull(&self, ck: &mut Checkpoint) -> Result<(), SyncError> {
+        self.progress().set_phase("tree");
+        let root = self.config().remote_root.clone();
+        let depth = self.config().tree_depth;
         let mut cursor_resets = 0;
-        while let Some((seq, dir)) = self.state.queue_front() {
-            let page = match self
-                .client
-                .tree(&dir, self.cfg.tree_depth, ck.cursor.as_deref())
-                .await
-            {
+        while let Some(front) = self.read(|st| st.queue_front()).await? {
+            let (seq, dir) = (front.seq, front.path);
+            let page = match self.remote().tree(&dir, depth, ck.cursor.as_deref()).await {
                 Ok(p) => p,
                 Err(e) if e.status() == Some(400) && ck.cursor.is_some() && cursor_resets < 3 => {
                     cursor_resets += 1;
@@ -229,27 +241,28 @@ impl Engine {
                     };
                     self.note_failure(
                         &mut p,
-                        paths::to_local(&root, &dir).ok(),
+                        self.to_local(&dir).ok(),
                         dir.clone(),
                         format!("cannot list directory: {e}"),
                         false,
                     );
                     ck.cursor = None;
-                    self.commit(&mut p, ck.snapshot, Some(ck), &[])?;
+                    self.commit(p, ck.snapshot, Some(ck.clone()), vec![])
+                        .await?;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
-            self.progress.unit();
+            self.progress().unit();
             if dir == root && ck.cursor.is_none() && page.total_files.is_some() {
                 ck.total_files = page.total_files;
-                self.progress.set_total(page.total_files);
+                self.progress().set_total(page.total_files);
             }
             let base = segments(&dir);
             let mut p = Pending::default();
-            let mut to_fetch = Vec::new();
+            let mut listed = Vec::new();
             for e in page.entries {
-                let rel = match paths::to_local(&root, &e.path) {
+                let rel = match self.to_local(&e.path) {
                     Ok(r) => r,
                     Err(why) => {
                         self.note_failure(
@@ -263,52 +276,39 @@ impl Engine {
                     }
                 };
                 if e.is_dir() {
-                    if segments(&e.path) >= base + self.cfg.tree_depth as usize {
+                    if segments(&e.path) >= base + depth as usize {
                         p.queue_push.push(e.path.clone());
                     }
                     p.dirs.push(rel);
                     continue;
                 }
-                // Hash-skip from the committed record: committed records are durable (syncfs before commit).
-                if let (Some(h), Some(rec)) = (e.content_hash.as_deref(), self.state.file(&rel)) {
-                    if rec.kind == KIND_FILE
-                        && rec.content_hash.as_deref() == Some(h)
-                        && self.store.file_size(&rel) == Some(rec.size)
-                    {
-                        self.progress.file_done(&e.path, rec.size);
-                        p.files.push((
-                            rel,
-                            FileMeta {
-                                size: rec.size,
-                                revision: e.revision,
-                                content_hash: rec.content_hash,
-                                content_type: None,
-                            },
-                        ));
-                        continue;
-                    }
-                }
-                to_fetch.push((rel, e.path, e.content_hash, e.revision));
+                listed.push(FetchJob {
+                    rel,
+                    remote: e.path,
+                    listed_hash: e.content_hash,
+                    revision: e.revision,
+                });
             }
-            let (client, store) = (self.client.clone(), self.store.clone());
+            // Hash-skip from the committed records: committed records are durable (syncfs before commit).
+            let to_fetch = self.skip_committed(listed, &mut p).await?;
+            let (remote, store) = (self.remote().clone(), self.store().clone());
             let mut results = futures_util::stream::iter(to_fetch)
-                .map(|(rel, remote, hash, rev)| {
-                    Engine::fetch_one(client.clone(), store.clone(), rel, remote, hash, rev)
-                })
-                .buffer_unordered(self.cfg.concurrency);
+                .map(|job| Engine::fetch_one(remote.clone(), store.clone(), job))
+                .buffer_unordered(self.config().concurrency);
             let mut fatal = None;
             let mut last_commit = std::time::Instant::now();
             while let Some(r) = results.next().await {
                 match r {
-                    Ok(Fetched::Ok(rel, meta)) => {
-                        self.note_done(&mut p, paths::to_remote(&root, &rel), rel, meta)
+                    Ok(Fetched::Done { job, meta }) => {
+                        self.note_done(&mut p, job.remote, job.rel, meta)
                     }
-                    Ok(Fetched::PerFile {
-                        rel,
-                        remote,
-                        reason,
-                        ..
-                    }) => self.note_failure(&mut p, Some(rel), remote, reason, false),
+                    Ok(Fetched::Failed { job, error }) => self.note_failure(
+                        &mut p,
+                        Some(job.rel),
+                        job.remote,
+                        error.to_string(),
+                        false,
+                    ),
                     Err(e) => {
                         fatal = Some(e);
                         break;
@@ -317,16 +317,18 @@ impl Engine {
                 if intra_commit_due(p.files.len(), last_commit) {
                     last_commit = std::time::Instant::now();
                     // Intra-page checkpoint: records only, the cursor still points at this page's start.
-                    self.commit(&mut p.take_records(), ck.snapshot, None, &[])?;
+                    self.commit(p.take_records(), ck.snapshot, None, vec![])
+                        .await?;
                 }
             }
             drop(results);
             if let Some(e) = fatal {
-                self.commit(&mut p.take_records(), ck.snapshot, None, &[])?;
-                return Err(e.into());
+                self.commit(p.take_records(), ck.snapshot, None, vec![])
+                    .await?;
+                return Err(e);
             }
             ck.pages_done += 1;
-            ck.files_done = self.progress.files();
+            ck.files_done = self.progress().files();
             match page.next_cursor.filter(|c| !c.is_empty()) {
                 Some(c) => ck.cursor = Some(c),
                 None => {
@@ -335,18 +337,74 @@ impl Engine {
                 }
             }
             cursor_resets = 0;
-            self.commit(&mut p, ck.snapshot, Some(ck), &[])?;
+            self.commit(p, ck.snapshot, Some(ck.clone()), vec![])
+                .await?;
         }
         Ok(())
     }
 
+    /// Listed files whose committed record has the listed hash and whose size on disk matches are
+    /// recorded as verified; the rest are returned to be fetched.
+    async fn skip_committed(
+        &self,
+        listed: Vec<FetchJob>,
+        p: &mut Pending,
+    ) -> Result<Vec<FetchJob>, SyncError> {
+        let store = self.store().clone();
+        let (skipped, to_fetch) = self
+            .db()
+            .run(move |st: &mut State| -> Result<_, SyncError> {
+                let (mut skipped, mut to_fetch) = (Vec::new(), Vec::new());
+                for job in listed {
+                    let Some(h) = job.listed_hash.as_deref() else {
+                        to_fetch.push(job);
+                        continue;
+                    };
+                    let size = match st.file(&job.rel)? {
+                        Some(rec)
+                            if rec.kind == Kind::File && rec.content_hash.as_deref() == Some(h) =>
+                        {
+                            let on_disk = store
+                                .file_size(&job.rel)
+                                .map_err(|e| SyncError::local(&store.abs(&job.rel), &e))?;
+                            (on_disk == Some(rec.size)).then_some(rec.size)
+                        }
+                        _ => None,
+                    };
+                    match size {
+                        Some(size) => skipped.push((job, size)),
+                        None => to_fetch.push(job),
+                    }
+                }
+                Ok((skipped, to_fetch))
+            })
+            .await?;
+        for (job, size) in skipped {
+            self.progress().file_done(&job.remote, size);
+            p.files.push(Recorded {
+                rel: job.rel,
+                meta: FileMeta {
+                    size,
+                    revision: job.revision,
+                    content_hash: job.listed_hash,
+                    content_type: None,
+                },
+            });
+        }
+        Ok(to_fetch)
+    }
+
     /// Mark the snapshot complete: sweep unlisted records (guarded), set the events cursor to the tip
     /// taken before the snapshot, clear the checkpoint.
-    pub fn complete(&mut self, ck: &Checkpoint, used: PathUsed) -> Result<(), SyncError> {
-        let unseen = self.state.unseen(ck.snapshot);
-        let files_gone = unseen.iter().filter(|(_, k)| *k == KIND_FILE).count() as u64;
-        let tracked = self.state.tracked_files();
-        if !self.cfg.allow_mass_delete && files_gone >= MASS_DELETE_MIN && files_gone * 2 > tracked
+    pub async fn complete(&self, ck: &Checkpoint, used: PathUsed) -> Result<(), SyncError> {
+        let snapshot = ck.snapshot;
+        let (unseen, tracked) = self
+            .read(move |st| Ok((st.unseen(snapshot)?, st.tracked_files()?)))
+            .await?;
+        let files_gone = unseen.iter().filter(|u| u.kind == Kind::File).count() as u64;
+        if !self.config().allow_mass_delete
+            && files_gone >= MASS_DELETE_MIN
+            && files_gone * 2 > tracked
         {
             return Err(SyncError::MassDelete {
                 would: files_gone,
@@ -357,37 +415,44 @@ impl Engine {
             finish: true,
             ..Default::default()
         };
-        for (rel, kind) in &unseen {
-            if *kind == KIND_FILE {
-                self.store
-                    .remove_file(rel)
-                    .map_err(|e| SyncError::Io(format!("cannot remove {rel}: {e}")))?;
-            } else {
-                self.store.remove_dir_if_empty(rel);
+        let store = self.store().clone();
+        let removed = unseen.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
+            for u in &removed {
+                if u.kind == Kind::File {
+                    store
+                        .remove_file(&u.path)
+                        .map_err(|e| SyncError::local(&store.abs(&u.path), &e))?;
+                } else {
+                    store.remove_dir_if_empty(&u.path);
+                }
             }
-            p.deletes.push(rel.clone());
-        }
+            Ok(())
+        })
+        .await
+        .map_err(|e| SyncError::Internal(format!("sweep worker: {e}")))??;
+        p.deletes = unseen.into_iter().map(|u| u.path).collect();
         if files_gone > 0 {
             tracing::info!(
                 removed = files_gone,
                 "removed local files absent from the remote listing"
             );
         }
-        let cursor = ck.events_tip.clone().unwrap_or_default();
-        let mut extra = vec![
-            ("bootstrap_complete", "1"),
-            ("events_cursor", cursor.as_str()),
-            ("feed", if ck.feed { "1" } else { "0" }),
-            ("last_path", used.as_str()),
+        let meta = vec![
+            (MetaKey::BootstrapComplete, "1".to_string()),
+            (
+                MetaKey::EventsCursor,
+                ck.events_tip.clone().unwrap_or_default(),
+            ),
+            (MetaKey::Feed, if ck.feed { "1" } else { "0" }.to_string()),
+            (MetaKey::LastPath, used.as_str().to_string()),
+            (MetaKey::LastSyncAt, crate::sync::engine::now_rfc3339()),
         ];
-        let now = crate::sync::engine::now_rfc3339();
-        extra.push(("last_sync_at", now.as_str()));
-        self.commit(&mut p, ck.snapshot, None, &extra)?;
-        Ok(())
+        self.commit(p, ck.snapshot, None, meta).await
     }
 }
 
-/// One export entry as applied on the parser thread.
+/// One export entry as applied on a blocking thread.
 enum Applied {
     Ok {
         remote: String,
@@ -400,14 +465,12 @@ enum Applied {
         reason: String,
         permanent: bool,
     },
+    /// The local disk failed: the run stops.
+    Local(WriteError),
 }
 
 /// Map, decode, verify and (unless the local bytes already match) write one export entry.
-fn apply_export_entry(
-    root: &str,
-    store: &crate::store::LocalStore,
-    obj: crate::remote::types::FileObject,
-) -> Applied {
+fn apply_export_entry(root: &str, store: &Arc<LocalStore>, obj: FileObject) -> Applied {
     let rel = match paths::to_local(root, &obj.path) {
         Ok(r) => r,
         Err(why) => {
@@ -430,15 +493,13 @@ fn apply_export_entry(
             }
         }
     };
-    let same = store.file_size(&rel) == Some(bytes.len() as u64) && store.matches_hash(&rel, &hash);
+    let same = match (store.file_size(&rel), store.matches_hash(&rel, &hash)) {
+        (Ok(size), Ok(m)) => size == Some(bytes.len() as u64) && m,
+        (Err(e), _) | (_, Err(e)) => return Applied::Local(WriteError::local(&store.abs(&rel), e)),
+    };
     if !same {
         if let Err(e) = store.write_atomic(&rel, &bytes) {
-            return Applied::Failed {
-                remote: obj.path,
-                rel: Some(rel),
-                reason: format!("cannot write locally: {e}"),
-                permanent: false,
-            };
+            return Applied::Local(e);
         }
     }
     let meta = FileMeta {

@@ -1,10 +1,14 @@
-//! The sync engine's shared parts: its inputs (remote client, local store, state), fetching one file with
-//! hash-skip, committing a batch of results, and telling the file system view what changed.
-use crate::remote::{RemoteClient, RemoteError};
-use crate::store::db::{Checkpoint, FileMeta, State, StateError};
-use crate::store::paths;
-use crate::store::LocalStore;
+//! The sync engine's shared parts: its inputs (a [`Remote`], the local store, the database thread),
+//! fetching one file with hash-skip, committing a batch of results after the durability barrier, and
+//! telling the file system view what changed. The bootstrap and incremental sync build on these.
+use crate::remote::types::DecodeError;
+use crate::remote::{Remote, RemoteError};
+use crate::store::change::ChangeSink;
+use crate::store::db::{Checkpoint, Db, FileMeta, MetaKey, State, StateError};
+use crate::store::mirror::WriteError;
+use crate::store::{paths, LocalStore};
 use crate::sync::progress::Progress;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +18,10 @@ pub enum SyncError {
     Remote(#[from] RemoteError),
     #[error("{0}")]
     State(#[from] StateError),
-    #[error("local mirror: {0}")]
-    Io(String),
+    /// The local disk failed (full, read-only, permissions, I/O error): the run stops, no file is
+    /// quarantined for it.
+    #[error("local disk: {0}")]
+    Local(String),
     #[error("stalled: {0}")]
     Stalled(String),
     /// The stall guard: no checkpoint progress in `--stall-limit` consecutive attempts.
@@ -23,6 +29,27 @@ pub enum SyncError {
     GaveUp(String),
     #[error("refusing to delete {would} of {tracked} mirrored files at completion (the remote listing lost more than half of the tree); if that is really intended, run again with --allow-mass-delete")]
     MassDelete { would: u64, tracked: u64 },
+    /// A worker task or thread died (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl SyncError {
+    /// A local I/O failure on `path`.
+    pub fn local(path: &Path, e: &std::io::Error) -> SyncError {
+        SyncError::Local(format!("{}: {e}", path.display()))
+    }
+}
+
+impl From<WriteError> for SyncError {
+    fn from(e: WriteError) -> SyncError {
+        match e {
+            WriteError::Local { path, source } => SyncError::local(&path, &source),
+            WriteError::Content(m) => {
+                SyncError::Internal(format!("unclassified content error: {m}"))
+            }
+        }
+    }
 }
 
 /// Now, as the RFC 3339 timestamp stored in the state DB (`last_sync_at`, `last_audit_at`).
@@ -41,42 +68,74 @@ pub struct SyncConfig {
     pub allow_mass_delete: bool,
 }
 
-/// One change for the file system view's kernel cache invalidation.
+/// Why one file could not be mirrored.
+#[derive(Debug)]
+pub enum FileError {
+    /// The server refused this file (403, 404, ...): quarantined, retried later.
+    Remote(RemoteError),
+    /// Its content is unusable (bad base64, hash mismatch, malformed body, hostile path): quarantined.
+    BadData(String),
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileError::Remote(e) => e.fmt(f),
+            FileError::BadData(m) => f.write_str(m),
+        }
+    }
+}
+
+impl FileError {
+    /// The HTTP status when the server refused the file.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            FileError::Remote(e) => e.status(),
+            FileError::BadData(_) => None,
+        }
+    }
+}
+
+/// One file to fetch: where it goes, where it comes from, and what the listing or event said of it.
 #[derive(Debug, Clone)]
-pub struct Change {
-    pub ino: u64,
-    pub parent: u64,
-    pub name: String,
-    pub removed: bool,
+pub struct FetchJob {
+    pub rel: String,
+    pub remote: String,
+    pub listed_hash: Option<String>,
+    pub revision: Option<String>,
 }
 
-/// Receives what each commit changed (the FUSE adapter invalidates kernel caches with it).
-pub trait ChangeSink: Send + Sync {
-    fn changed(&self, changes: &[Change]);
-}
-
-/// Outcome of fetching one listed or announced file.
+/// Outcome of fetching one file (run-level failures are the `Err` of [`Engine::fetch_one`]).
 pub enum Fetched {
-    /// Written or verified: its record.
-    Ok(String, FileMeta),
-    /// This file failed on its own (403, 404, bad hash, bad path...): quarantine it.
-    PerFile {
-        rel: String,
-        remote: String,
-        reason: String,
-        /// The HTTP status when the server refused this file (404: gone since it was announced).
-        status: Option<u16>,
-    },
+    /// Written or verified.
+    Done { job: FetchJob, meta: FileMeta },
+    /// This file failed on its own: quarantine it.
+    Failed { job: FetchJob, error: FileError },
+}
+
+/// A file to record as quarantined, and the local path whose old record is kept meanwhile.
+#[derive(Debug, Clone)]
+pub struct QuarantineNote {
+    pub remote: String,
+    pub reason: String,
+    pub permanent: bool,
+    pub keep: Option<String>,
+}
+
+/// A file written or verified, to record.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub rel: String,
+    pub meta: FileMeta,
 }
 
 /// What a commit records, built while a page is processed.
 #[derive(Default)]
 pub struct Pending {
-    pub files: Vec<(String, FileMeta)>,
+    pub files: Vec<Recorded>,
     pub dirs: Vec<String>,
     pub deletes: Vec<String>,
-    /// (remote path, reason, permanent) and the local path whose old record is kept.
-    pub quarantine: Vec<(String, String, bool, Option<String>)>,
+    pub quarantine: Vec<QuarantineNote>,
     pub cleared: Vec<String>,
     pub queue_push: Vec<String>,
     pub queue_remove: Option<i64>,
@@ -91,178 +150,230 @@ impl Pending {
         Pending {
             files: std::mem::take(&mut self.files),
             cleared: std::mem::take(&mut self.cleared),
+            quarantine: std::mem::take(&mut self.quarantine),
             dirs: self.dirs.clone(),
             ..Default::default()
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-            && self.dirs.is_empty()
-            && self.deletes.is_empty()
-            && self.quarantine.is_empty()
-            && self.cleared.is_empty()
-    }
 }
 
+/// The engine. Cheap to clone (every part is shared), so each attempt can run as its own task that the
+/// watchdog aborts.
+#[derive(Clone)]
 pub struct Engine {
-    pub client: Arc<RemoteClient>,
-    pub store: Arc<LocalStore>,
-    pub state: State,
-    pub cfg: SyncConfig,
-    pub progress: Progress,
-    pub sink: Option<Arc<dyn ChangeSink>>,
+    remote: Arc<dyn Remote>,
+    store: Arc<LocalStore>,
+    db: Db,
+    cfg: Arc<SyncConfig>,
+    progress: Progress,
+    sink: Option<Arc<dyn ChangeSink>>,
 }
 
 impl Engine {
-    /// Fetch one file unless the local bytes already match `listed_hash`; decode, verify, write atomically.
-    pub async fn fetch_one(
-        client: Arc<RemoteClient>,
+    pub fn new(
+        remote: Arc<dyn Remote>,
         store: Arc<LocalStore>,
-        rel: String,
-        remote: String,
-        listed_hash: Option<String>,
-        revision: Option<String>,
-    ) -> Result<Fetched, RemoteError> {
-        if let Some(h) = listed_hash.clone() {
-            let (s, r) = (store.clone(), rel.clone());
-            let size = tokio::task::spawn_blocking(move || {
-                s.matches_hash(&r, &h).then(|| s.file_size(&r)).flatten()
+        db: Db,
+        cfg: SyncConfig,
+        progress: Progress,
+    ) -> Engine {
+        Engine {
+            remote,
+            store,
+            db,
+            cfg: Arc::new(cfg),
+            progress,
+            sink: None,
+        }
+    }
+
+    /// Tell `sink` what each later commit changes (the FUSE view's cache invalidation).
+    pub fn set_sink(&mut self, sink: Arc<dyn ChangeSink>) {
+        self.sink = Some(sink);
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn store(&self) -> &Arc<LocalStore> {
+        &self.store
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    pub fn config(&self) -> &SyncConfig {
+        &self.cfg
+    }
+
+    pub(crate) fn remote(&self) -> &Arc<dyn Remote> {
+        &self.remote
+    }
+
+    /// A read on the database thread.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, SyncError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&State) -> Result<T, StateError> + Send + 'static,
+    {
+        self.db
+            .run(move |st: &mut State| f(st).map_err(SyncError::from))
+            .await
+    }
+
+    /// One attempt: bootstrap if the mirror is incomplete, finish an interrupted audit, or retry
+    /// quarantined files and catch up from the feed. Returns how the mirror was brought up to date.
+    pub async fn converge(&self) -> Result<&'static str, SyncError> {
+        let (complete, traversal) = self
+            .read(|st| Ok((st.is_complete()?, st.checkpoint()?.is_some())))
+            .await?;
+        if !complete {
+            Ok(self.bootstrap().await?.as_str())
+        } else if traversal {
+            self.audit().await?;
+            Ok("tree")
+        } else {
+            // Files quarantined by an earlier run are retried once; a bootstrap retries nothing it just failed.
+            self.retry_quarantine().await?;
+            self.sync_pass().await?;
+            Ok("catch-up")
+        }
+    }
+
+    /// Fetch one file unless the local bytes already match the listed hash; decode, verify, write
+    /// atomically (on a blocking thread).
+    pub async fn fetch_one(
+        remote: Arc<dyn Remote>,
+        store: Arc<LocalStore>,
+        job: FetchJob,
+    ) -> Result<Fetched, SyncError> {
+        if let Some(h) = job.listed_hash.clone() {
+            let (s, r) = (store.clone(), job.rel.clone());
+            let size = tokio::task::spawn_blocking(move || -> std::io::Result<Option<u64>> {
+                if s.matches_hash(&r, &h)? {
+                    s.file_size(&r)
+                } else {
+                    Ok(None)
+                }
             })
             .await
-            .ok()
-            .flatten();
+            .map_err(|e| SyncError::Internal(format!("hash check worker: {e}")))?
+            .map_err(|e| SyncError::local(&store.abs(&job.rel), &e))?;
             if let Some(size) = size {
-                return Ok(Fetched::Ok(
-                    rel,
-                    FileMeta {
-                        size,
-                        revision,
-                        content_hash: listed_hash,
-                        content_type: None,
-                    },
-                ));
+                let meta = FileMeta {
+                    size,
+                    revision: job.revision.clone(),
+                    content_hash: job.listed_hash.clone(),
+                    content_type: None,
+                };
+                return Ok(Fetched::Done { job, meta });
             }
         }
-        let body = match client.file(&remote).await {
+        let body = match remote.file(&job.remote).await {
             Ok(b) => b,
             Err(e) if e.is_per_file() => {
-                return Ok(Fetched::PerFile {
-                    rel,
-                    remote,
-                    reason: e.to_string(),
-                    status: e.status(),
+                return Ok(Fetched::Failed {
+                    job,
+                    error: FileError::Remote(e),
                 })
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         // Decoded in bounded steps straight into the temp file, verified before the rename.
-        let done = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let file = match body.parse() {
                 Ok(f) => f,
                 Err(reason) => {
-                    return Fetched::PerFile {
-                        rel,
-                        remote,
-                        reason,
-                        status: None,
-                    }
+                    return Ok(Fetched::Failed {
+                        job,
+                        error: FileError::BadData(reason),
+                    })
                 }
             };
-            match store.write_atomic_with(&rel, |w| file.decode_into(w)) {
-                Ok((size, hash)) => Fetched::Ok(
-                    rel,
-                    FileMeta {
+            let written = store.write_atomic_with(&job.rel, |w, tmp| {
+                file.decode_into(w).map_err(|e| match e {
+                    DecodeError::Content(m) => WriteError::Content(m),
+                    DecodeError::Write(e) => WriteError::local(tmp, e),
+                })
+            });
+            match written {
+                Ok((size, hash)) => {
+                    let meta = FileMeta {
                         size,
                         revision: file.revision.clone(),
                         content_hash: Some(hash),
                         content_type: file.content_type.clone(),
-                    },
-                ),
-                Err(reason) => Fetched::PerFile {
-                    rel,
-                    remote,
-                    reason,
-                    status: None,
-                },
+                    };
+                    Ok(Fetched::Done { job, meta })
+                }
+                Err(WriteError::Content(reason)) => Ok(Fetched::Failed {
+                    job,
+                    error: FileError::BadData(reason),
+                }),
+                Err(e) => Err(e.into()),
             }
         })
         .await
-        .map_err(|e| RemoteError::BadData {
-            op: "file".into(),
-            detail: format!("worker failed: {e}"),
-            correlation_id: String::new(),
-        })?;
-        Ok(done)
+        .map_err(|e| SyncError::Internal(format!("file worker: {e}")))?
     }
 
-    /// Persist `p` (and the checkpoint, when given) in one transaction, after a durability barrier.
-    /// Returns the number of records written. Counts as a progress unit.
-    pub fn commit(
-        &mut self,
-        p: &mut Pending,
+    /// Persist `p` (and the checkpoint, when given) in one transaction on the database thread, after a
+    /// durability barrier (`syncfs`) when files changed on disk. Counts as a progress unit.
+    pub async fn commit(
+        &self,
+        p: Pending,
         seen: i64,
-        ck: Option<&Checkpoint>,
-        extra_meta: &[(&str, &str)],
+        ck: Option<Checkpoint>,
+        meta: Vec<(MetaKey, String)>,
     ) -> Result<(), SyncError> {
-        if !p.files.is_empty() || !p.deletes.is_empty() {
-            self.store
-                .sync()
-                .map_err(|e| SyncError::Io(format!("syncfs failed: {e}")))?;
-        }
-        let mut changes = Vec::new();
-        let mut b = self.state.batch()?;
-        for d in p.dirs.drain(..) {
-            b.ensure_dir(&d, seen)?;
-        }
-        for (rel, meta) in p.files.drain(..) {
-            let (ino, parent, changed) = b.upsert_file(&rel, &meta, seen)?;
-            if changed {
-                changes.push(Change {
-                    ino,
-                    parent,
-                    name: paths::name(&rel).to_string(),
-                    removed: false,
-                });
-            }
-        }
-        for rel in p.deletes.drain(..) {
-            if let Some((ino, parent, name)) = b.delete(&rel)? {
-                changes.push(Change {
-                    ino,
-                    parent,
-                    name,
-                    removed: true,
-                });
-            }
-        }
-        for (remote, reason, permanent, keep) in p.quarantine.drain(..) {
-            b.quarantine(&remote, &reason, permanent)?;
-            if let Some(rel) = keep {
-                b.touch_seen(&rel, seen)?;
-            }
-        }
-        for remote in p.cleared.drain(..) {
-            b.unquarantine(&remote)?;
-        }
-        for d in p.queue_push.drain(..) {
-            b.queue_push(&d)?;
-        }
-        if let Some(seq) = p.queue_remove.take() {
-            b.queue_remove(seq)?;
-        }
-        if let Some(ck) = ck {
-            b.set_checkpoint(ck)?;
-        }
-        if p.finish {
-            b.delete_meta("checkpoint")?;
-            b.queue_clear()?;
-            p.finish = false;
-        }
-        for (k, v) in extra_meta {
-            b.set_meta(k, v)?;
-        }
-        b.commit()?;
+        let store = self.store.clone();
+        let changes = self
+            .db
+            .run(move |st: &mut State| -> Result<_, SyncError> {
+                if !p.files.is_empty() || !p.deletes.is_empty() {
+                    store
+                        .sync()
+                        .map_err(|e| SyncError::local(store.root(), &e))?;
+                }
+                let mut b = st.batch()?;
+                for d in &p.dirs {
+                    b.ensure_dir(d, seen)?;
+                }
+                for r in &p.files {
+                    b.upsert_file(&r.rel, &r.meta, seen)?;
+                }
+                for rel in &p.deletes {
+                    b.delete(rel)?;
+                }
+                for q in &p.quarantine {
+                    b.quarantine(&q.remote, &q.reason, q.permanent)?;
+                    if let Some(rel) = &q.keep {
+                        b.touch_seen(rel, seen)?;
+                    }
+                }
+                for remote in &p.cleared {
+                    b.unquarantine(remote)?;
+                }
+                for d in &p.queue_push {
+                    b.queue_push(d)?;
+                }
+                if let Some(seq) = p.queue_remove {
+                    b.queue_remove(seq)?;
+                }
+                if let Some(ck) = &ck {
+                    b.set_checkpoint(ck)?;
+                }
+                if p.finish {
+                    b.finish_traversal()?;
+                }
+                for (k, v) in &meta {
+                    b.set_meta(*k, v)?;
+                }
+                Ok(b.commit()?)
+            })
+            .await?;
         self.progress.checkpoint();
         if let (Some(sink), false) = (&self.sink, changes.is_empty()) {
             sink.changed(&changes);
@@ -270,24 +381,48 @@ impl Engine {
         Ok(())
     }
 
+    /// Set meta values in a transaction of their own.
+    pub async fn set_meta(&self, meta: Vec<(MetaKey, String)>) -> Result<(), SyncError> {
+        self.db
+            .run(move |st: &mut State| -> Result<(), SyncError> {
+                let mut b = st.batch()?;
+                for (k, v) in &meta {
+                    b.set_meta(*k, v)?;
+                }
+                b.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
     /// Record a file written or verified in `p` (a progress unit; clears any earlier quarantine).
     pub fn note_done(&self, p: &mut Pending, remote: String, rel: String, meta: FileMeta) {
         self.progress.file_done(&remote, meta.size);
         p.cleared.push(remote);
-        p.files.push((rel, meta));
+        p.files.push(Recorded { rel, meta });
     }
 
     /// Record a per-file failure in `p` and log it once.
     pub fn note_failure(
         &self,
         p: &mut Pending,
-        rel: Option<String>,
+        keep: Option<String>,
         remote: String,
         reason: String,
         permanent: bool,
     ) {
         tracing::warn!(path = %remote, %reason, "file quarantined");
         self.progress.set_error(Some(format!("{remote}: {reason}")));
-        p.quarantine.push((remote, reason, permanent, rel));
+        p.quarantine.push(QuarantineNote {
+            remote,
+            reason,
+            permanent,
+            keep,
+        });
+    }
+
+    /// Local relative path of a remote path under the configured root.
+    pub(crate) fn to_local(&self, remote: &str) -> Result<String, paths::Rejected> {
+        paths::to_local(&self.cfg.remote_root, remote)
     }
 }

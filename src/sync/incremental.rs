@@ -1,45 +1,49 @@
 //! Incremental sync after the bootstrap: apply the events feed page by page (changes collapsed per
 //! path, cursor committed with the records), retry quarantined files, and audit by listing.
 use crate::remote::types::event_seq;
-use crate::store::db::{Phase, KIND_FILE};
+use crate::store::db::{Kind, MetaKey, Phase, State};
 use crate::store::paths;
-use crate::sync::engine::{Engine, Fetched, Pending, SyncError};
+use crate::sync::engine::{Engine, FetchJob, Fetched, Pending, SyncError};
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
 
 /// Events asked per page.
 const EVENTS_PAGE: u32 = 1000;
 
+/// What the last event of a path asks for.
 enum Action {
-    Fetch(Option<String>, Option<String>),
+    Fetch {
+        hash: Option<String>,
+        revision: Option<String>,
+    },
     Delete,
 }
 
 impl Engine {
     /// Apply every event after the stored cursor, up to the tail of the feed.
-    pub async fn sync_pass(&mut self) -> Result<(), SyncError> {
-        if !self.state.has_feed() {
+    pub async fn sync_pass(&self) -> Result<(), SyncError> {
+        let (feed, stored) = self
+            .read(|st| Ok((st.has_feed()?, st.events_cursor()?)))
+            .await?;
+        if !feed {
             return self.audit().await;
         }
-        self.progress.set_phase("sync");
-        let root = self.cfg.remote_root.clone();
-        let stored = self.state.events_cursor();
+        self.progress().set_phase("sync");
+        let root = self.config().remote_root.clone();
         let mut cursor = stored.clone();
         loop {
-            let page = match self.client.events(cursor.as_deref(), EVENTS_PAGE).await {
+            let page = match self.remote().events(cursor.as_deref(), EVENTS_PAGE).await {
                 Ok(p) => p,
                 Err(e) if e.status() == Some(404) => {
                     tracing::warn!(
                         "the events feed is gone (404); falling back to periodic listings"
                     );
-                    let mut b = self.state.batch()?;
-                    b.set_meta("feed", "0")?;
-                    b.commit()?;
+                    self.set_meta(vec![(MetaKey::Feed, "0".into())]).await?;
                     return self.audit().await;
                 }
                 Err(e) => return Err(e.into()),
             };
-            self.progress.unit();
+            self.progress().unit();
             let Some(last) = page.events.last().map(|e| e.event_id.clone()) else {
                 break;
             };
@@ -53,7 +57,10 @@ impl Engine {
                     "file.created" | "file.updated" => {
                         actions.insert(
                             path,
-                            Action::Fetch(ev.content_hash.clone(), ev.revision.clone()),
+                            Action::Fetch {
+                                hash: ev.content_hash.clone(),
+                                revision: ev.revision.clone(),
+                            },
                         );
                     }
                     "file.deleted" => {
@@ -64,6 +71,7 @@ impl Engine {
             }
             let mut p = Pending::default();
             let mut to_fetch = Vec::new();
+            let mut deletes = Vec::new();
             for (remote, action) in actions {
                 let rel = match paths::to_local(&root, &remote) {
                     Ok(r) => r,
@@ -80,18 +88,16 @@ impl Engine {
                     }
                 };
                 match action {
-                    Action::Delete => {
-                        if self.state.file(&rel).is_some_and(|r| r.kind == KIND_FILE) {
-                            self.store
-                                .remove_file(&rel)
-                                .map_err(|e| SyncError::Io(format!("cannot remove {rel}: {e}")))?;
-                        }
-                        p.deletes.push(rel);
-                        p.cleared.push(remote);
-                    }
-                    Action::Fetch(hash, rev) => to_fetch.push((rel, remote, hash, rev)),
+                    Action::Delete => deletes.push((rel, remote)),
+                    Action::Fetch { hash, revision } => to_fetch.push(FetchJob {
+                        rel,
+                        remote,
+                        listed_hash: hash,
+                        revision,
+                    }),
                 }
             }
+            self.remove_files(deletes, &mut p).await?;
             self.fetch_all(to_fetch, &mut p).await?;
             // Never move the stored cursor backwards (an unknown cursor replays the feed from the start).
             let next = page.next_cursor.clone().unwrap_or_else(|| last.clone());
@@ -99,28 +105,59 @@ impl Engine {
                 (Some(s), Some(n)) => event_seq(s).is_none_or(|s| n >= s),
                 _ => true,
             };
-            let meta: Vec<(&str, &str)> = if advance {
-                vec![("events_cursor", next.as_str())]
+            let meta = if advance {
+                vec![(MetaKey::EventsCursor, next.clone())]
             } else {
                 vec![]
             };
             let deleted = p.deletes.clone();
-            self.commit(&mut p, self.current_seen(), None, &meta)?;
-            self.prune_empty_dirs(deleted)?;
+            let seen = self.read(|st| st.current_seen()).await?;
+            self.commit(p, seen, None, meta).await?;
+            self.prune_empty_dirs(deleted).await?;
             if page.next_cursor.is_none() {
                 break;
             }
             cursor = Some(next);
         }
-        let now = crate::sync::engine::now_rfc3339();
-        let mut b = self.state.batch()?;
-        b.set_meta("last_sync_at", &now)?;
-        b.commit()?;
+        self.set_meta(vec![(
+            MetaKey::LastSyncAt,
+            crate::sync::engine::now_rfc3339(),
+        )])
+        .await
+    }
+
+    /// Remove the local files of `file.deleted` events (what is recorded as a file) and note the deletes.
+    async fn remove_files(
+        &self,
+        deletes: Vec<(String, String)>,
+        p: &mut Pending,
+    ) -> Result<(), SyncError> {
+        if deletes.is_empty() {
+            return Ok(());
+        }
+        let store = self.store().clone();
+        let deletes = self
+            .db()
+            .run(move |st: &mut State| -> Result<_, SyncError> {
+                for (rel, _) in &deletes {
+                    if st.file(rel)?.is_some_and(|r| r.kind == Kind::File) {
+                        store
+                            .remove_file(rel)
+                            .map_err(|e| SyncError::local(&store.abs(rel), &e))?;
+                    }
+                }
+                Ok(deletes)
+            })
+            .await?;
+        for (rel, remote) in deletes {
+            p.deletes.push(rel);
+            p.cleared.push(remote);
+        }
         Ok(())
     }
 
     /// Directories are implied by files on the remote: remove those a delete left empty, bottom-up.
-    fn prune_empty_dirs(&mut self, deleted: Vec<String>) -> Result<(), SyncError> {
+    async fn prune_empty_dirs(&self, deleted: Vec<String>) -> Result<(), SyncError> {
         let mut level: Vec<String> = deleted
             .iter()
             .map(|r| paths::parent(r).to_string())
@@ -129,72 +166,62 @@ impl Engine {
         while !level.is_empty() {
             level.sort();
             level.dedup();
-            let mut p = Pending::default();
-            for dir in level.drain(..) {
-                if self.state.dir_is_empty(&dir) {
-                    self.store.remove_dir_if_empty(&dir);
-                    p.deletes.push(dir);
-                }
-            }
-            if p.deletes.is_empty() {
+            let store = self.store().clone();
+            let batch = std::mem::take(&mut level);
+            let empty = self
+                .db()
+                .run(move |st: &mut State| -> Result<_, SyncError> {
+                    let mut empty = Vec::new();
+                    for dir in batch {
+                        if st.dir_is_empty(&dir)? {
+                            store.remove_dir_if_empty(&dir);
+                            empty.push(dir);
+                        }
+                    }
+                    Ok(empty)
+                })
+                .await?;
+            if empty.is_empty() {
                 break;
             }
-            level = p
-                .deletes
+            level = empty
                 .iter()
                 .map(|d| paths::parent(d).to_string())
                 .filter(|d| !d.is_empty())
                 .collect();
-            self.commit(&mut p, self.current_seen(), None, &[])?;
+            let p = Pending {
+                deletes: empty,
+                ..Default::default()
+            };
+            let seen = self.read(|st| st.current_seen()).await?;
+            self.commit(p, seen, None, vec![]).await?;
         }
         Ok(())
     }
 
-    /// The stamp given to records written outside a traversal (keeps them from an in-progress sweep).
-    fn current_seen(&self) -> i64 {
-        self.state
-            .checkpoint()
-            .map(|c| c.snapshot)
-            .unwrap_or_else(|| {
-                self.state
-                    .meta("snapshot_seq")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0)
-            })
-    }
-
     /// Fetch files with bounded concurrency into `p`; per-file failures are quarantined.
-    async fn fetch_all(
-        &mut self,
-        list: Vec<(String, String, Option<String>, Option<String>)>,
-        p: &mut Pending,
-    ) -> Result<u64, SyncError> {
-        let (client, store) = (self.client.clone(), self.store.clone());
+    async fn fetch_all(&self, list: Vec<FetchJob>, p: &mut Pending) -> Result<u64, SyncError> {
+        let (remote, store) = (self.remote().clone(), self.store().clone());
         let mut results = futures_util::stream::iter(list)
-            .map(|(rel, remote, hash, rev)| {
-                Engine::fetch_one(client.clone(), store.clone(), rel, remote, hash, rev)
-            })
-            .buffer_unordered(self.cfg.concurrency);
+            .map(|job| Engine::fetch_one(remote.clone(), store.clone(), job))
+            .buffer_unordered(self.config().concurrency);
         let mut n = 0;
         while let Some(r) = results.next().await {
             match r? {
-                Fetched::Ok(rel, meta) => {
+                Fetched::Done { job, meta } => {
                     n += 1;
-                    self.note_done(p, paths::to_remote(&self.cfg.remote_root, &rel), rel, meta);
+                    self.note_done(p, job.remote, job.rel, meta);
                 }
-                Fetched::PerFile {
-                    rel,
-                    remote,
-                    reason,
-                    status,
-                } => {
+                Fetched::Failed { job, error } => {
                     // 404 after an event: the file was deleted since; treat as a delete.
-                    if status == Some(404) {
-                        let _ = self.store.remove_file(&rel);
-                        p.deletes.push(rel);
-                        p.cleared.push(remote);
+                    if error.status() == Some(404) {
+                        self.store()
+                            .remove_file(&job.rel)
+                            .map_err(|e| SyncError::local(&self.store().abs(&job.rel), &e))?;
+                        p.deletes.push(job.rel);
+                        p.cleared.push(job.remote);
                     } else {
-                        self.note_failure(p, Some(rel), remote, reason, false);
+                        self.note_failure(p, Some(job.rel), job.remote, error.to_string(), false);
                     }
                 }
             }
@@ -203,16 +230,18 @@ impl Engine {
     }
 
     /// Try quarantined files again (not hostile paths, which never change).
-    pub async fn retry_quarantine(&mut self) -> Result<u64, SyncError> {
-        let list: Vec<_> = self
-            .state
-            .quarantined()
+    pub async fn retry_quarantine(&self) -> Result<u64, SyncError> {
+        let quarantined = self.read(|st| st.quarantined()).await?;
+        let list: Vec<FetchJob> = quarantined
             .into_iter()
             .filter(|q| !q.permanent)
             .filter_map(|q| {
-                paths::to_local(&self.cfg.remote_root, &q.path)
-                    .ok()
-                    .map(|rel| (rel, q.path, None, None))
+                self.to_local(&q.path).ok().map(|rel| FetchJob {
+                    rel,
+                    remote: q.path,
+                    listed_hash: None,
+                    revision: None,
+                })
             })
             .collect();
         if list.is_empty() {
@@ -220,23 +249,25 @@ impl Engine {
         }
         let mut p = Pending::default();
         let n = self.fetch_all(list, &mut p).await?;
-        self.commit(&mut p, self.current_seen(), None, &[])?;
+        let seen = self.read(|st| st.current_seen()).await?;
+        self.commit(p, seen, None, vec![]).await?;
         Ok(n)
     }
 
     /// Heal drift with a full metadata listing: a tree traversal with a fresh snapshot, which only fetches
     /// files whose hash differs, then the usual guarded sweep. The mirror stays served meanwhile.
-    pub async fn audit(&mut self) -> Result<(), SyncError> {
-        let mut ck = match self.state.checkpoint() {
+    pub async fn audit(&self) -> Result<(), SyncError> {
+        let mut ck = match self.read(|st| st.checkpoint()).await? {
             Some(ck) if ck.phase == Phase::Tree => ck,
             _ => self.new_checkpoint(Phase::Tree).await?,
         };
         self.tree_pull(&mut ck).await?;
-        self.complete(&ck, crate::sync::bootstrap::PathUsed::Tree)?;
-        let now = crate::sync::engine::now_rfc3339();
-        let mut b = self.state.batch()?;
-        b.set_meta("last_audit_at", &now)?;
-        b.commit()?;
-        Ok(())
+        self.complete(&ck, crate::sync::bootstrap::PathUsed::Tree)
+            .await?;
+        self.set_meta(vec![(
+            MetaKey::LastAuditAt,
+            crate::sync::engine::now_rfc3339(),
+        )])
+        .await
     }
 }

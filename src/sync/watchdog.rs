@@ -1,22 +1,34 @@
 //! The no-progress watchdog and the optional hard cap around a bootstrap or sync attempt.
+//!
+//! The attempt runs as its own task, so the watchdog keeps its own clock whatever the attempt does:
+//! every blocking operation (SQLite, `syncfs`, file writes) runs off the async workers, and on a trip
+//! the task is aborted at its next await. Nothing is half-committed: a transaction on the database
+//! thread commits whole or not at all, and everything committed stays.
 use crate::sync::engine::SyncError;
 use crate::sync::progress::Progress;
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Run `fut` until it finishes, no progress unit happens for `idle`, or `cap` (if non-zero) elapses.
-/// On a trip the future is dropped between two awaits, so no SQLite transaction is half-done:
-/// everything committed stays, the in-flight page is abandoned and resumed next time.
-pub async fn guarded<T>(
+/// Run `fut` as a task until it finishes, no progress unit happens for `idle`, or `cap` (if non-zero)
+/// elapses; on a trip the task is aborted and the error says why.
+pub async fn guarded<T: Send + 'static>(
     progress: &Progress,
     idle: Duration,
     cap: Duration,
-    fut: impl Future<Output = Result<T, SyncError>>,
+    fut: impl Future<Output = Result<T, SyncError>> + Send + 'static,
 ) -> Result<T, SyncError> {
     progress.arm();
     let hard = (!cap.is_zero()).then(|| Instant::now() + cap);
-    tokio::pin!(fut);
+    let mut task = tokio::spawn(fut);
+    // Aborts the task when the caller is itself dropped (a signal during an attempt).
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _guard = AbortOnDrop(task.abort_handle());
     loop {
         let until_idle = idle
             .saturating_sub(progress.idle())
@@ -26,7 +38,9 @@ pub async fn guarded<T>(
             wake = wake.min(h);
         }
         tokio::select! {
-            r = &mut fut => return r,
+            r = &mut task => {
+                return r.map_err(|e| SyncError::Internal(format!("sync task ended abnormally: {e}")))?;
+            }
             _ = tokio::time::sleep_until(wake) => {
                 if progress.idle() >= idle {
                     return Err(SyncError::Stalled(format!(

@@ -12,7 +12,8 @@
 //! offset `3 + i`. A directory handle remembers the names at the offsets it returned (the last batch,
 //! plus every 256th offset), so the next page continues by name keyset (`name > last`) and a repeated
 //! or earlier offset is answered by walking forward from the nearest remembered name.
-use crate::store::db::{Entry, StateReader, KIND_DIR, KIND_FILE, ROOT_INO};
+pub use crate::store::db::Kind;
+use crate::store::db::{Entry, StateError, StateReader, ROOT_INO};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs::File;
@@ -50,21 +51,13 @@ pub struct FsOptions {
 impl Default for FsOptions {
     /// The daemon's effective uid/gid, 0444 files, 0555 directories.
     fn default() -> Self {
-        // SAFETY: geteuid/getegid cannot fail and have no preconditions.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         FsOptions {
-            uid,
-            gid,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
             file_mode: 0o444,
             dir_mode: 0o555,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    File,
-    Dir,
 }
 
 /// Attributes of one inode, as the kernel is told them.
@@ -141,6 +134,12 @@ fn io_errno(e: &std::io::Error) -> Errno {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
+/// A failed database read is an I/O error for the caller; it is logged here, once, with its errno.
+fn db_errno(e: StateError) -> Errno {
+    tracing::error!(errno = libc::EIO, error = %e, "file system view: state database read failed");
+    libc::EIO
+}
+
 impl MirrorFs {
     /// A view with one database connection.
     pub fn new(reader: StateReader, root: &Path, opts: FsOptions) -> MirrorFs {
@@ -172,21 +171,21 @@ impl MirrorFs {
         &self.root
     }
 
-    /// Run `f` with a free database connection (or wait for one).
-    fn db<R>(&self, f: impl FnOnce(&StateReader) -> R) -> R {
+    /// Run `f` with a free database connection (or wait for one); a database error becomes EIO.
+    fn db<R>(&self, f: impl FnOnce(&StateReader) -> Result<R, StateError>) -> Result<R, Errno> {
         let n = self.readers.len();
         let start = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
         for i in 0..n {
             if let Ok(r) = self.readers[(start + i) % n].try_lock() {
-                return f(&r);
+                return f(&r).map_err(db_errno);
             }
         }
-        f(&lock(&self.readers[start]))
+        f(&lock(&self.readers[start])).map_err(db_errno)
     }
 
     /// Attributes of a database record.
     pub fn attr_of(&self, e: &Entry) -> Attr {
-        let dir = e.kind == KIND_DIR;
+        let dir = e.kind == Kind::Dir;
         let size = if dir { 0 } else { e.size };
         let mtime = if e.mtime >= 0 {
             UNIX_EPOCH + Duration::from_secs(e.mtime as u64)
@@ -213,14 +212,12 @@ impl MirrorFs {
     }
 
     fn entry(&self, ino: u64) -> Result<Entry, Errno> {
-        self.db(|r| r.get(ino))
-            .filter(|e| e.kind == KIND_FILE || e.kind == KIND_DIR)
-            .ok_or(libc::ENOENT)
+        self.db(|r| r.get(ino))?.ok_or(libc::ENOENT)
     }
 
     fn dir_entry(&self, ino: u64) -> Result<Entry, Errno> {
         let e = self.entry(ino)?;
-        if e.kind != KIND_DIR {
+        if e.kind != Kind::Dir {
             return Err(libc::ENOTDIR);
         }
         Ok(e)
@@ -246,9 +243,8 @@ impl MirrorFs {
         if name.is_empty() || name.contains('/') {
             return Err(libc::ENOENT);
         }
-        match self.db(|r| r.lookup(parent, name)) {
-            Some(e) if e.kind == KIND_FILE || e.kind == KIND_DIR => Ok(self.attr_of(&e)),
-            Some(_) => Err(libc::ENOENT),
+        match self.db(|r| r.lookup(parent, name))? {
+            Some(e) => Ok(self.attr_of(&e)),
             None => {
                 // Tell a missing parent or a file parent apart from a missing name.
                 self.dir_entry(parent)?;
@@ -267,7 +263,7 @@ impl MirrorFs {
         if mask & libc::W_OK != 0 {
             return Err(libc::EROFS);
         }
-        if mask & libc::X_OK != 0 && e.kind == KIND_FILE && self.opts.file_mode & 0o111 == 0 {
+        if mask & libc::X_OK != 0 && e.kind == Kind::File && self.opts.file_mode & 0o111 == 0 {
             return Err(libc::EACCES);
         }
         Ok(())
@@ -277,7 +273,7 @@ impl MirrorFs {
     /// the mirror replaces the file later.
     pub fn open(&self, ino: u64) -> Result<u64, Errno> {
         let e = self.entry(ino)?;
-        if e.kind == KIND_DIR {
+        if e.kind == Kind::Dir {
             return Err(libc::EISDIR);
         }
         let file = std::fs::OpenOptions::new()
@@ -393,12 +389,12 @@ impl MirrorFs {
         let after: Option<String> = if off == DOTDOT_OFFSET {
             None
         } else {
-            match self.name_at(&cur, off) {
+            match self.name_at(&cur, off)? {
                 Some(n) => Some(n),
                 None => return Ok(out), // past the end
             }
         };
-        let children = self.db(|r| r.children(dir.ino, after.as_deref(), max - out.len()));
+        let children = self.db(|r| r.children(dir.ino, after.as_deref(), max - out.len()))?;
         let mut batch = Vec::with_capacity(children.len());
         for (i, c) in children.into_iter().enumerate() {
             let o = off + 1 + i as u64;
@@ -409,11 +405,7 @@ impl MirrorFs {
             out.push(DirEntry {
                 ino: c.ino,
                 offset: o,
-                kind: if c.kind == KIND_DIR {
-                    Kind::Dir
-                } else {
-                    Kind::File
-                },
+                kind: c.kind,
                 attr: self.attr_of(&c),
                 name: c.name,
             });
@@ -425,7 +417,7 @@ impl MirrorFs {
     }
 
     /// Name of the child at stream offset `off` (>= FIRST_CHILD_OFFSET), or None past the end.
-    fn name_at(&self, cur: &DirCursor, off: u64) -> Option<String> {
+    fn name_at(&self, cur: &DirCursor, off: u64) -> Result<Option<String>, Errno> {
         let mut best: Option<(u64, &str)> = None;
         for (o, n) in &cur.recent {
             if *o <= off && best.is_none_or(|(b, _)| *o > b) {
@@ -443,29 +435,29 @@ impl MirrorFs {
         };
         while at < off {
             let n = ((off - at) as usize).min(SKIP_CHUNK);
-            let page = self.db(|r| r.children(cur.ino, name.as_deref(), n));
+            let page = self.db(|r| r.children(cur.ino, name.as_deref(), n))?;
             if page.len() < n {
-                return None;
+                return Ok(None);
             }
             at += n as u64;
             name = page.into_iter().last().map(|e| e.name);
         }
-        name
+        Ok(name)
     }
 
     /// File count and sizes of the mirror.
-    pub fn statfs(&self) -> StatFs {
-        let (files, bytes, _) = self.db(|r| r.totals());
-        StatFs {
-            blocks: bytes.div_ceil(BLKSIZE as u64),
+    pub fn statfs(&self) -> Result<StatFs, Errno> {
+        let t = self.db(|r| r.totals())?;
+        Ok(StatFs {
+            blocks: t.bytes.div_ceil(BLKSIZE as u64),
             bfree: 0,
             bavail: 0,
-            files,
+            files: t.files,
             ffree: 0,
             bsize: BLKSIZE,
             namelen: 255,
             frsize: BLKSIZE,
-        }
+        })
     }
 }
 
@@ -540,7 +532,7 @@ mod tests {
         assert_eq!(fs.open(a.ino).unwrap_err(), libc::EISDIR);
         assert_eq!(fs.access(b.ino, libc::W_OK).unwrap_err(), libc::EROFS);
         fs.access(b.ino, libc::R_OK).unwrap();
-        let s = fs.statfs();
+        let s = fs.statfs().unwrap();
         assert_eq!((s.files, s.blocks), (2, 1));
     }
 

@@ -196,7 +196,7 @@ impl Harness {
     /// True once the state DB exists and says the bootstrap completed (false while it is being created).
     pub fn is_complete(&self) -> bool {
         mountd::store::db::State::open_existing(&self.state_db())
-            .map(|s| s.is_complete())
+            .and_then(|s| s.is_complete())
             .unwrap_or(false)
     }
 

@@ -1,45 +1,53 @@
 //! The SQLite state database: the one owner of durable state (file records with stable inode numbers,
 //! the bootstrap checkpoint and directory queue, the events cursor, quarantine, the mirror's identity).
 //!
-//! WAL mode, mode 0600, schema versioned by `user_version` with forward migrations. Every write goes
-//! through a [`Batch`] (one transaction); its cost depends on the page it records, not the tree size.
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+//! WAL mode, mode 0600, schema versioned by `user_version` ([`schema`]). Every write goes through a
+//! [`Batch`] (one transaction) whose cost depends on what it records, not on the tree size. Every read
+//! returns a `Result`: a failing query is an error, never "nothing there". The engine reaches the
+//! database only through [`Db`], which runs all work on one dedicated thread.
+mod batch;
+mod meta;
+mod reader;
+mod schema;
+mod thread;
+
+pub use batch::Batch;
+pub use meta::MetaKey;
+pub use reader::{Entry, StateReader};
+pub use thread::Db;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const ROOT_INO: u64 = 1;
-pub const KIND_FILE: i64 = 1;
-pub const KIND_DIR: i64 = 2;
-const SCHEMA_VERSION: i64 = 1;
 
-const MIGRATIONS: &[&str] = &[
-    // v1
-    "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-     CREATE TABLE entries(
-        ino INTEGER PRIMARY KEY AUTOINCREMENT,
-        parent INTEGER NOT NULL,
-        name TEXT NOT NULL,
-        path TEXT NOT NULL UNIQUE,
-        kind INTEGER NOT NULL,
-        size INTEGER NOT NULL DEFAULT 0,
-        revision TEXT,
-        content_hash TEXT,
-        content_type TEXT,
-        generation INTEGER NOT NULL DEFAULT 1,
-        mtime INTEGER NOT NULL DEFAULT 0,
-        seen INTEGER NOT NULL DEFAULT 0);
-     CREATE UNIQUE INDEX entries_parent_name ON entries(parent, name);
-     INSERT INTO entries(ino, parent, name, path, kind) VALUES (1, 1, '', '', 2);
-     CREATE TABLE queue(seq INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL);
-     CREATE TABLE quarantine(
-        path TEXT PRIMARY KEY,
-        reason TEXT NOT NULL,
-        attempts INTEGER NOT NULL,
-        permanent INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL);",
-];
+/// What an entry is. Stored as an integer (1 file, 2 directory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+impl Kind {
+    pub(crate) fn to_sql(self) -> i64 {
+        match self {
+            Kind::File => 1,
+            Kind::Dir => 2,
+        }
+    }
+
+    pub(crate) fn from_sql(v: i64) -> rusqlite::Result<Kind> {
+        match v {
+            1 => Ok(Kind::File),
+            2 => Ok(Kind::Dir),
+            other => Err(rusqlite::Error::IntegralValueOutOfRange(0, other)),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -55,6 +63,8 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("state database {path}: its worker thread is gone")]
+    Gone { path: PathBuf },
 }
 
 /// What a state database belongs to. A database of another mirror is refused.
@@ -91,10 +101,11 @@ pub struct Checkpoint {
     pub pages_done: u64,
 }
 
+/// A committed record, as the engine needs it for hash-skip.
 #[derive(Debug, Clone)]
 pub struct FileRecord {
     pub ino: u64,
-    pub kind: i64,
+    pub kind: Kind,
     pub size: u64,
     pub revision: Option<String>,
     pub content_hash: Option<String>,
@@ -109,6 +120,7 @@ pub struct FileMeta {
     pub content_type: Option<String>,
 }
 
+/// A file (or directory) that keeps failing, with its reason.
 #[derive(Debug, Clone, Serialize)]
 pub struct Quarantined {
     pub path: String,
@@ -117,17 +129,18 @@ pub struct Quarantined {
     pub permanent: bool,
 }
 
-/// A row as the file system view needs it.
+/// One directory of the traversal queue.
 #[derive(Debug, Clone)]
-pub struct Entry {
-    pub ino: u64,
-    pub parent: u64,
-    pub name: String,
+pub struct Queued {
+    pub seq: i64,
     pub path: String,
-    pub kind: i64,
-    pub size: u64,
-    pub generation: u64,
-    pub mtime: i64,
+}
+
+/// A record no completed snapshot listed.
+#[derive(Debug, Clone)]
+pub struct Unseen {
+    pub path: String,
+    pub kind: Kind,
 }
 
 pub struct State {
@@ -137,7 +150,7 @@ pub struct State {
     dirs: HashMap<String, (u64, i64)>,
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -231,40 +244,42 @@ impl State {
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(|e| self.err(e))?;
-        if v > SCHEMA_VERSION {
+        if v > schema::SCHEMA_VERSION {
             return Err(StateError::Invalid {
                 path: self.path.clone(),
-                msg: format!("schema version {v} is newer than this mountd understands ({SCHEMA_VERSION}); upgrade mountd"),
+                msg: format!(
+                    "schema version {v} is newer than this mountd understands ({}); upgrade mountd",
+                    schema::SCHEMA_VERSION
+                ),
             });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(v as usize) {
-            let tx = self.conn.transaction().map_err(|e| StateError::Sqlite {
-                path: self.path.clone(),
-                source: e,
-            })?;
+        for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(v as usize) {
+            let path = self.path.clone();
+            let sq = |source| StateError::Sqlite {
+                path: path.clone(),
+                source,
+            };
+            let tx = self.conn.transaction().map_err(sq)?;
             tx.execute_batch(sql)
                 .and_then(|_| tx.pragma_update(None, "user_version", (i + 1) as i64))
                 .and_then(|_| tx.commit())
-                .map_err(|e| StateError::Sqlite {
-                    path: self.path.clone(),
-                    source: e,
-                })?;
+                .map_err(sq)?;
         }
         Ok(())
     }
 
     fn check_identity(&mut self, id: &Identity) -> Result<(), StateError> {
         let fields = [
-            ("base_url", &id.base_url),
-            ("workspace", &id.workspace),
-            ("remote_root", &id.remote_root),
-            ("local_dir", &id.local_dir),
+            (MetaKey::IdentityBaseUrl, "base_url", &id.base_url),
+            (MetaKey::IdentityWorkspace, "workspace", &id.workspace),
+            (MetaKey::IdentityRemoteRoot, "remote_root", &id.remote_root),
+            (MetaKey::IdentityLocalDir, "local_dir", &id.local_dir),
         ];
         let mut mismatches = Vec::new();
-        for (k, want) in fields {
-            match self.meta(&format!("identity.{k}")) {
+        for (key, name, want) in fields {
+            match self.meta(key)? {
                 Some(have) if &have != want => {
-                    mismatches.push(format!("{k} is {have:?}, not {want:?}"))
+                    mismatches.push(format!("{name} is {have:?}, not {want:?}"))
                 }
                 _ => {}
             }
@@ -279,42 +294,77 @@ impl State {
             });
         }
         let mut b = self.batch()?;
-        for (k, want) in fields {
-            b.set_meta(&format!("identity.{k}"), want)?;
+        for (key, _, want) in fields {
+            b.set_meta(key, want)?;
         }
-        b.commit()
+        b.commit()?;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn meta(&self, key: &str) -> Option<String> {
+    /// A raw meta value (see the typed accessors below for the structured ones).
+    pub fn meta(&self, key: MetaKey) -> Result<Option<String>, StateError> {
         self.conn
             .prepare_cached("SELECT value FROM meta WHERE key = ?1")
-            .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
-            .ok()
-            .flatten()
+            .and_then(|mut s| s.query_row([key.as_str()], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))
     }
 
-    pub fn is_complete(&self) -> bool {
-        self.meta("bootstrap_complete").as_deref() == Some("1")
+    fn meta_u64(&self, key: MetaKey) -> Result<u64, StateError> {
+        match self.meta(key)? {
+            None => Ok(0),
+            Some(v) => v.parse().map_err(|_| StateError::Invalid {
+                path: self.path.clone(),
+                msg: format!("meta {} holds {v:?}, not a number", key.as_str()),
+            }),
+        }
     }
 
-    pub fn events_cursor(&self) -> Option<String> {
-        self.meta("events_cursor").filter(|c| !c.is_empty())
+    pub fn is_complete(&self) -> Result<bool, StateError> {
+        Ok(self.meta(MetaKey::BootstrapComplete)?.as_deref() == Some("1"))
     }
 
-    pub fn has_feed(&self) -> bool {
-        self.meta("feed").as_deref() != Some("0")
+    pub fn events_cursor(&self) -> Result<Option<String>, StateError> {
+        Ok(self.meta(MetaKey::EventsCursor)?.filter(|c| !c.is_empty()))
     }
 
-    pub fn checkpoint(&self) -> Option<Checkpoint> {
-        self.meta("checkpoint")
-            .and_then(|s| serde_json::from_str(&s).ok())
+    pub fn has_feed(&self) -> Result<bool, StateError> {
+        Ok(self.meta(MetaKey::Feed)?.as_deref() != Some("0"))
     }
 
-    pub fn file(&self, rel: &str) -> Option<FileRecord> {
+    pub fn snapshot_seq(&self) -> Result<i64, StateError> {
+        Ok(self.meta_u64(MetaKey::SnapshotSeq)? as i64)
+    }
+
+    pub fn no_progress_runs(&self) -> Result<u64, StateError> {
+        self.meta_u64(MetaKey::NoProgressRuns)
+    }
+
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>, StateError> {
+        match self.meta(MetaKey::Checkpoint)? {
+            None => Ok(None),
+            Some(s) => serde_json::from_str(&s)
+                .map(Some)
+                .map_err(|e| StateError::Invalid {
+                    path: self.path.clone(),
+                    msg: format!("unreadable checkpoint: {e}"),
+                }),
+        }
+    }
+
+    /// The stamp given to records written outside a traversal: the traversal's when one is in progress
+    /// (so an in-progress sweep keeps them), else the last snapshot's.
+    pub fn current_seen(&self) -> Result<i64, StateError> {
+        match self.checkpoint()? {
+            Some(c) => Ok(c.snapshot),
+            None => self.snapshot_seq(),
+        }
+    }
+
+    pub fn file(&self, rel: &str) -> Result<Option<FileRecord>, StateError> {
         self.conn
             .prepare_cached(
                 "SELECT ino, kind, size, revision, content_hash FROM entries WHERE path = ?1",
@@ -323,7 +373,7 @@ impl State {
                 s.query_row([rel], |r| {
                     Ok(FileRecord {
                         ino: r.get::<_, i64>(0)? as u64,
-                        kind: r.get(1)?,
+                        kind: Kind::from_sql(r.get(1)?)?,
                         size: r.get::<_, i64>(2)? as u64,
                         revision: r.get(3)?,
                         content_hash: r.get(4)?,
@@ -331,100 +381,99 @@ impl State {
                 })
                 .optional()
             })
-            .ok()
-            .flatten()
+            .map_err(|e| self.err(e))
     }
 
     /// True when `rel` is a directory record with no children left.
-    pub fn dir_is_empty(&self, rel: &str) -> bool {
+    pub fn dir_is_empty(&self, rel: &str) -> Result<bool, StateError> {
         self.conn
             .prepare_cached(
                 "SELECT d.kind = 2 AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.parent = d.ino AND e.ino != 1)
                  FROM entries d WHERE d.path = ?1",
             )
-            .and_then(|mut s| s.query_row([rel], |r| r.get::<_, bool>(0)))
-            .unwrap_or(false)
+            .and_then(|mut s| s.query_row([rel], |r| r.get::<_, bool>(0)).optional())
+            .map(|v| v.unwrap_or(false))
+            .map_err(|e| self.err(e))
     }
 
-    pub fn tracked_files(&self) -> u64 {
+    fn count(&self, sql: &str) -> Result<u64, StateError> {
         self.conn
-            .query_row("SELECT count(*) FROM entries WHERE kind = 1", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .unwrap_or(0) as u64
+            .query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
     }
 
-    pub fn tracked_bytes(&self) -> u64 {
-        self.conn
-            .query_row(
-                "SELECT coalesce(sum(size),0) FROM entries WHERE kind = 1",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .unwrap_or(0) as u64
+    pub fn tracked_files(&self) -> Result<u64, StateError> {
+        self.count("SELECT count(*) FROM entries WHERE kind = 1")
     }
 
-    /// Next directory of the traversal queue, without removing it.
-    pub fn queue_front(&self) -> Option<(i64, String)> {
+    pub fn tracked_bytes(&self) -> Result<u64, StateError> {
+        self.count("SELECT coalesce(sum(size),0) FROM entries WHERE kind = 1")
+    }
+
+    /// Next directory of the traversal queue, without removing it (`None`: the traversal is done).
+    pub fn queue_front(&self) -> Result<Option<Queued>, StateError> {
         self.conn
             .query_row(
                 "SELECT seq, path FROM queue ORDER BY seq LIMIT 1",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| {
+                    Ok(Queued {
+                        seq: r.get(0)?,
+                        path: r.get(1)?,
+                    })
+                },
             )
             .optional()
-            .ok()
-            .flatten()
+            .map_err(|e| self.err(e))
     }
 
-    pub fn queue_len(&self) -> u64 {
-        self.conn
-            .query_row("SELECT count(*) FROM queue", [], |r| r.get::<_, i64>(0))
-            .unwrap_or(0) as u64
+    pub fn queue_len(&self) -> Result<u64, StateError> {
+        self.count("SELECT count(*) FROM queue")
     }
 
-    pub fn quarantined(&self) -> Vec<Quarantined> {
-        let mut out = Vec::new();
-        if let Ok(mut s) = self
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>, StateError> {
+        let mut s = self
             .conn
             .prepare("SELECT path, reason, attempts, permanent FROM quarantine ORDER BY path")
-        {
-            if let Ok(rows) = s.query_map([], |r| {
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map([], |r| {
                 Ok(Quarantined {
                     path: r.get(0)?,
                     reason: r.get(1)?,
                     attempts: r.get(2)?,
                     permanent: r.get::<_, i64>(3)? != 0,
                 })
-            }) {
-                out.extend(rows.flatten());
-            }
-        }
-        out
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
+        rows.map_err(|e| self.err(e))
     }
 
-    /// Records (path, kind) not stamped by `snapshot`, deepest first: what a completed snapshot removes.
-    pub fn unseen(&self, snapshot: i64) -> Vec<(String, i64)> {
-        let mut out = Vec::new();
-        if let Ok(mut s) = self.conn.prepare(
-            "SELECT path, kind FROM entries WHERE seen != ?1 AND ino != 1 ORDER BY path DESC",
-        ) {
-            if let Ok(rows) = s.query_map([snapshot], |r| Ok((r.get(0)?, r.get(1)?))) {
-                out.extend(rows.flatten());
-            }
-        }
-        out
+    /// Records not stamped by `snapshot`, deepest first: what a completed snapshot removes.
+    pub fn unseen(&self, snapshot: i64) -> Result<Vec<Unseen>, StateError> {
+        let mut s = self
+            .conn
+            .prepare(
+                "SELECT path, kind FROM entries WHERE seen != ?1 AND ino != 1 ORDER BY path DESC",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map([snapshot], |r| {
+                Ok(Unseen {
+                    path: r.get(0)?,
+                    kind: Kind::from_sql(r.get(1)?)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
+        rows.map_err(|e| self.err(e))
     }
 
-    /// A fresh snapshot stamp.
+    /// A fresh snapshot stamp, committed.
     pub fn next_snapshot(&mut self) -> Result<i64, StateError> {
-        let n = self
-            .meta("snapshot_seq")
-            .and_then(|s| s.parse::<i64>().ok())
-            .unwrap_or(0)
-            + 1;
+        let n = self.snapshot_seq()? + 1;
         let mut b = self.batch()?;
-        b.set_meta("snapshot_seq", &n.to_string())?;
+        b.set_meta(MetaKey::SnapshotSeq, &n.to_string())?;
         b.commit()?;
         Ok(n)
     }
@@ -436,335 +485,12 @@ impl State {
             path: path.clone(),
             source: e,
         })?;
-        Ok(Batch {
-            tx,
-            path,
-            cache: &mut self.dirs,
-            new_dirs: HashMap::new(),
-            dropped_dirs: false,
-        })
+        Ok(Batch::new(tx, path, &mut self.dirs))
     }
 
     /// A separate read-only connection for the file system view (WAL lets it read while we write).
     pub fn reader(&self) -> Result<StateReader, StateError> {
-        Ok(StateReader {
-            st: Self::connect(&self.path, true)?,
-        })
-    }
-}
-
-/// One transaction. Dropping it without [`Batch::commit`] rolls everything back.
-pub struct Batch<'a> {
-    tx: Transaction<'a>,
-    path: PathBuf,
-    cache: &'a mut HashMap<String, (u64, i64)>,
-    new_dirs: HashMap<String, (u64, i64)>,
-    dropped_dirs: bool,
-}
-
-impl Batch<'_> {
-    fn err(&self, source: rusqlite::Error) -> StateError {
-        StateError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StateError> {
-        self.tx
-            .prepare_cached("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-            .and_then(|mut s| s.execute([key, value]))
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    pub fn set_checkpoint(&mut self, c: &Checkpoint) -> Result<(), StateError> {
-        self.set_meta(
-            "checkpoint",
-            &serde_json::to_string(c).expect("checkpoint serializes"),
-        )
-    }
-
-    fn lookup_dir(&self, rel: &str) -> Option<(u64, i64)> {
-        self.new_dirs
-            .get(rel)
-            .or_else(|| self.cache.get(rel))
-            .copied()
-    }
-
-    /// Make sure directory `rel` and its ancestors have records stamped `seen`; returns its inode.
-    pub fn ensure_dir(&mut self, rel: &str, seen: i64) -> Result<u64, StateError> {
-        if rel.is_empty() {
-            return Ok(crate::store::db::ROOT_INO);
-        }
-        if let Some((ino, stamp)) = self.lookup_dir(rel) {
-            if stamp == seen {
-                return Ok(ino);
-            }
-        }
-        let parent = self.ensure_dir(crate::store::paths::parent(rel), seen)?;
-        let existing: Option<(i64, i64)> = self
-            .tx
-            .prepare_cached("SELECT ino, kind FROM entries WHERE path = ?1")
-            .and_then(|mut s| {
-                s.query_row([rel], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-            })
-            .map_err(|e| self.err(e))?;
-        let ino = match existing {
-            Some((ino, KIND_DIR)) => {
-                self.tx
-                    .prepare_cached("UPDATE entries SET seen = ?2 WHERE ino = ?1")
-                    .and_then(|mut s| s.execute(params![ino, seen]))
-                    .map_err(|e| self.err(e))?;
-                ino as u64
-            }
-            other => {
-                if other.is_some() {
-                    self.delete(rel)?;
-                }
-                self.tx
-                    .prepare_cached("INSERT INTO entries(parent, name, path, kind, mtime, seen) VALUES (?1, ?2, ?3, 2, ?4, ?5)")
-                    .and_then(|mut s| s.execute(params![parent as i64, crate::store::paths::name(rel), rel, now_secs(), seen]))
-                    .map_err(|e| self.err(e))?;
-                self.tx.last_insert_rowid() as u64
-            }
-        };
-        self.new_dirs.insert(rel.to_string(), (ino, seen));
-        Ok(ino)
-    }
-
-    /// Insert or update a file record stamped `seen`. Returns (inode, parent inode, content changed).
-    pub fn upsert_file(
-        &mut self,
-        rel: &str,
-        m: &FileMeta,
-        seen: i64,
-    ) -> Result<(u64, u64, bool), StateError> {
-        let parent = self.ensure_dir(crate::store::paths::parent(rel), seen)?;
-        let existing: Option<(i64, i64, Option<String>, i64)> = self
-            .tx
-            .prepare_cached("SELECT ino, kind, content_hash, size FROM entries WHERE path = ?1")
-            .and_then(|mut s| {
-                s.query_row([rel], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                    .optional()
-            })
-            .map_err(|e| self.err(e))?;
-        match existing {
-            Some((ino, KIND_FILE, hash, size)) => {
-                let changed = hash != m.content_hash || size as u64 != m.size;
-                self.tx
-                    .prepare_cached(
-                        "UPDATE entries SET size = ?2, revision = ?3, content_hash = ?4, content_type = ?5, seen = ?6,
-                         generation = generation + ?7, mtime = CASE WHEN ?7 = 1 THEN ?8 ELSE mtime END WHERE ino = ?1",
-                    )
-                    .and_then(|mut s| s.execute(params![ino, m.size as i64, m.revision, m.content_hash, m.content_type, seen, changed as i64, now_secs()]))
-                    .map_err(|e| self.err(e))?;
-                Ok((ino as u64, parent, changed))
-            }
-            other => {
-                if other.is_some() {
-                    self.delete(rel)?;
-                }
-                self.tx
-                    .prepare_cached(
-                        "INSERT INTO entries(parent, name, path, kind, size, revision, content_hash, content_type, mtime, seen)
-                         VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![parent as i64, crate::store::paths::name(rel), rel, m.size as i64, m.revision, m.content_hash, m.content_type, now_secs(), seen])
-                    })
-                    .map_err(|e| self.err(e))?;
-                Ok((self.tx.last_insert_rowid() as u64, parent, true))
-            }
-        }
-    }
-
-    /// Stamp an existing record as seen (a listed file we could not fetch keeps its old copy).
-    pub fn touch_seen(&mut self, rel: &str, seen: i64) -> Result<(), StateError> {
-        self.tx
-            .prepare_cached("UPDATE entries SET seen = ?2 WHERE path = ?1")
-            .and_then(|mut s| s.execute(params![rel, seen]))
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    /// Delete a record and, for a directory, everything below it. Returns (inode, parent inode, name) of
-    /// the removed top record.
-    pub fn delete(&mut self, rel: &str) -> Result<Option<(u64, u64, String)>, StateError> {
-        let top: Option<(i64, i64, String)> = self
-            .tx
-            .prepare_cached("SELECT ino, parent, name FROM entries WHERE path = ?1")
-            .and_then(|mut s| {
-                s.query_row([rel], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()
-            })
-            .map_err(|e| self.err(e))?;
-        let Some((ino, parent, name)) = top else {
-            return Ok(None);
-        };
-        let lo = format!("{rel}/");
-        let hi = format!("{rel}0"); // '0' is the byte after '/'
-        self.tx
-            .prepare_cached("DELETE FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3)")
-            .and_then(|mut s| s.execute(params![rel, lo, hi]))
-            .map_err(|e| self.err(e))?;
-        self.dropped_dirs = true;
-        self.new_dirs.retain(|k, _| k != rel && !k.starts_with(&lo));
-        Ok(Some((ino as u64, parent as u64, name)))
-    }
-
-    pub fn delete_meta(&mut self, key: &str) -> Result<(), StateError> {
-        self.tx
-            .execute("DELETE FROM meta WHERE key = ?1", [key])
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    pub fn queue_push(&mut self, remote_dir: &str) -> Result<(), StateError> {
-        self.tx
-            .prepare_cached("INSERT INTO queue(path) VALUES (?1)")
-            .and_then(|mut s| s.execute([remote_dir]))
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    pub fn queue_remove(&mut self, seq: i64) -> Result<(), StateError> {
-        self.tx
-            .execute("DELETE FROM queue WHERE seq = ?1", [seq])
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    pub fn queue_clear(&mut self) -> Result<(), StateError> {
-        self.tx
-            .execute("DELETE FROM queue", [])
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    pub fn quarantine(
-        &mut self,
-        remote_path: &str,
-        reason: &str,
-        permanent: bool,
-    ) -> Result<(), StateError> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO quarantine(path, reason, attempts, permanent, updated_at) VALUES (?1, ?2, 1, ?3, ?4)
-                 ON CONFLICT(path) DO UPDATE SET reason = excluded.reason, attempts = attempts + 1,
-                 permanent = excluded.permanent, updated_at = excluded.updated_at",
-            )
-            .and_then(|mut s| s.execute(params![remote_path, reason, permanent as i64, now_secs()]))
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    pub fn unquarantine(&mut self, remote_path: &str) -> Result<(), StateError> {
-        self.tx
-            .prepare_cached("DELETE FROM quarantine WHERE path = ?1")
-            .and_then(|mut s| s.execute([remote_path]))
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    pub fn commit(self) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let Batch {
-            tx,
-            cache,
-            new_dirs,
-            dropped_dirs,
-            ..
-        } = self;
-        tx.commit()
-            .map_err(|e| StateError::Sqlite { path, source: e })?;
-        if dropped_dirs {
-            cache.clear();
-        }
-        cache.extend(new_dirs);
-        Ok(())
-    }
-}
-
-/// Read-only queries for the file system view.
-pub struct StateReader {
-    st: State,
-}
-
-const ENTRY_COLS: &str = "ino, parent, name, path, kind, size, generation, mtime";
-
-fn entry_row(r: &rusqlite::Row) -> rusqlite::Result<Entry> {
-    Ok(Entry {
-        ino: r.get::<_, i64>(0)? as u64,
-        parent: r.get::<_, i64>(1)? as u64,
-        name: r.get(2)?,
-        path: r.get(3)?,
-        kind: r.get(4)?,
-        size: r.get::<_, i64>(5)? as u64,
-        generation: r.get::<_, i64>(6)? as u64,
-        mtime: r.get(7)?,
-    })
-}
-
-impl StateReader {
-    pub fn get(&self, ino: u64) -> Option<Entry> {
-        let sql = format!("SELECT {ENTRY_COLS} FROM entries WHERE ino = ?1");
-        self.st
-            .conn
-            .prepare_cached(&sql)
-            .and_then(|mut s| s.query_row([ino as i64], entry_row).optional())
-            .ok()
-            .flatten()
-    }
-
-    pub fn lookup(&self, parent: u64, name: &str) -> Option<Entry> {
-        let sql = format!(
-            "SELECT {ENTRY_COLS} FROM entries WHERE parent = ?1 AND name = ?2 AND ino != 1"
-        );
-        self.st
-            .conn
-            .prepare_cached(&sql)
-            .and_then(|mut s| {
-                s.query_row(params![parent as i64, name], entry_row)
-                    .optional()
-            })
-            .ok()
-            .flatten()
-    }
-
-    /// Children of `dir` in name order, strictly after `after` (keyset paging).
-    pub fn children(&self, dir: u64, after: Option<&str>, limit: usize) -> Vec<Entry> {
-        let sql = format!(
-            "SELECT {ENTRY_COLS} FROM entries WHERE parent = ?1 AND ino != 1 AND name > ?2 ORDER BY name LIMIT ?3"
-        );
-        let mut out = Vec::new();
-        if let Ok(mut s) = self.st.conn.prepare_cached(&sql) {
-            if let Ok(rows) = s.query_map(
-                params![dir as i64, after.unwrap_or(""), limit as i64],
-                entry_row,
-            ) {
-                out.extend(rows.flatten());
-            }
-        }
-        out
-    }
-
-    pub fn totals(&self) -> (u64, u64, u64) {
-        self.st
-            .conn
-            .query_row(
-                "SELECT count(*), coalesce(sum(size),0), max(ino) FROM entries WHERE kind = 1",
-                [],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)? as u64,
-                        r.get::<_, i64>(1)? as u64,
-                        r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
-                    ))
-                },
-            )
-            .unwrap_or((0, 0, 0))
+        StateReader::open_path(&self.path)
     }
 }
 
@@ -792,13 +518,13 @@ mod tests {
             ..Default::default()
         };
         let mut b = st.batch().unwrap();
-        let (ino, _, changed) = b.upsert_file("a/b/c", &m, 1).unwrap();
-        assert!(changed);
-        b.commit().unwrap();
+        let ino = b.upsert_file("a/b/c", &m, 1).unwrap();
+        let changes = b.commit().unwrap();
+        assert!(changes.iter().any(|c| c.ino == ino && !c.removed));
         let mut b = st.batch().unwrap();
-        let (ino2, _, changed) = b.upsert_file("a/b/c", &m, 2).unwrap();
-        assert_eq!((ino, false), (ino2, changed));
-        b.commit().unwrap();
+        let ino2 = b.upsert_file("a/b/c", &m, 2).unwrap();
+        assert_eq!(ino, ino2);
+        assert!(b.commit().unwrap().is_empty(), "same content: no change");
         drop(st);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
@@ -806,11 +532,11 @@ mod tests {
             0o600
         );
         let st = State::open(&p, &id("ws")).unwrap();
-        assert_eq!(st.file("a/b/c").unwrap().ino, ino);
+        assert_eq!(st.file("a/b/c").unwrap().unwrap().ino, ino);
         let r = st.reader().unwrap();
-        let a = r.lookup(ROOT_INO, "a").unwrap();
-        assert_eq!(r.children(a.ino, None, 10)[0].name, "b");
-        assert_eq!(st.unseen(2).len(), 0);
+        let a = r.lookup(ROOT_INO, "a").unwrap().unwrap();
+        assert_eq!(r.children(a.ino, None, 10).unwrap()[0].name, "b");
+        assert_eq!(st.unseen(2).unwrap().len(), 0);
         drop(st);
         let e = State::open(&p, &id("other")).err().unwrap().to_string();
         assert!(e.contains("belongs to another mirror"), "{e}");
@@ -830,7 +556,24 @@ mod tests {
         let r = st.reader().unwrap();
         let d = r
             .lookup(ROOT_INO, "d")
+            .unwrap()
             .expect("dir recreated after rollback");
-        assert_eq!(r.children(d.ino, None, 10).len(), 1);
+        assert_eq!(r.children(d.ino, None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_broken_query_is_an_error_not_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = State::open(&dir.path().join("s.db"), &id("ws")).unwrap();
+        st.conn.execute_batch("DROP TABLE queue").unwrap();
+        assert!(
+            st.queue_front().is_err(),
+            "a failed read must not read as 'queue empty'"
+        );
+        let mut b = State::open(&dir.path().join("s.db"), &id("ws")).unwrap();
+        let mut tx = b.batch().unwrap();
+        tx.set_meta(MetaKey::Checkpoint, "{not json").unwrap();
+        tx.commit().unwrap();
+        assert!(b.checkpoint().is_err());
     }
 }

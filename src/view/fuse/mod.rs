@@ -1,4 +1,11 @@
-//! FUSE: the fuser adapter over [`crate::view::fs::MirrorFs`], mounting, unmounting and stale-mount
-//! cleanup, and kernel cache invalidation for what each sync changed.
+//! FUSE: the fuser adapter over [`crate::view::fs::MirrorFs`] ([`adapter`]), kernel cache invalidation
+//! for what each sync changed ([`invalidate`]), mounting and unmounting ([`mount`]) and the mount table
+//! ([`mountinfo`]). fuser appears nowhere else in the crate.
 mod adapter;
-pub use adapter::*;
+mod invalidate;
+mod mount;
+mod mountinfo;
+
+pub use adapter::FuseAdapter;
+pub use invalidate::FuseSink;
+pub use mount::{cleanup_stale_mount, mount, MountHandle, MountOptions};

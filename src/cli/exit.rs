@@ -1,0 +1,30 @@
+//! Documented exit codes (see `mountd --help`) and how engine errors map onto them.
+use crate::sync::engine::SyncError;
+
+pub const OK: i32 = 0;
+pub const FAILED: i32 = 1;
+pub const USAGE: i32 = 2;
+pub const AUTH: i32 = 3;
+pub const STALLED: i32 = 4;
+pub const QUARANTINED: i32 = 5;
+pub const MASS_DELETE: i32 = 6;
+
+pub fn code_for(e: &SyncError) -> i32 {
+    match e {
+        SyncError::Remote(r) if r.is_auth() || r.status() == Some(403) => AUTH,
+        SyncError::Stalled(_) | SyncError::GaveUp(_) => STALLED,
+        SyncError::MassDelete { .. } => MASS_DELETE,
+        _ => FAILED,
+    }
+}
+
+pub fn hint_for(e: &SyncError) -> &'static str {
+    match e {
+        SyncError::Remote(r) => r.hint(),
+        SyncError::Stalled(_) | SyncError::GaveUp(_) => "run again to resume from the checkpoint; if it keeps stalling, check the server (or raise --bootstrap-idle-timeout)",
+        SyncError::MassDelete { .. } => "check that --base-url, --workspace and --remote-path point at the right tree",
+        SyncError::State(_) => "the state database is unusable; move it aside to start over (files on disk are kept and re-verified by hash)",
+        SyncError::Local(_) => "check free space, permissions and health of the file system holding --local-dir",
+        SyncError::Internal(_) => "this is a bug in mountd; please report it with the log",
+    }
+}

@@ -1,0 +1,285 @@
+//! One write transaction. Dropping a [`Batch`] without [`Batch::commit`] rolls everything back; a
+//! commit returns the [`Change`]s it made, for kernel cache invalidation.
+use super::{now_secs, Checkpoint, FileMeta, Kind, MetaKey, StateError, ROOT_INO};
+use crate::store::change::Change;
+use crate::store::paths;
+use rusqlite::{params, OptionalExtension, Transaction};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub struct Batch<'a> {
+    tx: Transaction<'a>,
+    path: PathBuf,
+    cache: &'a mut HashMap<String, (u64, i64)>,
+    new_dirs: HashMap<String, (u64, i64)>,
+    dropped_dirs: bool,
+    changes: Vec<Change>,
+}
+
+impl<'a> Batch<'a> {
+    pub(super) fn new(
+        tx: Transaction<'a>,
+        path: PathBuf,
+        cache: &'a mut HashMap<String, (u64, i64)>,
+    ) -> Batch<'a> {
+        Batch {
+            tx,
+            path,
+            cache,
+            new_dirs: HashMap::new(),
+            dropped_dirs: false,
+            changes: Vec::new(),
+        }
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StateError {
+        StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn set_meta(&mut self, key: MetaKey, value: &str) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .and_then(|mut s| s.execute([key.as_str(), value]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn delete_meta(&mut self, key: MetaKey) -> Result<(), StateError> {
+        self.tx
+            .execute("DELETE FROM meta WHERE key = ?1", [key.as_str()])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn set_checkpoint(&mut self, c: &Checkpoint) -> Result<(), StateError> {
+        self.set_meta(
+            MetaKey::Checkpoint,
+            &serde_json::to_string(c).expect("checkpoint serializes"),
+        )
+    }
+
+    /// The traversal is over: drop the checkpoint and the directory queue.
+    pub fn finish_traversal(&mut self) -> Result<(), StateError> {
+        self.delete_meta(MetaKey::Checkpoint)?;
+        self.queue_clear()
+    }
+
+    fn lookup_dir(&self, rel: &str) -> Option<(u64, i64)> {
+        self.new_dirs
+            .get(rel)
+            .or_else(|| self.cache.get(rel))
+            .copied()
+    }
+
+    fn existing(&self, rel: &str) -> Result<Option<(u64, Kind)>, StateError> {
+        self.tx
+            .prepare_cached("SELECT ino, kind FROM entries WHERE path = ?1")
+            .and_then(|mut s| {
+                s.query_row([rel], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, Kind::from_sql(r.get(1)?)?))
+                })
+                .optional()
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    /// Make sure directory `rel` and its ancestors have records stamped `seen`; returns its inode.
+    pub fn ensure_dir(&mut self, rel: &str, seen: i64) -> Result<u64, StateError> {
+        if rel.is_empty() {
+            return Ok(ROOT_INO);
+        }
+        if let Some((ino, stamp)) = self.lookup_dir(rel) {
+            if stamp == seen {
+                return Ok(ino);
+            }
+        }
+        let parent = self.ensure_dir(paths::parent(rel), seen)?;
+        let ino = match self.existing(rel)? {
+            Some((ino, Kind::Dir)) => {
+                self.tx
+                    .prepare_cached("UPDATE entries SET seen = ?2 WHERE ino = ?1")
+                    .and_then(|mut s| s.execute(params![ino as i64, seen]))
+                    .map_err(|e| self.err(e))?;
+                ino
+            }
+            other => {
+                if other.is_some() {
+                    self.delete(rel)?;
+                }
+                self.tx
+                    .prepare_cached("INSERT INTO entries(parent, name, path, kind, mtime, seen) VALUES (?1, ?2, ?3, 2, ?4, ?5)")
+                    .and_then(|mut s| s.execute(params![parent as i64, paths::name(rel), rel, now_secs(), seen]))
+                    .map_err(|e| self.err(e))?;
+                let ino = self.tx.last_insert_rowid() as u64;
+                self.changes.push(Change {
+                    ino,
+                    parent,
+                    name: paths::name(rel).to_string(),
+                    removed: false,
+                });
+                ino
+            }
+        };
+        self.new_dirs.insert(rel.to_string(), (ino, seen));
+        Ok(ino)
+    }
+
+    /// Insert or update a file record stamped `seen`; returns its inode. A content change (or a new
+    /// file) is recorded as a [`Change`].
+    pub fn upsert_file(&mut self, rel: &str, m: &FileMeta, seen: i64) -> Result<u64, StateError> {
+        let parent = self.ensure_dir(paths::parent(rel), seen)?;
+        let existing: Option<(i64, i64, Option<String>, i64)> = self
+            .tx
+            .prepare_cached("SELECT ino, kind, content_hash, size FROM entries WHERE path = ?1")
+            .and_then(|mut s| {
+                s.query_row([rel], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        let (ino, changed) = match existing {
+            Some((ino, kind, hash, size)) if kind == Kind::File.to_sql() => {
+                let changed = hash != m.content_hash || size as u64 != m.size;
+                self.tx
+                    .prepare_cached(
+                        "UPDATE entries SET size = ?2, revision = ?3, content_hash = ?4, content_type = ?5, seen = ?6,
+                         generation = generation + ?7, mtime = CASE WHEN ?7 = 1 THEN ?8 ELSE mtime END WHERE ino = ?1",
+                    )
+                    .and_then(|mut s| s.execute(params![ino, m.size as i64, m.revision, m.content_hash, m.content_type, seen, changed as i64, now_secs()]))
+                    .map_err(|e| self.err(e))?;
+                (ino as u64, changed)
+            }
+            other => {
+                if other.is_some() {
+                    self.delete(rel)?;
+                }
+                self.tx
+                    .prepare_cached(
+                        "INSERT INTO entries(parent, name, path, kind, size, revision, content_hash, content_type, mtime, seen)
+                         VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![parent as i64, paths::name(rel), rel, m.size as i64, m.revision, m.content_hash, m.content_type, now_secs(), seen])
+                    })
+                    .map_err(|e| self.err(e))?;
+                (self.tx.last_insert_rowid() as u64, true)
+            }
+        };
+        if changed {
+            self.changes.push(Change {
+                ino,
+                parent,
+                name: paths::name(rel).to_string(),
+                removed: false,
+            });
+        }
+        Ok(ino)
+    }
+
+    /// Stamp an existing record as seen (a listed file we could not fetch keeps its old copy).
+    pub fn touch_seen(&mut self, rel: &str, seen: i64) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached("UPDATE entries SET seen = ?2 WHERE path = ?1")
+            .and_then(|mut s| s.execute(params![rel, seen]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Delete a record and, for a directory, everything below it. Returns the removed top inode.
+    pub fn delete(&mut self, rel: &str) -> Result<Option<u64>, StateError> {
+        let top: Option<(i64, i64, String)> = self
+            .tx
+            .prepare_cached("SELECT ino, parent, name FROM entries WHERE path = ?1")
+            .and_then(|mut s| {
+                s.query_row([rel], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        let Some((ino, parent, name)) = top else {
+            return Ok(None);
+        };
+        let lo = format!("{rel}/");
+        let hi = format!("{rel}0"); // '0' is the byte after '/'
+        self.tx
+            .prepare_cached("DELETE FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3)")
+            .and_then(|mut s| s.execute(params![rel, lo, hi]))
+            .map_err(|e| self.err(e))?;
+        self.dropped_dirs = true;
+        self.new_dirs.retain(|k, _| k != rel && !k.starts_with(&lo));
+        self.changes.push(Change {
+            ino: ino as u64,
+            parent: parent as u64,
+            name,
+            removed: true,
+        });
+        Ok(Some(ino as u64))
+    }
+
+    pub fn queue_push(&mut self, remote_dir: &str) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached("INSERT INTO queue(path) VALUES (?1)")
+            .and_then(|mut s| s.execute([remote_dir]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn queue_remove(&mut self, seq: i64) -> Result<(), StateError> {
+        self.tx
+            .execute("DELETE FROM queue WHERE seq = ?1", [seq])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn queue_clear(&mut self) -> Result<(), StateError> {
+        self.tx
+            .execute("DELETE FROM queue", [])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn quarantine(
+        &mut self,
+        remote_path: &str,
+        reason: &str,
+        permanent: bool,
+    ) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO quarantine(path, reason, attempts, permanent, updated_at) VALUES (?1, ?2, 1, ?3, ?4)
+                 ON CONFLICT(path) DO UPDATE SET reason = excluded.reason, attempts = attempts + 1,
+                 permanent = excluded.permanent, updated_at = excluded.updated_at",
+            )
+            .and_then(|mut s| s.execute(params![remote_path, reason, permanent as i64, now_secs()]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn unquarantine(&mut self, remote_path: &str) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached("DELETE FROM quarantine WHERE path = ?1")
+            .and_then(|mut s| s.execute([remote_path]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Commit; returns what changed (empty when nothing visible did).
+    pub fn commit(self) -> Result<Vec<Change>, StateError> {
+        let Batch {
+            tx,
+            path,
+            cache,
+            new_dirs,
+            dropped_dirs,
+            changes,
+        } = self;
+        tx.commit()
+            .map_err(|e| StateError::Sqlite { path, source: e })?;
+        if dropped_dirs {
+            cache.clear();
+        }
+        cache.extend(new_dirs);
+        Ok(changes)
+    }
+}

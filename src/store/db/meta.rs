@@ -1,0 +1,49 @@
+//! The keys of the `meta` table. Nothing outside the store spells a key as a string: readers and
+//! writers go through [`MetaKey`] and the typed accessors of [`super::State`] and [`super::Batch`].
+
+/// One row of the `meta` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaKey {
+    /// "1" once a snapshot completed.
+    BootstrapComplete,
+    /// The last event id applied (never moves backwards).
+    EventsCursor,
+    /// "0" when the server has no events feed (periodic listings instead).
+    Feed,
+    /// The unfinished traversal, as JSON ([`super::Checkpoint`]).
+    Checkpoint,
+    /// The last snapshot stamp handed out.
+    SnapshotSeq,
+    /// How the last snapshot was listed: "export" or "tree".
+    LastPath,
+    LastSyncAt,
+    LastAuditAt,
+    LastError,
+    /// Consecutive attempts without checkpoint progress (the stall guard).
+    NoProgressRuns,
+    IdentityBaseUrl,
+    IdentityWorkspace,
+    IdentityRemoteRoot,
+    IdentityLocalDir,
+}
+
+impl MetaKey {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetaKey::BootstrapComplete => "bootstrap_complete",
+            MetaKey::EventsCursor => "events_cursor",
+            MetaKey::Feed => "feed",
+            MetaKey::Checkpoint => "checkpoint",
+            MetaKey::SnapshotSeq => "snapshot_seq",
+            MetaKey::LastPath => "last_path",
+            MetaKey::LastSyncAt => "last_sync_at",
+            MetaKey::LastAuditAt => "last_audit_at",
+            MetaKey::LastError => "last_error",
+            MetaKey::NoProgressRuns => "no_progress_runs",
+            MetaKey::IdentityBaseUrl => "identity.base_url",
+            MetaKey::IdentityWorkspace => "identity.workspace",
+            MetaKey::IdentityRemoteRoot => "identity.remote_root",
+            MetaKey::IdentityLocalDir => "identity.local_dir",
+        }
+    }
+}

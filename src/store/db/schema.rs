@@ -1,0 +1,32 @@
+//! The schema of the state database, versioned by `PRAGMA user_version` with forward-only migrations.
+
+/// The schema version this build writes; a newer database is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// `MIGRATIONS[i]` takes a database from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // v1
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE entries(
+        ino INTEGER PRIMARY KEY AUTOINCREMENT,
+        parent INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        path TEXT NOT NULL UNIQUE,
+        kind INTEGER NOT NULL,
+        size INTEGER NOT NULL DEFAULT 0,
+        revision TEXT,
+        content_hash TEXT,
+        content_type TEXT,
+        generation INTEGER NOT NULL DEFAULT 1,
+        mtime INTEGER NOT NULL DEFAULT 0,
+        seen INTEGER NOT NULL DEFAULT 0);
+     CREATE UNIQUE INDEX entries_parent_name ON entries(parent, name);
+     INSERT INTO entries(ino, parent, name, path, kind) VALUES (1, 1, '', '', 2);
+     CREATE TABLE queue(seq INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL);
+     CREATE TABLE quarantine(
+        path TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        permanent INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL);",
+];

@@ -1,0 +1,368 @@
+//! Mounting and unmounting: mount read-only and serve from background threads, detect and detach a
+//! stale mount first, and unmount without hanging (lazy detach, then abort the FUSE connection).
+//!
+//! fuser 0.18.0's `AutoUnmount` hangs on in-process unmount, so it is never used: [`MountHandle`]
+//! unmounts explicitly (also on drop), and [`mount`] detaches a stale mount it finds first.
+use super::adapter::FuseAdapter;
+use super::invalidate::FuseSink;
+use super::mountinfo::{is_mountd_fuse, mounted_top, mountinfo};
+use crate::store::change::ChangeSink;
+use crate::store::db::StateReader;
+use crate::view::fs::{FsOptions, MirrorFs};
+use fuser::{BackgroundSession, Config, MountOption, Notifier, SessionACL};
+use nix::mount::MntFlags;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How long [`MountHandle::unmount`] waits for the session threads before forcing the connection.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Source shown in mount tables: `mountd:<workspace>`.
+    pub fsname: String,
+    pub allow_other: bool,
+    /// Kernel TTL of entries and attributes (a zero TTL is raised to 1 ms).
+    pub ttl: Duration,
+    /// FUSE worker threads (at least 1).
+    pub threads: usize,
+    pub fs: FsOptions,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            fsname: "mountd".into(),
+            allow_other: false,
+            ttl: Duration::from_secs(3600),
+            threads: 2,
+            fs: FsOptions::default(),
+        }
+    }
+}
+/// A running mount. Unmounts on [`MountHandle::unmount`] or drop.
+pub struct MountHandle {
+    /// The session's main thread (it joins the worker threads).
+    session: Option<JoinHandle<std::io::Result<()>>>,
+    notifier: Notifier,
+    mountpoint: PathBuf,
+    /// `major:minor` of the mounted file system (the FUSE connection).
+    /// (mount id, `major:minor`) of our mount in /proc/self/mountinfo, to recognise it later.
+    key: Option<(u64, (u32, u32))>,
+    /// A duplicate of the session's /dev/fuse descriptor.
+    conn: OwnedFd,
+    fs: Arc<MirrorFs>,
+}
+
+impl MountHandle {
+    /// A change sink that invalidates the kernel's caches for what each sync commit changed.
+    pub fn sink(&self) -> Arc<dyn ChangeSink> {
+        Arc::new(FuseSink {
+            notifier: self.notifier.clone(),
+        })
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The file system view served by this mount.
+    pub fn fs(&self) -> &Arc<MirrorFs> {
+        &self.fs
+    }
+
+    /// True while the session threads run and the mount is in the mount table.
+    pub fn is_alive(&self) -> bool {
+        let running = self.session.as_ref().is_some_and(|s| !s.is_finished());
+        running
+            && connected(&self.conn)
+            && self
+                .key
+                .is_none_or(|k| mounted_top(&self.mountpoint) == Some(k))
+    }
+
+    /// Unmount and wait for the session to end. Never hangs: a busy mount is detached lazily, and a
+    /// session that does not end within a few seconds has its FUSE connection aborted.
+    pub fn unmount(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let Some(bg) = self.session.take() else {
+            return;
+        };
+        // Only unmount what is still our mount (the path may have been unmounted and reused since).
+        // A dead session means the kernel already dropped our mount (its device number and mount id may
+        // have been reused by a newer mount at the same path).
+        let ours = connected(&self.conn)
+            && self
+                .key
+                .is_none_or(|k| mounted_top(&self.mountpoint) == Some(k));
+        if ours {
+            if let Err(e) = umount(&self.mountpoint, MntFlags::empty()) {
+                tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e,
+                    "unmount failed; detaching lazily");
+                if let Err(e) = umount(&self.mountpoint, MntFlags::MNT_DETACH) {
+                    tracing::warn!(error = %e, "lazy unmount failed; trying fusermount3 -uz");
+                    fusermount_detach(&self.mountpoint);
+                }
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let joiner = std::thread::Builder::new()
+            .name("mountd-fuse-join".into())
+            .spawn(move || {
+                let r = bg
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("FUSE session thread panicked")));
+                let _ = tx.send(r);
+            });
+        if joiner.is_err() {
+            tracing::warn!("could not spawn a thread to join the FUSE session");
+            return;
+        }
+        let mut result = rx.recv_timeout(JOIN_TIMEOUT);
+        if result.is_err() {
+            if let (Some((_, d)), true) = (self.key, connected(&self.conn)) {
+                tracing::warn!(mountpoint = %self.mountpoint.display(),
+                    "FUSE session still serving open files after a lazy unmount; aborting its connection");
+                if abort_connection(d) {
+                    result = rx.recv_timeout(JOIN_TIMEOUT);
+                }
+            }
+        }
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "FUSE session ended with an error"),
+            Err(_) => tracing::warn!(mountpoint = %self.mountpoint.display(),
+                "FUSE session did not end; leaving it detached"),
+        }
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// True while the FUSE connection behind `fd` is up (the kernel reports POLLERR once it is gone).
+fn connected(fd: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::empty())];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+            Ok(0) => return true,
+            Ok(_) => {
+                let bad = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
+                return !fds[0].revents().is_some_and(|r| r.intersects(bad));
+            }
+        }
+    }
+}
+
+fn umount(p: &Path, flags: MntFlags) -> std::io::Result<()> {
+    nix::mount::umount2(p, flags).map_err(std::io::Error::from)
+}
+
+fn fusermount_detach(p: &Path) {
+    for bin in ["fusermount3", "fusermount"] {
+        if let Ok(out) = std::process::Command::new(bin)
+            .args(["-u", "-z", "--"])
+            .arg(p)
+            .output()
+        {
+            if out.status.success() {
+                return;
+            }
+            tracing::warn!(
+                "{bin} -uz failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+}
+
+/// Abort a FUSE connection through fusectl (`/sys/fs/fuse/connections/<dev>/abort`). False when fusectl
+/// is not mounted (then a lazily detached session keeps serving its open files until they are closed).
+fn abort_connection((major, minor): (u32, u32)) -> bool {
+    let id = (major << 20) | minor;
+    let dir = format!("/sys/fs/fuse/connections/{id}");
+    if !Path::new(&dir).is_dir() {
+        tracing::warn!(
+            "fusectl is not mounted at /sys/fs/fuse/connections: the detached FUSE session keeps \
+             serving files still open and ends when they are closed"
+        );
+        return false;
+    }
+    match std::fs::write(format!("{dir}/abort"), b"1") {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(dir, error = %e, "could not abort the FUSE connection");
+            false
+        }
+    }
+}
+
+/// The mountpoint as the mount table spells it, without touching the (possibly dead) mount itself.
+fn absolute_mountpoint(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map(|c| c.join(name))
+            .unwrap_or(abs.clone()),
+        _ => abs,
+    }
+}
+
+/// Detach a dead FUSE mount ("Transport endpoint is not connected") or an earlier mountd mount left at
+/// `mountpoint`. Returns how many mounts were detached.
+pub fn cleanup_stale_mount(mountpoint: &Path) -> Result<usize, String> {
+    let mp = absolute_mountpoint(mountpoint);
+    let mut detached = 0;
+    for _ in 0..8 {
+        let dead =
+            matches!(std::fs::metadata(&mp), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+        let top = mountinfo().into_iter().rev().find(|m| m.mountpoint == mp);
+        let ours = top.as_ref().is_some_and(is_mountd_fuse);
+        if !dead && !ours {
+            return Ok(detached);
+        }
+        tracing::warn!(
+            mountpoint = %mp.display(),
+            source = top.as_ref().map(|m| m.source.as_str()).unwrap_or("?"),
+            "{} mount found at the mountpoint; detaching it (umount -l)",
+            if dead { "stale (Transport endpoint is not connected)" } else { "earlier mountd" }
+        );
+        if let Err(e) = umount(&mp, MntFlags::MNT_DETACH) {
+            tracing::warn!(error = %e, "umount2(MNT_DETACH) failed; trying fusermount3 -uz");
+            fusermount_detach(&mp);
+        }
+        let still_dead =
+            matches!(std::fs::metadata(&mp), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+        let same = mountinfo()
+            .into_iter()
+            .rev()
+            .find(|m| m.mountpoint == mp)
+            .map(|m| m.dev);
+        if (dead && still_dead) || (top.is_some() && same == top.as_ref().map(|m| m.dev)) {
+            return Err(format!(
+                "cannot detach the stale mount at {}; run `umount -l {}` (or `fusermount3 -uz`) as root",
+                mp.display(),
+                mp.display()
+            ));
+        }
+        detached += 1;
+    }
+    Ok(detached)
+}
+
+/// Take the session thread out of fuser's `BackgroundSession` and never let fuser unmount.
+///
+/// fuser 0.18.0 unmounts by *path* when its `Mount` is dropped (after the session ends), and its
+/// "already unmounted?" check is true for a dead connection too: if the mountpoint was detached and
+/// mounted again meanwhile (stale-mount cleanup, a restart), dropping the old session would unmount the
+/// new mount. [`MountHandle`] unmounts itself, checking the mount table for its own device first. The
+/// price is a leaked `Mount` (a few bytes and a dead /dev/fuse descriptor) per mount.
+fn detach_fuser_unmount(mut bg: BackgroundSession) -> JoinHandle<std::io::Result<()>> {
+    let guard = std::mem::replace(&mut bg.guard, std::thread::spawn(|| Ok(())));
+    std::mem::forget(bg);
+    guard
+}
+
+/// Mount the mirror read-only at `mountpoint` and serve it from background threads.
+pub fn mount(
+    mountpoint: &Path,
+    state_db: &Path,
+    root: &Path,
+    opts: MountOptions,
+) -> Result<MountHandle, String> {
+    cleanup_stale_mount(mountpoint)?;
+    let mp = absolute_mountpoint(mountpoint);
+    match std::fs::metadata(&mp) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("mountpoint {} is not a directory", mp.display())),
+        Err(e) => return Err(format!("mountpoint {}: {e}", mp.display())),
+    }
+    let threads = opts.threads.max(1);
+    let mut readers = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        readers.push(
+            StateReader::open_path(state_db)
+                .map_err(|e| format!("opening the state database for the file system: {e}"))?,
+        );
+    }
+    let fs = Arc::new(MirrorFs::with_readers(readers, root, opts.fs));
+    let fsname: String = opts
+        .fsname
+        .chars()
+        .map(|c| {
+            if c == ',' || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName(fsname),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    // As root fuser calls mount(2) directly and passes no subtype to the kernel; spell it as a kernel
+    // option then (fusermount3 handles `Subtype` itself for non-root mounts).
+    if nix::unistd::geteuid().is_root() {
+        config
+            .mount_options
+            .push(MountOption::CUSTOM("subtype=mountd".into()));
+    } else {
+        config
+            .mount_options
+            .push(MountOption::Subtype("mountd".into()));
+    }
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(threads);
+    let adapter = FuseAdapter::new(fs.clone(), opts.ttl);
+    let session = fuser::Session::new(adapter, &mp, &config)
+        .map_err(|e| format!("mounting {}: {e}", mp.display()))?;
+    // Our own handle on the connection: POLLERR on it tells whether *our* mount is still connected.
+    let conn = session
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("duplicating the /dev/fuse descriptor: {e}"))?;
+    let notifier = session.notifier();
+    let session = session
+        .spawn()
+        .map_err(|e| format!("starting the FUSE session: {e}"))?;
+    let session = detach_fuser_unmount(session);
+    let key = mounted_top(&mp);
+    if key.is_none() {
+        tracing::warn!(mountpoint = %mp.display(), "the new mount is not in /proc/self/mountinfo");
+    }
+    tracing::info!(mountpoint = %mp.display(), "mounted read-only");
+    Ok(MountHandle {
+        session: Some(session),
+        conn,
+        notifier,
+        mountpoint: mp,
+        key,
+        fs,
+    })
+}
