@@ -7,6 +7,7 @@ mod faults;
 mod routes;
 mod seed;
 mod store;
+mod ws;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use tokio::task::JoinHandle;
 
 pub use faults::{ErrorFault, FailNext, Faults, PathFault};
 pub use store::sha256_hex;
+pub use ws::DEFAULT_WS_BUFFER;
 
 /// Configuration of a reference remote.
 #[derive(Clone, Debug)]
@@ -46,6 +48,7 @@ impl Default for RemoteConfig {
 
 /// Request counters (every request on a route counts, failed or faulted ones included).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counts {
     pub health: u64,
     pub tree: u64,
@@ -55,6 +58,10 @@ pub struct Counts {
     pub put: u64,
     pub delete: u64,
     pub bulk: u64,
+    /// `/fs/ws` handshakes (refused ones included).
+    pub ws: u64,
+    /// Event messages sent on `/fs/ws` connections (pongs and injected junk not counted).
+    pub ws_messages: u64,
     /// `GET /fs/file` requests per path.
     pub file_paths: BTreeMap<String, u64>,
     pub unauthorized: u64,

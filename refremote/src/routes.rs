@@ -37,6 +37,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(&format!("{ws}/export"), get(export))
         .route(&format!("{ws}/events"), get(events))
         .route(&format!("{ws}/bulk"), post(bulk))
+        .route(&format!("{ws}/ws"), get(super::ws::fs_ws))
         .route("/_control/counts", get(ctl_counts))
         .route("/_control/reset-counts", post(ctl_reset_counts))
         .route("/_control/faults", get(ctl_get_faults).put(ctl_put_faults))
