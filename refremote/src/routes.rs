@@ -1,5 +1,6 @@
-//! HTTP routes of the reference remote: the relayfile API under `/v1/workspaces/{ws}/fs/...`,
-//! `/health`, and the unauthenticated loopback control endpoints under `/_control/`.
+//! HTTP routes of the reference remote: the relayfile API under `/v1/workspaces/{ws}/fs/...`
+//! (the realtime WebSocket `/fs/ws` lives in `ws.rs`), `/health`, and the unauthenticated
+//! loopback control endpoints under `/_control/`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
