@@ -38,6 +38,24 @@ pub struct Faults {
     pub path_faults: BTreeMap<String, PathFault>,
     /// /fs/events answers 404 not_found.
     pub events_404: bool,
+    /// Refuse every `/fs/ws` handshake with this error (e.g. 429 with `Retry-After`, 403, 404)
+    /// instead of upgrading. For "N refusals then accept" use `fail_next` with route `"ws"`.
+    pub ws_handshake: Option<ErrorFault>,
+    /// `/fs/ws`: after N event messages on a connection, drop it: TCP close, no close frame.
+    pub ws_drop_after: Option<u64>,
+    /// `/fs/ws`: after N event messages on a connection, stall it: send nothing more, answer
+    /// no ping (neither `{"type":"ping"}` nor WebSocket pings), keep the TCP connection open
+    /// until the server shuts down.
+    pub ws_stall_after: Option<u64>,
+    /// `/fs/ws`: after N event messages on a connection, send one text message that is not
+    /// JSON, then go on normally.
+    pub ws_malformed_after: Option<u64>,
+    /// `/fs/ws`: after N event messages on a connection, close it with status 1013
+    /// ("reconnect from cursor").
+    pub ws_close_after: Option<u64>,
+    /// `/fs/ws`: live-event queue capacity of connections opened from now on (default 4096);
+    /// on overflow the server closes with 1013 (after sending what the queue holds).
+    pub ws_buffer: Option<usize>,
 }
 
 /// An error answer: status, `code` (`"html"` → an HTML proxy page) and an optional verbatim
@@ -80,7 +98,8 @@ impl ErrorFault {
     }
 }
 
-/// `count` errors on `route` ("tree" | "file" | "export" | "events" | "put" | "delete" | "bulk" | "any").
+/// `count` errors on `route` ("tree" | "file" | "export" | "events" | "put" | "delete" | "bulk" |
+/// "ws" (the `/fs/ws` handshake) | "any").
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FailNext {
     pub route: String,

@@ -1,12 +1,49 @@
 //! The reference remote: a real relayfile-API HTTP server on loopback (axum), backed by an
 //! in-memory store, with switchable faults and per-route request counters. Tests, the demo and the
 //! benchmarks run mountd against it; `src/main.rs` wraps it as a standalone binary.
+//!
+//! Routes (under `/v1/workspaces/{ws}/fs`): `tree`, `file` (GET/PUT/DELETE), `export`, `events`,
+//! `bulk`, and the realtime WebSocket `ws` (see below); `/health`; the unauthenticated loopback
+//! control API `/_control/{counts,reset-counts,faults,page-size}`.
+//!
+//! ## Realtime WebSocket `GET /v1/workspaces/{ws}/fs/ws`
+//!
+//! `ws://127.0.0.1:PORT/v1/workspaces/ws1/fs/ws?token=TOKEN[&cursor=evt_N | &from=now][&path=P...]`
+//!
+//! * Token only from the `token` query parameter (bearer header alone → 401, before the upgrade).
+//! * `cursor=evt_N`: every event after `evt_N` (pages of 100 until exhausted), then live; an unknown
+//!   cursor replays from `evt_1`. `from=now`: live only. Neither: the last 100 events, then live.
+//! * Repeated `path`: exact path, `*` = one whole segment, trailing `**` = any depth below.
+//! * One JSON text message per event, the `/fs/events` shape; a current `file.created` /
+//!   `file.updated` of at most 1 MiB (stored string) adds `inlineContent: true`, `contentType`,
+//!   `content` and, for base64 content, `encoding: "base64"`.
+//! * `{"type":"ping"}` → `{"type":"pong","timestamp":"..."}`.
+//! * No gap and no duplicate between catch-up and live. Each connection queues at most 4096 live
+//!   events ([`Faults::ws_buffer`]); overflow → the queued events, then close 1013.
+//! * Server shutdown → close 1001.
+//!
+//! WebSocket faults ([`Faults`], JSON for `PUT /_control/faults` or `--faults`), all off by default:
+//!
+//! | field | JSON example | effect |
+//! | --- | --- | --- |
+//! | `ws_handshake` | `{"ws_handshake":{"status":429,"code":"rate_limited","retry_after":"5"}}` | every handshake refused with this error (403, 404, 503, ... likewise) |
+//! | `fail_next` route `ws` | `{"fail_next":[{"route":"ws","count":2,"error":{"status":429,"code":"rate_limited"}}]}` | the next N handshakes refused, then accepted |
+//! | `ws_drop_after` | `{"ws_drop_after":3}` | after 3 event messages: TCP close, no close frame |
+//! | `ws_stall_after` | `{"ws_stall_after":3}` | after 3: nothing more sent, no pong, connection held open |
+//! | `ws_malformed_after` | `{"ws_malformed_after":3}` | after 3: one non-JSON text message, then normal |
+//! | `ws_close_after` | `{"ws_close_after":3}` | after 3: close frame 1013 |
+//! | `ws_buffer` | `{"ws_buffer":16}` | live queue size of new connections (overflow → 1013) |
+//!
+//! "After N" counts event messages on that connection (0 = at once) and is checked before each
+//! one, so switching a fault on also hits open connections at their next event. Counters:
+//! [`Counts::ws`] (handshakes, refused included) and [`Counts::ws_messages`] (event messages).
 
 mod export;
 mod faults;
 mod routes;
 mod seed;
 mod store;
+mod ws;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,6 +59,7 @@ use tokio::task::JoinHandle;
 
 pub use faults::{ErrorFault, FailNext, Faults, PathFault};
 pub use store::sha256_hex;
+pub use ws::DEFAULT_WS_BUFFER;
 
 /// Configuration of a reference remote.
 #[derive(Clone, Debug)]
@@ -46,6 +84,7 @@ impl Default for RemoteConfig {
 
 /// Request counters (every request on a route counts, failed or faulted ones included).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counts {
     pub health: u64,
     pub tree: u64,
@@ -55,6 +94,10 @@ pub struct Counts {
     pub put: u64,
     pub delete: u64,
     pub bulk: u64,
+    /// `/fs/ws` handshakes (refused ones included).
+    pub ws: u64,
+    /// Event messages sent on `/fs/ws` connections (pongs and injected junk not counted).
+    pub ws_messages: u64,
     /// `GET /fs/file` requests per path.
     pub file_paths: BTreeMap<String, u64>,
     pub unauthorized: u64,

@@ -1,6 +1,8 @@
 //! `mountd-remote`: the reference relayfile remote as a standalone server, for the demo, the
-//! benchmarks and manual testing. Serves the relayfile API (see the `mountd_remote` library) with switchable
-//! faults (`--faults` or `PUT /_control/faults`) until SIGINT/SIGTERM.
+//! benchmarks and manual testing. Serves the relayfile API (see the `mountd_remote` library),
+//! including the realtime WebSocket `/v1/workspaces/{ws}/fs/ws?token=...`, with switchable
+//! faults (`--faults` or `PUT /_control/faults`, e.g. `'{"ws_stall_after":10}'`) until
+//! SIGINT/SIGTERM.
 //!
 //! Prints exactly one line to stdout, `listening on http://ADDR`, then logs to stderr.
 

@@ -1,5 +1,6 @@
-//! HTTP routes of the reference remote: the relayfile API under `/v1/workspaces/{ws}/fs/...`,
-//! `/health`, and the unauthenticated loopback control endpoints under `/_control/`.
+//! HTTP routes of the reference remote: the relayfile API under `/v1/workspaces/{ws}/fs/...`
+//! (the realtime WebSocket `/fs/ws` lives in `ws.rs`), `/health`, and the unauthenticated
+//! loopback control endpoints under `/_control/`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -37,6 +38,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(&format!("{ws}/export"), get(export))
         .route(&format!("{ws}/events"), get(events))
         .route(&format!("{ws}/bulk"), post(bulk))
+        .route(&format!("{ws}/ws"), get(super::ws::fs_ws))
         .route("/_control/counts", get(ctl_counts))
         .route("/_control/reset-counts", post(ctl_reset_counts))
         .route("/_control/faults", get(ctl_get_faults).put(ctl_put_faults))

@@ -1,14 +1,17 @@
 //! In-memory file store of the reference remote: files keyed by absolute path, implied
-//! directories with file counts, a global revision counter and the event feed.
+//! directories with file counts, a global revision counter, the event feed and the live
+//! subscribers of the realtime WebSocket (`/fs/ws`).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
 /// One stored file. Shared (`Arc`) so an export snapshot is cheap.
 #[derive(Debug)]
@@ -73,6 +76,29 @@ pub struct Store {
     dirs: BTreeMap<String, u64>,
     rev: u64,
     events: Vec<Event>,
+    /// Live `/fs/ws` subscribers: every new event is offered to each one's bounded queue.
+    subs: Vec<Subscriber>,
+}
+
+/// One live subscriber: a bounded per-connection queue, latched shut at its first overflow.
+struct Subscriber {
+    tx: mpsc::Sender<Event>,
+    overflow: Arc<AtomicBool>,
+}
+
+/// The receiving side of a live subscription (see [`Store::subscribe`]).
+pub struct Subscription {
+    /// Every event appended after the subscription, in feed order. Closed (`recv` → `None`
+    /// once drained) when the queue overflowed.
+    pub rx: mpsc::Receiver<Event>,
+    /// Set when an event could not be queued (the queue held `capacity` events): the events
+    /// still in `rx` are a gap-free prefix, nothing after them will come.
+    pub overflow: Arc<AtomicBool>,
+}
+
+/// Number `n` of an `evt_<n>` id.
+pub fn event_num(id: &str) -> Option<u64> {
+    id.strip_prefix("evt_")?.parse().ok()
 }
 
 /// Hex SHA-256 of `bytes`.
@@ -233,7 +259,7 @@ impl Store {
         content_hash: Option<String>,
     ) {
         let id = self.events.len() + 1;
-        self.events.push(Event {
+        let ev = Event {
             event_id: format!("evt_{id}"),
             ty: ty.to_string(),
             path: path.to_string(),
@@ -241,7 +267,36 @@ impl Store {
             content_hash,
             origin: "agent_write",
             timestamp: rfc3339(SystemTime::now()),
+        };
+        if !self.subs.is_empty() {
+            // Offered under the store lock, so every queue sees the feed order.
+            self.subs.retain(|s| match s.tx.try_send(ev.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.overflow.store(true, Ordering::SeqCst);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        }
+        self.events.push(ev);
+    }
+
+    /// Subscribes to every event appended from now on, through a queue of at most `capacity`
+    /// events (min 1). On overflow the subscriber is dropped and its `overflow` flag set.
+    pub fn subscribe(&mut self, capacity: usize) -> Subscription {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let overflow = Arc::new(AtomicBool::new(false));
+        self.subs.push(Subscriber {
+            tx,
+            overflow: overflow.clone(),
         });
+        Subscription { rx, overflow }
+    }
+
+    /// The last `n` events, oldest first.
+    pub fn recent_events(&self, n: usize) -> Vec<Event> {
+        self.events[self.events.len().saturating_sub(n)..].to_vec()
     }
 
     /// Snapshot of every file under `path` (any depth), sorted by path.
