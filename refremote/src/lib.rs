@@ -38,6 +38,7 @@
 //! one, so switching a fault on also hits open connections at their next event. Counters:
 //! [`Counts::ws`] (handshakes, refused included) and [`Counts::ws_messages`] (event messages).
 
+mod api;
 mod export;
 mod faults;
 mod routes;
@@ -57,6 +58,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use api::{ApiError, Workspace};
 pub use faults::{ErrorFault, FailNext, Faults, PathFault};
 pub use store::sha256_hex;
 pub use ws::DEFAULT_WS_BUFFER;
@@ -121,6 +123,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    fn new(cfg: &RemoteConfig, shutdown: watch::Receiver<bool>) -> Arc<Shared> {
+        Arc::new(Shared {
+            token: cfg.token.clone(),
+            page_size: AtomicUsize::new(cfg.page_size.max(1)),
+            store: Mutex::new(store::Store::default()),
+            faults: Mutex::new(Faults::default()),
+            counts: Mutex::new(Counts::default()),
+            tree_since_faults: AtomicU64::new(0),
+            shutdown,
+        })
+    }
+
     fn store(&self) -> MutexGuard<'_, store::Store> {
         lock(&self.store)
     }
@@ -170,15 +184,7 @@ impl RemoteHandle {
     /// Like [`RemoteHandle::start`], on a chosen address.
     pub async fn start_on(cfg: RemoteConfig, addr: SocketAddr) -> std::io::Result<RemoteHandle> {
         let (tx, rx) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            token: cfg.token.clone(),
-            page_size: AtomicUsize::new(cfg.page_size.max(1)),
-            store: Mutex::new(store::Store::default()),
-            faults: Mutex::new(Faults::default()),
-            counts: Mutex::new(Counts::default()),
-            tree_since_faults: AtomicU64::new(0),
-            shutdown: rx.clone(),
-        });
+        let shared = Shared::new(&cfg, rx.clone());
         if let Some(dir) = &cfg.seed_dir {
             seed::seed_dir(&shared, dir)?;
         }
@@ -207,6 +213,11 @@ impl RemoteHandle {
             shutdown: tx,
             task,
         })
+    }
+
+    /// The same store without HTTP (for in-process clients and direct inspection).
+    pub fn workspace(&self) -> Workspace {
+        Workspace::from_shared(self.shared.clone())
     }
 
     /// `http://127.0.0.1:PORT`.

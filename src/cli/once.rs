@@ -3,56 +3,12 @@
 use crate::cli::args::RunArgs;
 use crate::cli::exit;
 use crate::cli::setup::{setup, want_bar, Setup};
-use crate::store::db::{MetaKey, State};
+use crate::sync::attempt::Attempt;
 use crate::sync::engine::SyncError;
 
-/// What a bootstrap-or-catch-up attempt did.
-pub struct Attempt {
-    pub path: &'static str,
-}
-
-/// One attempt under the watchdog (see [`crate::sync::engine::Engine::converge`]); updates the stall
-/// counter and the recorded last error.
+/// One attempt with this run's limits.
 pub async fn attempt(s: &Setup) -> Result<Attempt, SyncError> {
-    let e = s.engine.clone();
-    let before = e.progress().checkpoints();
-    let work = {
-        let e = e.clone();
-        async move { e.converge().await }
-    };
-    let result = crate::sync::watchdog::guarded(e.progress(), s.idle, s.cap, work).await;
-    let progressed = e.progress().checkpoints() > before;
-    let err_text = result
-        .as_ref()
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    let clean = progressed || result.is_ok();
-    let runs = e
-        .db()
-        .run(move |st: &mut State| -> Result<u64, SyncError> {
-            let runs = if clean { 0 } else { st.no_progress_runs()? + 1 };
-            let mut b = st.batch()?;
-            b.set_meta(MetaKey::NoProgressRuns, &runs.to_string())?;
-            b.set_meta(MetaKey::LastError, &err_text)?;
-            b.commit()?;
-            Ok(runs)
-        })
-        .await;
-    let runs = match (runs, &result) {
-        (Ok(n), _) => n,
-        // The attempt's own error says more than a failure to record it.
-        (Err(_), Err(_)) => 0,
-        (Err(db), Ok(_)) => return Err(db),
-    };
-    match result {
-        Err(err) if runs >= s.stall_limit as u64 => Err(SyncError::GaveUp(format!(
-            "no checkpoint progress in {runs} consecutive attempts; giving up instead of looping. Last error: {err}. \
-             Check the server's health and `mountd status`; the mirror resumes from its checkpoint once the cause is fixed"
-        ))),
-        Err(err) => Err(err),
-        Ok(path) => Ok(Attempt { path }),
-    }
+    crate::sync::attempt::attempt(&s.engine, s.limits).await
 }
 
 /// `mountd --once`.

@@ -166,16 +166,17 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
         let e = s.engine.clone();
         let progress = e.progress().clone();
         let started = Instant::now();
-        let pass = crate::sync::watchdog::guarded(&progress, s.idle, Duration::ZERO, async move {
-            let traversal = e.read(|st| st.checkpoint()).await?.is_some();
-            if audit_due || traversal {
-                e.audit().await?;
-            } else {
-                e.sync_pass().await?;
-            }
-            e.retry_quarantine().await?;
-            Ok(())
-        });
+        let pass =
+            crate::sync::watchdog::guarded(&progress, s.limits.idle, Duration::ZERO, async move {
+                let traversal = e.read(|st| st.checkpoint()).await?.is_some();
+                if audit_due || traversal {
+                    e.audit().await?;
+                } else {
+                    e.sync_pass().await?;
+                }
+                e.retry_quarantine().await?;
+                Ok(())
+            });
         let r = tokio::select! {
             r = pass => r,
             // Abandon the in-flight page: everything committed stays, the rest is redone next start.
@@ -198,7 +199,7 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
                     eprintln!("mountd: error: {e}\nmountd: hint: {}", exit::hint_for(&e));
                     break Stop::Fatal(exit::AUTH);
                 }
-                if consecutive_failures >= s.stall_limit {
+                if consecutive_failures >= s.limits.stall_limit {
                     healthy.store(false, Ordering::Relaxed);
                 }
             }

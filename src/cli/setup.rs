@@ -6,12 +6,12 @@ use crate::remote::http::{ClientConfig, HttpRemote};
 use crate::remote::retry::{RetryPolicy, Retrying};
 use crate::store::db::{Db, Identity, State};
 use crate::store::LocalStore;
+use crate::sync::attempt::Limits;
 use crate::sync::engine::{Engine, SyncConfig};
 use crate::sync::progress::Progress;
 use crate::sync::statefile::{StateFile, StateFileContent};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A failure before or outside the engine, with its exit code.
 #[derive(Debug)]
@@ -61,9 +61,7 @@ fn read_token(a: &RunArgs) -> Result<String, Fatal> {
 /// Everything a run needs, built and validated before the first request.
 pub struct Setup {
     pub engine: Engine,
-    pub idle: Duration,
-    pub cap: Duration,
-    pub stall_limit: u32,
+    pub limits: Limits,
     pub _lock: crate::cli::lock::MirrorLock,
 }
 
@@ -181,9 +179,11 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
     );
     Ok(Setup {
         engine,
-        idle: a.bootstrap_idle_timeout,
-        cap: a.bootstrap_timeout,
-        stall_limit: a.stall_limit,
+        limits: Limits {
+            idle: a.bootstrap_idle_timeout,
+            cap: a.bootstrap_timeout,
+            stall_limit: a.stall_limit,
+        },
         _lock: lock,
     })
 }

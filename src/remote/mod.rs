@@ -52,3 +52,28 @@ pub trait Remote: Send + Sync {
     /// [`export::stream_entries`].
     async fn export(&self, path: &str) -> Result<BodyStream, RemoteError>;
 }
+
+/// A shared remote is a remote (so wrappers can hold `Arc`s).
+#[async_trait::async_trait]
+impl<R: Remote + ?Sized> Remote for std::sync::Arc<R> {
+    async fn tree(
+        &self,
+        path: &str,
+        depth: u32,
+        cursor: Option<&str>,
+    ) -> Result<TreePage, RemoteError> {
+        (**self).tree(path, depth, cursor).await
+    }
+    async fn file(&self, path: &str) -> Result<FileBody, RemoteError> {
+        (**self).file(path).await
+    }
+    async fn events(&self, cursor: Option<&str>, limit: u32) -> Result<EventsPage, RemoteError> {
+        (**self).events(cursor, limit).await
+    }
+    async fn events_tip(&self) -> Result<Option<String>, RemoteError> {
+        (**self).events_tip().await
+    }
+    async fn export(&self, path: &str) -> Result<BodyStream, RemoteError> {
+        (**self).export(path).await
+    }
+}

@@ -230,7 +230,14 @@ impl Engine {
             .read(|st| Ok((st.is_complete()?, st.checkpoint()?.is_some())))
             .await?;
         if !complete {
-            Ok(self.bootstrap().await?.as_str())
+            let used = self.bootstrap().await?;
+            // Replay the events since the tip taken before the snapshot, in the same run: a completed
+            // run means the mirror is current as of its end (writes during a long or interrupted
+            // bootstrap included). Without a feed the listing is as current as it gets.
+            if self.read(|st| st.has_feed()).await? {
+                self.sync_pass().await?;
+            }
+            Ok(used.as_str())
         } else if traversal {
             self.audit().await?;
             Ok("tree")

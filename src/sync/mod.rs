@@ -2,6 +2,7 @@
 //! sync from the events feed, the no-progress watchdog, progress accounting and the outer wrapper's
 //! state file. It reaches the remote only through [`crate::remote::Remote`] and the disk only through
 //! [`crate::store`].
+pub mod attempt;
 pub mod bootstrap;
 pub mod engine;
 pub mod incremental;
