@@ -134,7 +134,10 @@ fn security_exposure_with_plain_drop_in() {
     // The drop-in must actually be applied (a typo in its path would silently rate the bare unit).
     let bare = installed_root(false);
     let b = exposure(bare.path(), FUSE_MAX);
-    assert!(v < b, "the plain drop-in does not lower the exposure ({v} vs {b})");
+    assert!(
+        v < b,
+        "the plain drop-in does not lower the exposure ({v} vs {b})"
+    );
 }
 
 /// `systemd-analyze verify` of an instance, with or without the drop-in, prints nothing about the unit
