@@ -235,6 +235,9 @@ impl Rig {
 
     /// The mirror's files.
     pub fn actual(&self) -> BTreeMap<String, Vec<u8>> {
+        if !self.local().exists() {
+            return BTreeMap::new();
+        }
         super::read_tree(&self.local())
     }
 
