@@ -175,7 +175,25 @@ impl<'a> Batch<'a> {
                 removed: false,
             });
         }
+        self.pending_clear(rel)?;
         Ok(ino)
+    }
+
+    /// Files about to be written into the mirror (committed before the bytes are written).
+    pub fn pending_add(&mut self, rel: &str) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached("INSERT OR IGNORE INTO pending(path) VALUES (?1)")
+            .and_then(|mut s| s.execute([rel]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn pending_clear(&mut self, rel: &str) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached("DELETE FROM pending WHERE path = ?1")
+            .and_then(|mut s| s.execute([rel]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Stamp an existing record as seen (a listed file we could not fetch keeps its old copy).
@@ -239,19 +257,69 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
+    /// Quarantine a file: `class` groups failures of the same cause (e.g. "HTTP 403 forbidden").
     pub fn quarantine(
         &mut self,
         remote_path: &str,
         reason: &str,
+        class: &str,
         permanent: bool,
     ) -> Result<(), StateError> {
         self.tx
             .prepare_cached(
-                "INSERT INTO quarantine(path, reason, attempts, permanent, updated_at) VALUES (?1, ?2, 1, ?3, ?4)
+                "INSERT INTO quarantine(path, reason, attempts, permanent, updated_at, class) VALUES (?1, ?2, 1, ?3, ?4, ?5)
                  ON CONFLICT(path) DO UPDATE SET reason = excluded.reason, attempts = attempts + 1,
-                 permanent = excluded.permanent, updated_at = excluded.updated_at",
+                 permanent = excluded.permanent, updated_at = excluded.updated_at, class = excluded.class",
             )
-            .and_then(|mut s| s.execute(params![remote_path, reason, permanent as i64, now_secs()]))
+            .and_then(|mut s| s.execute(params![remote_path, reason, permanent as i64, now_secs(), class]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A directory whose listing failed in `snapshot`: its records are kept (stamped `seen`, so no sweep
+    /// removes them) and it is listed again later.
+    pub fn unlisted(
+        &mut self,
+        remote_dir: &str,
+        local_dir: Option<&str>,
+        reason: &str,
+        snapshot: i64,
+    ) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO unlisted(path, reason, snapshot, attempts, updated_at) VALUES (?1, ?2, ?3, 1, ?4)
+                 ON CONFLICT(path) DO UPDATE SET reason = excluded.reason, snapshot = excluded.snapshot,
+                 attempts = attempts + 1, updated_at = excluded.updated_at",
+            )
+            .and_then(|mut s| s.execute(params![remote_dir, reason, snapshot, now_secs()]))
+            .map_err(|e| self.err(e))?;
+        if let Some(rel) = local_dir {
+            let lo = format!("{rel}/");
+            let hi = format!("{rel}0");
+            self.tx
+                .prepare_cached(
+                    "UPDATE entries SET seen = ?1 WHERE path = ?2 OR (path >= ?3 AND path < ?4)",
+                )
+                .and_then(|mut s| s.execute(params![snapshot, rel, lo, hi]))
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// The directory was listed after all.
+    pub fn listed(&mut self, remote_dir: &str) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached("DELETE FROM unlisted WHERE path = ?1")
+            .and_then(|mut s| s.execute([remote_dir]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A complete listing of the whole tree (`snapshot`) is over: forget the unlisted directories it did
+    /// not meet again (gone, or listed).
+    pub fn forget_unlisted_before(&mut self, snapshot: i64) -> Result<(), StateError> {
+        self.tx
+            .execute("DELETE FROM unlisted WHERE snapshot != ?1", [snapshot])
             .map_err(|e| self.err(e))?;
         Ok(())
     }
