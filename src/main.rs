@@ -78,7 +78,7 @@ async fn once_or_signal(a: &RunArgs) -> Result<i32, (&'static str, i32)> {
 }
 
 fn main() {
-    let (cli, matches) = compat::parse(std::env::args_os().collect());
+    let (cli, matches, check) = compat::parse(std::env::args_os().collect());
     let mut run = match cli.command {
         Some(Command::Status(mut s)) => {
             if let (None, Some(_), Some(d)) = (&s.state_db, &s.state_dir, &s.local_dir) {
@@ -97,17 +97,17 @@ fn main() {
         }
         Some(Command::Man) => std::process::exit(mountd::cli::completions::man()),
         Some(Command::Reset(r)) => std::process::exit(mountd::cli::reset::command(&r)),
-        Some(Command::Check(c)) => {
-            let mut run = c.run;
-            init_logging(&run);
-            let m = matches.subcommand_matches("check").unwrap_or(&matches);
-            resolve(&mut run, m);
-            std::process::exit(mountd::cli::check::command(&run));
+        Some(Command::Check(_)) => {
+            eprintln!("mountd: error: write `check` first: mountd check [FLAGS]");
+            std::process::exit(mountd::cli::exit::USAGE);
         }
         None => cli.run,
     };
     init_logging(&run);
     let res = resolve(&mut run, &matches);
+    if check {
+        std::process::exit(mountd::cli::check::command(&run));
+    }
     if let Some(msg) = res.nothing_to_do {
         println!("mountd: {msg}");
         std::process::exit(mountd::cli::exit::OK);

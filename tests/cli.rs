@@ -161,6 +161,46 @@ fn the_relayfile_mount_command_line_runs_unchanged() {
         }),
         "state DB under --state-dir: {dbs:?}"
     );
+    // `mountd status` finds it the same way.
+    let r = run_cmd({
+        let mut c = bare();
+        c.args(["status", "--json", "--workspace", "ws_test", "--local-dir"])
+            .arg(h.local())
+            .arg("--state-dir")
+            .arg(&sd);
+        c
+    });
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains(&sd.display().to_string()), "{}", r.all());
+}
+
+#[test]
+fn a_mountpoint_served_by_another_live_mountd_is_refused() {
+    let mut h = Harness::new();
+    h.sample_tree(3);
+    let mnt = h.tmp.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut c = h.service_cmd();
+    c.arg("--mountpoint")
+        .arg(&mnt)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut first = KillOnDrop(c.spawn().unwrap());
+    wait_for("the mount", Duration::from_secs(60), || is_mounted(&mnt));
+    // A second service for another mirror, onto the same mountpoint: refused even with
+    // --allow-non-empty (mountd would otherwise detach the live mount as "stale").
+    let mut c = env_cmd(&h, &["--allow-non-empty", "--mountpoint"]);
+    c.arg(&mnt)
+        .env("RELAYFILE_LOCAL_DIR", h.tmp.path().join("mirror2"));
+    let r = run_cmd(c);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("another live mountd"), "{}", r.all());
+    assert!(is_mounted(&mnt), "the first mount is untouched");
+    assert!(!h.tmp.path().join("mirror2").exists());
+    // Stop the first one cleanly (it unmounts).
+    unsafe { libc::kill(first.0.id() as i32, libc::SIGTERM) };
+    let _ = first.0.wait();
+    assert!(!is_mounted(&mnt));
 }
 
 fn creds(h: &Harness, token: &str) -> PathBuf {

@@ -19,7 +19,15 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Parse `argv`; exit 2 with a message on a usage error (one that names the environment variable when
 /// the bad value came from one), 0 for `--help`/`--version`.
-pub fn parse(argv: Vec<OsString>) -> (Cli, ArgMatches) {
+///
+/// `mountd check FLAGS...` is parsed as `mountd FLAGS...` (the returned `bool` is true): the flags
+/// and variables are read once, exactly as for a run. (The `check` subcommand in the clap definition
+/// is there for `--help`, completions and the man page.)
+pub fn parse(mut argv: Vec<OsString>) -> (Cli, ArgMatches, bool) {
+    let check = argv.get(1).is_some_and(|a| a == "check");
+    if check {
+        argv.remove(1);
+    }
     let cmd = Cli::command();
     let m = match cmd.clone().try_get_matches_from(&argv) {
         Ok(m) => m,
@@ -32,7 +40,7 @@ pub fn parse(argv: Vec<OsString>) -> (Cli, ArgMatches) {
         }
     };
     match Cli::from_arg_matches(&m) {
-        Ok(c) => (c, m),
+        Ok(c) => (c, m, check),
         Err(e) => e.exit(),
     }
 }
