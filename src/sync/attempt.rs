@@ -23,14 +23,20 @@ pub struct Attempt {
 
 /// One attempt (see [`Engine::converge`]); records the stall counter and the last error.
 pub async fn attempt(engine: &Engine, limits: Limits) -> Result<Attempt, SyncError> {
-    let before = engine.progress().checkpoints();
+    let before = (
+        engine.progress().checkpoints(),
+        engine.progress().received(),
+    );
     let work = {
         let e = engine.clone();
         async move { e.converge().await }
     };
     let result =
         crate::sync::watchdog::guarded(engine.progress(), limits.idle, limits.cap, work).await;
-    let progressed = engine.progress().checkpoints() > before;
+    // Checkpoints or arriving bytes: a large file that keeps streaming in is progress even when an
+    // attempt is cut before it completes.
+    let progressed =
+        engine.progress().checkpoints() > before.0 || engine.progress().received() > before.1;
     let err_text = result
         .as_ref()
         .err()
