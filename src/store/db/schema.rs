@@ -1,7 +1,7 @@
 //! The schema of the state database, versioned by `PRAGMA user_version` with forward-only migrations.
 
 /// The schema version this build writes; a newer database is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `MIGRATIONS[i]` takes a database from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -29,4 +29,7 @@ pub const MIGRATIONS: &[&str] = &[
         attempts INTEGER NOT NULL,
         permanent INTEGER NOT NULL,
         updated_at INTEGER NOT NULL);",
+    // v2: directory listings page by inode number (stable offsets without per-handle state, so the
+    // kernel can skip OPENDIR); each content version of a file has an inode of its own.
+    "CREATE INDEX entries_parent_ino ON entries(parent, ino);",
 ];
