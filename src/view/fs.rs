@@ -301,8 +301,39 @@ impl MirrorFs {
         }
     }
 
+    /// Attributes of `ino`. An inode replaced or deleted since, but still open or pinned, is answered
+    /// from its kept version (link count 0, like an unlinked file on a local disk), so `fstat` and
+    /// reads to the end of a kept-open old version keep working after the attributes expire.
     pub fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
-        Ok(self.attr_of(&self.entry(ino)?))
+        match self.entry(ino) {
+            Ok(e) => Ok(self.attr_of(&e)),
+            Err(libc::ENOENT) => {
+                let v = lock(&self.versions)
+                    .live
+                    .get(&ino)
+                    .map(|l| l.version.clone())
+                    .ok_or(libc::ENOENT)?;
+                let mtime = v
+                    .file
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(UNIX_EPOCH);
+                Ok(Attr {
+                    ino,
+                    generation: 1,
+                    kind: Kind::File,
+                    size: v.size,
+                    blocks: v.size.div_ceil(512),
+                    mtime,
+                    perm: self.opts.file_mode,
+                    nlink: 0,
+                    uid: self.opts.uid,
+                    gid: self.opts.gid,
+                    blksize: BLKSIZE,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `access(2)`: existence and read/execute are allowed; write is EROFS.
@@ -704,6 +735,12 @@ mod tests {
         // The open handle and the pinned inode keep the old bytes; the new inode has the new ones.
         assert_eq!(fs.read(old.ino, fh, 0, 100).unwrap(), b"old bytes");
         assert_eq!(fs.read(old.ino, 0, 4, 100).unwrap(), b"bytes");
+        let kept = fs.getattr(old.ino).unwrap();
+        assert_eq!(
+            (kept.size, kept.nlink),
+            (9, 0),
+            "a kept version answers getattr"
+        );
         assert_eq!(fs.lookup(ROOT_INO, OsStr::new("f")).unwrap().ino, ino);
         assert_eq!(fs.read(ino, 0, 0, 100).unwrap(), b"new!");
         // Once forgotten and released, the old inode cannot be opened again: ESTALE.

@@ -30,6 +30,29 @@ impl DataMode {
         }
     }
 
+    /// Parse `auto`, `passthrough`, `page-cache` or `direct-io`.
+    pub fn parse(s: &str) -> Option<DataMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Some(DataMode::Auto),
+            "passthrough" => Some(DataMode::Passthrough),
+            "page-cache" | "pagecache" => Some(DataMode::PageCache),
+            "direct-io" | "directio" => Some(DataMode::DirectIo),
+            _ => None,
+        }
+    }
+
+    /// The mode named by `MOUNTD_DATA_MODE` (for benchmarks and operators), `Auto` when unset; an
+    /// unknown value is logged and ignored.
+    pub fn from_env() -> DataMode {
+        match std::env::var("MOUNTD_DATA_MODE") {
+            Err(_) => DataMode::Auto,
+            Ok(v) => DataMode::parse(&v).unwrap_or_else(|| {
+                tracing::warn!(value = %v, "MOUNTD_DATA_MODE: not auto, passthrough, page-cache or direct-io; using auto");
+                DataMode::Auto
+            }),
+        }
+    }
+
     fn code(self) -> u8 {
         match self {
             DataMode::Auto => 0,
