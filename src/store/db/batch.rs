@@ -127,8 +127,13 @@ impl<'a> Batch<'a> {
         Ok(ino)
     }
 
-    /// Insert or update a file record stamped `seen`; returns its inode. A content change (or a new
-    /// file) is recorded as a [`Change`].
+    /// Insert or update a file record stamped `seen`; returns its inode.
+    ///
+    /// Every content version gets an inode number of its own, like a file replaced by an atomic rename on
+    /// a local disk: a new file, or a content change (hash or size differs), inserts a fresh row (a new,
+    /// never reused `AUTOINCREMENT` inode) and records a removal [`Change`] for the old inode and an
+    /// addition for the new one. A record whose content is unchanged keeps its inode (and no change is
+    /// recorded), so unchanged files keep their inode numbers across syncs and restarts.
     pub fn upsert_file(&mut self, rel: &str, m: &FileMeta, seen: i64) -> Result<u64, StateError> {
         let parent = self.ensure_dir(paths::parent(rel), seen)?;
         let existing: Option<(i64, i64, Option<String>, i64)> = self
@@ -139,43 +144,59 @@ impl<'a> Batch<'a> {
                     .optional()
             })
             .map_err(|e| self.err(e))?;
-        let (ino, changed) = match existing {
-            Some((ino, kind, hash, size)) if kind == Kind::File.to_sql() => {
-                let changed = hash != m.content_hash || size as u64 != m.size;
-                self.tx
-                    .prepare_cached(
-                        "UPDATE entries SET size = ?2, revision = ?3, content_hash = ?4, content_type = ?5, seen = ?6,
-                         generation = generation + ?7, mtime = CASE WHEN ?7 = 1 THEN ?8 ELSE mtime END WHERE ino = ?1",
-                    )
-                    .and_then(|mut s| s.execute(params![ino, m.size as i64, m.revision, m.content_hash, m.content_type, seen, changed as i64, now_secs()]))
-                    .map_err(|e| self.err(e))?;
-                (ino as u64, changed)
-            }
-            other => {
-                if other.is_some() {
-                    self.delete(rel)?;
-                }
-                self.tx
-                    .prepare_cached(
-                        "INSERT INTO entries(parent, name, path, kind, size, revision, content_hash, content_type, mtime, seen)
-                         VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![parent as i64, paths::name(rel), rel, m.size as i64, m.revision, m.content_hash, m.content_type, now_secs(), seen])
-                    })
-                    .map_err(|e| self.err(e))?;
-                (self.tx.last_insert_rowid() as u64, true)
-            }
-        };
-        if changed {
-            self.changes.push(Change {
-                ino,
-                parent,
-                name: paths::name(rel).to_string(),
-                removed: false,
-            });
-        }
+        // The record commits with this transaction: the write is no longer pending.
         self.pending_clear(rel)?;
+        let name = paths::name(rel);
+        match existing {
+            Some((ino, kind, hash, size))
+                if kind == Kind::File.to_sql()
+                    && hash == m.content_hash
+                    && size as u64 == m.size =>
+            {
+                // Same content: same inode; only the bookkeeping columns move.
+                self.tx
+                    .prepare_cached(
+                        "UPDATE entries SET revision = ?2, content_type = ?3, seen = ?4 WHERE ino = ?1",
+                    )
+                    .and_then(|mut s| s.execute(params![ino, m.revision, m.content_type, seen]))
+                    .map_err(|e| self.err(e))?;
+                return Ok(ino as u64);
+            }
+            Some((ino, kind, ..)) if kind == Kind::File.to_sql() => {
+                // A new content version: the old inode goes away (open handles keep reading it).
+                self.tx
+                    .prepare_cached("DELETE FROM entries WHERE ino = ?1")
+                    .and_then(|mut s| s.execute([ino]))
+                    .map_err(|e| self.err(e))?;
+                self.changes.push(Change {
+                    ino: ino as u64,
+                    parent,
+                    name: name.to_string(),
+                    removed: true,
+                });
+            }
+            Some(_) => {
+                // A directory becomes a file.
+                self.delete(rel)?;
+            }
+            None => {}
+        }
+        self.tx
+            .prepare_cached(
+                "INSERT INTO entries(parent, name, path, kind, size, revision, content_hash, content_type, mtime, seen)
+                 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![parent as i64, name, rel, m.size as i64, m.revision, m.content_hash, m.content_type, now_secs(), seen])
+            })
+            .map_err(|e| self.err(e))?;
+        let ino = self.tx.last_insert_rowid() as u64;
+        self.changes.push(Change {
+            ino,
+            parent,
+            name: name.to_string(),
+            removed: false,
+        });
         Ok(ino)
     }
 

@@ -32,10 +32,13 @@ pub const MIGRATIONS: &[&str] = &[
     // v2: files about to be written into the mirror whose records are not committed yet (so a file
     // written before a crash is known to be mountd's, and removed if the remote no longer has it).
     // Directories whose listing failed: never treated as listed, listed again later (`snapshot`: the
-    // snapshot that last failed to list it). And the class of each quarantined file's failure (to tell
-    // a systemic cause from stragglers).
+    // snapshot that last failed to list it). The class of each quarantined file's failure (to tell a
+    // systemic cause from stragglers). Directory listings page by inode number (stable offsets without
+    // per-handle state, so the kernel can skip OPENDIR); each content version of a file has an inode of
+    // its own.
     "CREATE TABLE pending(path TEXT PRIMARY KEY);
      CREATE TABLE unlisted(path TEXT PRIMARY KEY, reason TEXT NOT NULL, snapshot INTEGER NOT NULL,
         attempts INTEGER NOT NULL, updated_at INTEGER NOT NULL);
-     ALTER TABLE quarantine ADD COLUMN class TEXT NOT NULL DEFAULT '';",
+     ALTER TABLE quarantine ADD COLUMN class TEXT NOT NULL DEFAULT '';
+     CREATE INDEX entries_parent_ino ON entries(parent, ino);",
 ];
