@@ -261,6 +261,8 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
             export_timeout,
             allow_mass_delete: a.allow_mass_delete,
             memory_budget: a.memory_budget as usize,
+            mass_delete_ratio: a.mass_delete_ratio,
+            force_audit: a.force_audit,
         },
         progress,
     );

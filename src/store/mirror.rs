@@ -280,6 +280,39 @@ impl LocalStore {
         n
     }
 
+    /// Relative paths of the regular files in the mirror (outside the reserved dir), up to `limit`.
+    pub fn list_files(&self, limit: usize) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut stack = vec![(self.root.clone(), String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for e in rd {
+                let e = e?;
+                let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if rel.is_empty() && name == RESERVED_DIR {
+                    continue;
+                }
+                let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                let ft = e.file_type()?;
+                if ft.is_dir() {
+                    stack.push((e.path(), child));
+                } else if ft.is_file() {
+                    out.push(child);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Durability barrier before a checkpoint commit: flush the root's file system.
     pub fn sync(&self) -> io::Result<()> {
         let f = fs::File::open(&self.root)?;

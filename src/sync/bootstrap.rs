@@ -260,8 +260,9 @@ impl Engine {
         if applied == 0 && tracked_before > 0 {
             return Ok(ExportOutcome::FallThrough(format!("export returned no files while the mirror tracks {tracked_before}; not trusting it")));
         }
-        if applied * 2 < tracked_before {
-            return Ok(ExportOutcome::FallThrough(format!("export returned {applied} files, less than half of the {tracked_before} tracked; not trusting it")));
+        let ratio = self.config().mass_delete_ratio;
+        if (applied as f64) < ratio * tracked_before as f64 {
+            return Ok(ExportOutcome::FallThrough(format!("export returned {applied} files, less than {:.0}% of the {tracked_before} tracked; not trusting it", ratio * 100.0)));
         }
         Ok(ExportOutcome::Complete)
     }
@@ -483,9 +484,10 @@ impl Engine {
             }
         }
         let files_gone = unseen.iter().filter(|u| u.kind == Kind::File).count() as u64;
+        let keep = tracked.saturating_sub(files_gone) as f64;
         if !self.config().allow_mass_delete
             && files_gone >= MASS_DELETE_MIN
-            && files_gone * 2 > tracked
+            && keep < self.config().mass_delete_ratio * tracked as f64
         {
             return Err(SyncError::MassDelete {
                 would: files_gone,
@@ -530,6 +532,7 @@ impl Engine {
         if ck.scope.is_some() {
             return self.commit(p, ck.snapshot, None, vec![]).await;
         }
+        self.report_extra_files().await?;
         if unlisted > 0 {
             tracing::warn!(
                 directories = unlisted,
@@ -555,6 +558,37 @@ impl Engine {
                 b.commit()?;
                 Ok(())
             })
+            .await
+    }
+
+    /// Local files the remote does not have and mountd did not write (an adopted directory's own
+    /// files, or files put into a plain-directory mirror): reported, never deleted.
+    async fn report_extra_files(&self) -> Result<(), SyncError> {
+        let store = self.store().clone();
+        let local = tokio::task::spawn_blocking(move || store.list_files(1_000_000))
+            .await
+            .map_err(|e| SyncError::Internal(format!("listing local files: {e}")))?
+            .map_err(|e| SyncError::local(self.store().root(), &e))?;
+        let extra = self
+            .read(move |st| {
+                let mut extra = Vec::new();
+                for rel in local {
+                    if st.file(&rel)?.is_none() {
+                        extra.push(rel);
+                    }
+                }
+                Ok(extra)
+            })
+            .await?;
+        if !extra.is_empty() {
+            let shown: Vec<&str> = extra.iter().take(10).map(String::as_str).collect();
+            tracing::warn!(
+                count = extra.len(),
+                first = ?shown,
+                "local files the remote does not have (left in place, not mirrored)"
+            );
+        }
+        self.set_meta(vec![(MetaKey::ExtraFiles, extra.len().to_string())])
             .await
     }
 

@@ -72,6 +72,11 @@ pub struct SyncConfig {
     pub allow_mass_delete: bool,
     /// Bytes in flight across all concurrent reads (see [`crate::sync::content::Budget`]).
     pub memory_budget: usize,
+    /// A listing that keeps less than this share of the tracked files is not trusted (mass-delete
+    /// guard, and the export's plausibility check). relayfile-mount's default is 0.5.
+    pub mass_delete_ratio: f64,
+    /// Run one full re-listing (audit) at the next catch-up.
+    pub force_audit: bool,
 }
 
 impl SyncConfig {
@@ -258,6 +263,8 @@ pub struct Engine {
     progress: Progress,
     sink: Option<Arc<dyn ChangeSink>>,
     tally: Arc<std::sync::Mutex<Tally>>,
+    /// A forced audit not run yet.
+    audit_requested: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Engine {
@@ -272,6 +279,7 @@ impl Engine {
             remote,
             store,
             db,
+            audit_requested: Arc::new(std::sync::atomic::AtomicBool::new(cfg.force_audit)),
             cfg: Arc::new(cfg),
             progress,
             sink: None,
@@ -331,16 +339,24 @@ impl Engine {
                 self.sync_pass().await?;
             }
             used.as_str()
-        } else if traversal {
-            self.audit().await?;
-            "tree"
         } else {
-            // Directories that could not be listed, then files quarantined by an earlier run, are
-            // tried again; a bootstrap retries nothing it just failed.
+            // An interrupted audit or re-listing is finished first; then directories that could not
+            // be listed and files quarantined by an earlier run are tried again (a bootstrap retries
+            // nothing it just failed), and the feed is caught up.
+            let forced = self
+                .audit_requested
+                .swap(false, std::sync::atomic::Ordering::SeqCst);
+            if traversal || forced {
+                self.audit().await?;
+            }
             self.relist_unlisted().await?;
             self.retry_quarantine().await?;
             self.sync_pass().await?;
-            "catch-up"
+            if traversal || forced {
+                "tree"
+            } else {
+                "catch-up"
+            }
         };
         match self.tally_systemic() {
             Some(e) => Err(e),

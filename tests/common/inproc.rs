@@ -141,6 +141,8 @@ impl Rig {
                 export_timeout: Duration::from_secs(2),
                 allow_mass_delete: false,
                 memory_budget: 64 << 20,
+                mass_delete_ratio: 0.5,
+                force_audit: false,
             },
             limits: Limits {
                 idle: Duration::from_secs(10),

@@ -21,6 +21,8 @@ pub enum MetaKey {
     LastError,
     /// Consecutive attempts without checkpoint progress (the stall guard).
     NoProgressRuns,
+    /// Local files the remote does not have, found by the last full listing (reported, kept).
+    ExtraFiles,
     IdentityBaseUrl,
     IdentityWorkspace,
     IdentityRemoteRoot,
@@ -40,6 +42,7 @@ impl MetaKey {
             MetaKey::LastAuditAt => "last_audit_at",
             MetaKey::LastError => "last_error",
             MetaKey::NoProgressRuns => "no_progress_runs",
+            MetaKey::ExtraFiles => "extra_files",
             MetaKey::IdentityBaseUrl => "identity.base_url",
             MetaKey::IdentityWorkspace => "identity.workspace",
             MetaKey::IdentityRemoteRoot => "identity.remote_root",
