@@ -23,8 +23,9 @@ pub fn hint_for(e: &SyncError) -> &'static str {
         SyncError::Remote(r) => r.hint(),
         SyncError::Stalled(_) | SyncError::GaveUp(_) => "run again to resume from the checkpoint; if it keeps stalling, check the server (or raise --bootstrap-idle-timeout)",
         SyncError::MassDelete { .. } => "check that --base-url, --workspace and --remote-path point at the right tree",
+        SyncError::State(s) if s.is_disk_full() => "the disk holding the state database is full: free space there (or move --state-db to another file system) and run again; nothing is lost",
         SyncError::State(_) => "the state database is unusable; move it aside to start over (files on disk are kept and re-verified by hash)",
-        SyncError::Local(_) => "check free space, permissions and health of the file system holding --local-dir",
+        SyncError::Local(_) => "fix the local file system named above (free space, permissions, read-only mount, failing disk) and run again: no file was quarantined for it and nothing committed refers to bytes that were not written",
         SyncError::Internal(_) => "this is a bug in mountd; please report it with the log",
         SyncError::Systemic { class, .. } => crate::sync::engine::systemic_hint(class),
     }

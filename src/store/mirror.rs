@@ -298,7 +298,11 @@ impl LocalStore {
                 if rel.is_empty() && name == RESERVED_DIR {
                     continue;
                 }
-                let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                let child = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
                 let ft = e.file_type()?;
                 if ft.is_dir() {
                     stack.push((e.path(), child));

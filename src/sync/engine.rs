@@ -39,9 +39,67 @@ pub enum SyncError {
 }
 
 impl SyncError {
-    /// A local I/O failure on `path`.
+    /// A local I/O failure on `path`, said precisely (a full disk says which file system and how much
+    /// is left; a read-only file system, a permission or an I/O error names the path).
     pub fn local(path: &Path, e: &std::io::Error) -> SyncError {
-        SyncError::Local(format!("{}: {e}", path.display()))
+        SyncError::Local(describe_local(path, e))
+    }
+}
+
+/// The file system holding `path` (its nearest existing ancestor): (bytes available, bytes total).
+fn space_of(path: &Path) -> Option<(u64, u64)> {
+    let mut p = path;
+    loop {
+        if let Ok(s) = nix::sys::statvfs::statvfs(p) {
+            let f = s.fragment_size() as u64;
+            return Some((s.blocks_available() as u64 * f, s.blocks() as u64 * f));
+        }
+        p = p.parent()?;
+    }
+}
+
+/// A local error, with what it means and the path it hit.
+pub fn describe_local(path: &Path, e: &std::io::Error) -> String {
+    let p = path.display();
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+            let what = if e.raw_os_error() == Some(libc::EDQUOT) {
+                "disk quota exceeded"
+            } else {
+                "the disk is full"
+            };
+            match space_of(path) {
+                Some((avail, total)) => format!(
+                    "{what}: writing {p} failed ({e}); the file system holding it has {} available of {}",
+                    human_bytes(avail),
+                    human_bytes(total)
+                ),
+                None => format!("{what}: writing {p} failed ({e})"),
+            }
+        }
+        Some(libc::EROFS) => format!("the file system holding {p} is read-only ({e})"),
+        Some(libc::EACCES) | Some(libc::EPERM) => format!(
+            "permission denied on {p} ({e}); mountd runs as uid {}",
+            nix::unistd::geteuid()
+        ),
+        Some(libc::EIO) => format!("I/O error on {p} ({e}): the disk may be failing"),
+        _ => format!("{p}: {e}"),
+    }
+}
+
+/// 1536 → "1.5 KiB".
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
     }
 }
 
@@ -458,10 +516,7 @@ impl Engine {
                     });
                 }
                 Ok(Err(BodyError::Local(e))) => {
-                    return Err(SyncError::Local(format!(
-                        "writing {} into the mirror: {e}",
-                        job.rel
-                    )))
+                    return Err(SyncError::local(&self.store.abs(&job.rel), &e))
                 }
                 Ok(Err(BodyError::Remote(e @ RemoteError::Transport { .. }))) => {
                     if tries > BODY_RETRIES {

@@ -34,11 +34,12 @@ impl Engine {
         loop {
             let page = match self.remote().events(cursor.as_deref(), EVENTS_PAGE).await {
                 Ok(p) => p,
-                Err(e) if e.status() == Some(404) => {
-                    tracing::warn!(
-                        "the events feed is gone (404); falling back to periodic listings"
-                    );
-                    self.set_meta(vec![(MetaKey::Feed, "0".into())]).await?;
+                // The feed refuses the cursor (400/410), or is gone (404): resync by a full metadata
+                // listing with a fresh tip (hash-skip keeps it cheap); the feed is used again
+                // afterwards (a server with no feed at all answers the tip with 404, and the listing
+                // then records that).
+                Err(e) if matches!(e.status(), Some(400 | 404 | 410)) => {
+                    tracing::warn!(error = %e, cursor = ?cursor, "the events feed refused the cursor; resyncing with a full listing");
                     return self.audit().await;
                 }
                 Err(e) => return Err(e.into()),

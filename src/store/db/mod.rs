@@ -67,6 +67,20 @@ pub enum StateError {
     Gone { path: PathBuf },
 }
 
+impl StateError {
+    /// SQLite says the disk (or the database) is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StateError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DiskFull)
+            ),
+            StateError::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+            _ => false,
+        }
+    }
+}
+
 /// What a state database belongs to. A database of another mirror is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
