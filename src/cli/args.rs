@@ -33,7 +33,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print where a mirror stands (phase, counts, cursor, quarantined files) from its state DB.
+    /// Print where a mirror stands (health, daemon, last success, last error, counts, quarantined files).
+    #[command(after_help = crate::cli::status::EXIT_CODES_HELP)]
     Status(StatusArgs),
 }
 
@@ -222,6 +223,11 @@ pub struct RunArgs {
         help_heading = "Output"
     )]
     pub progress: ProgressMode,
+
+    /// With --once: write the metrics (Prometheus text) to this file at the end of the run, atomically,
+    /// for node-exporter's textfile collector.
+    #[arg(long, env = "MOUNTD_METRICS_FILE", help_heading = "Output")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 fn parse_mode(s: &str) -> Result<u16, String> {

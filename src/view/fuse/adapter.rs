@@ -100,7 +100,13 @@ impl Filesystem for FuseAdapter {
                 tracing::debug!(?missing, "FUSE capability not offered by the kernel");
             }
         }
+        // The FUSE series are exported only while a mount is served.
+        crate::metrics::Metrics::global().set_fuse_active(true);
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        crate::metrics::Metrics::global().set_fuse_active(false);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
