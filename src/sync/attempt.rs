@@ -11,9 +11,14 @@
 //!   response status, 429, or 5xx, after the per-request retries ([`is_unavailable`]) — leaves the count
 //!   as it is: an outage is waited out (the service retries forever with backoff), not diagnosed as a
 //!   stall;
-//! * every other failure without progress counts: the watchdog's "no progress within the idle timeout"
-//!   or hard cap (the server accepted the requests but delivered nothing usable in time), a body that
-//!   broke after its status, bad data, a permanent HTTP error, a local or state error.
+//! * a watchdog stall (no progress within the idle timeout, or the hard cap) is followed by one probe
+//!   request (the events tip): if the remote is unavailable right then (as above, or no answer at all),
+//!   the stall was an outage waited out by the per-request retries (a long `Retry-After`, a run of
+//!   503s, a server that accepts connections and never answers) and does not count;
+//! * every other failure without progress counts: a stall while the server answers the probe (it
+//!   answers, but the bootstrap gets nothing usable in time: a listing that hangs, a body that never
+//!   ends), a body that broke after its status, bad data, a permanent HTTP error, a local or state
+//!   error.
 use crate::store::db::{MetaKey, State, StateError};
 use crate::sync::engine::{now_rfc3339, Engine, SyncError};
 use std::time::{Duration, Instant};
@@ -38,6 +43,23 @@ pub struct Attempt {
 /// than answering wrongly: retried forever by the service, never counted by the stall guard.
 pub fn is_unavailable(e: &SyncError) -> bool {
     matches!(e, SyncError::Remote(r) if r.is_retryable())
+}
+
+/// After a watchdog stall: one probe request (the events tip, with the usual per-request retries).
+/// True when the remote is unavailable (transport error — including per-read timeouts of a server that
+/// accepts connections and never answers —, 429, 5xx, or no answer within four idle timeouts); false
+/// when it answered (2xx, or a permanent error).
+async fn unavailable_now(engine: &Engine, idle: Duration) -> bool {
+    let probe = tokio::time::timeout(idle.saturating_mul(4), engine.remote().events_tip()).await;
+    let unavailable = match &probe {
+        Ok(Ok(_)) => false,
+        Ok(Err(e)) => e.is_retryable(),
+        Err(_) => true,
+    };
+    if unavailable {
+        tracing::debug!("the stall was an outage: not counted by the stall guard");
+    }
+    unavailable
 }
 
 /// What an outcome does to the stall guard's counter.
@@ -76,6 +98,9 @@ pub async fn attempt(engine: &Engine, limits: Limits) -> Result<Attempt, SyncErr
         Ok(_) => Stall::Reset,
         Err(_) if progressed => Stall::Reset,
         Err(e) if is_unavailable(e) => Stall::Keep,
+        // The watchdog cannot tell an outage waited out by the per-request retries (a long
+        // Retry-After, a run of 503s) from a server that accepts requests and delivers nothing: ask.
+        Err(SyncError::Stalled(_)) if unavailable_now(engine, limits.idle).await => Stall::Keep,
         Err(_) => Stall::Count,
     };
     let err = result.as_ref().err().map(|e| e.to_string());
