@@ -200,7 +200,7 @@ impl Metrics {
             &mut out,
             "mountd_last_success_timestamp_seconds",
             "gauge",
-            "Unix time of the last successful sync (0: none since the process started).",
+            "Unix time of the last successful sync (0: the mirror never synced).",
             last,
         );
         family(

@@ -457,8 +457,11 @@ fn the_stall_guard_stops_only_a_bootstrap_that_gets_answers_without_progress() {
     svc.assert_running();
     let (_, st) = status_of(&h.local());
     assert_eq!(st["noProgressRuns"], 0, "{st}");
+    // Either the retries gave up on the 503s, or the watchdog tripped while they waited (then the
+    // probe found the remote unavailable): neither counts.
+    let err = st["lastError"].as_str().unwrap();
     assert!(
-        st["lastError"].as_str().unwrap().contains("HTTP 503"),
+        err.contains("HTTP 503") || err.contains("no progress for 1s"),
         "{st}"
     );
     // Now the server answers (accepts the requests) but never delivers a page: a stall, counted.

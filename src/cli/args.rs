@@ -224,8 +224,8 @@ pub struct RunArgs {
     )]
     pub progress: ProgressMode,
 
-    /// With --once: write the metrics (Prometheus text) to this file at the end of the run, atomically,
-    /// for node-exporter's textfile collector.
+    /// Write the metrics (Prometheus text) to this file, atomically, for node-exporter's textfile
+    /// collector: at the end of a --once run (failed runs included), after every pass of the service.
     #[arg(long, env = "MOUNTD_METRICS_FILE", help_heading = "Output")]
     pub metrics_file: Option<PathBuf>,
 }

@@ -94,11 +94,16 @@ impl Failures {
         }
         self.last_log = Some(now);
         let since = self.since.map_or(String::new(), |(t, _)| rfc3339(t));
+        let serving = if what == "bootstrap" {
+            "nothing is served until the bootstrap completes"
+        } else {
+            "serving the last good state"
+        };
         match (first, self.unavailable) {
             (true, true) => tracing::warn!(error = %e, retry_in_ms,
-                "remote unavailable ({what}); serving the last good state and retrying with backoff (next reminder in 1 min)"),
+                "remote unavailable ({what}); {serving}; retrying with backoff (next reminder in 1 min)"),
             (true, false) => tracing::warn!(error = %e, retry_in_ms,
-                "{what} failed; serving the last good state and retrying with backoff (next reminder in 1 min)"),
+                "{what} failed; {serving}; retrying with backoff (next reminder in 1 min)"),
             (false, true) => tracing::warn!(error = %e, since = %since, attempts = self.count,
                 "remote still unavailable ({what})"),
             (false, false) => tracing::warn!(error = %e, since = %since, attempts = self.count,

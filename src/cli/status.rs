@@ -29,6 +29,15 @@ pub fn command(s: &StatusArgs) -> i32 {
             return exit::USAGE;
         }
     };
+    // A starting mountd creates the file empty, then switches it to WAL (which writes its first page):
+    // opening it in between would race that switch and could make the daemon fail. Not yet usable.
+    if std::fs::metadata(&db).is_ok_and(|m| m.len() == 0) {
+        eprintln!(
+            "mountd status: state database {} is being created (a mountd is starting); try again in a moment",
+            db.display()
+        );
+        return exit::USAGE;
+    }
     let status = State::open_existing(&db).and_then(|st| read(&st));
     match status {
         Ok(mut status) => {
