@@ -71,19 +71,13 @@ export MOUNTD_REQUIRE_FUSE=1
 # ---------------------------------------------------------------------------------------------------
 # Rust checks
 # ---------------------------------------------------------------------------------------------------
-if cargo fmt --version >/dev/null 2>&1; then
-    step "cargo fmt --check"
-    cargo fmt --all -- --check
-else
-    warn "rustfmt is not installed: skipping the format check (rustup component add rustfmt)"
-fi
-
-if cargo clippy --version >/dev/null 2>&1; then
-    step "cargo clippy"
-    cargo clippy --workspace --all-targets --locked -- -D warnings
-else
-    warn "clippy is not installed (rustup component add clippy); skipping lints"
-fi
+# Lints are not optional: a missing rustfmt or clippy fails the run (.ci/run installs both).
+cargo fmt --version >/dev/null 2>&1 || die "rustfmt is not installed (rustup component add rustfmt)"
+cargo clippy --version >/dev/null 2>&1 || die "clippy is not installed (rustup component add clippy)"
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo build --all-targets"
 cargo build --workspace --all-targets --locked
@@ -91,20 +85,50 @@ export MOUNTD_BIN=$ROOT/target/debug/mountd
 export MOUNTD_REMOTE_BIN=$ROOT/target/debug/mountd-remote
 
 TEST_TIMEOUT=${MOUNTD_TEST_TIMEOUT:-720}
+passed=0
+failed=0
+log_dir=$(mktemp -d)
+# count LOG: add the passed/failed counts a test runner printed (nextest's summary line, or the
+# "test result:" lines of cargo test) to the totals.
+count() {
+    local p f
+    if grep -q 'tests run:' "$1"; then
+        # nextest: "Summary [...] N tests run: P passed, F failed, S skipped" (or "P passed, S skipped").
+        p=$(grep -E 'tests run:' "$1" | tail -n1 | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+' || true)
+        f=$(grep -E 'tests run:' "$1" | tail -n1 | grep -Eo '[0-9]+ failed' | grep -Eo '[0-9]+' || true)
+    else
+        # cargo test: one "test result: ok. P passed; F failed; ..." line per test binary.
+        p=$(grep -E '^test result:' "$1" | grep -Eo '[0-9]+ passed' | awk '{s += $1} END {print s + 0}')
+        f=$(grep -E '^test result:' "$1" | grep -Eo '[0-9]+ failed' | awk '{s += $1} END {print s + 0}')
+    fi
+    passed=$((passed + ${p:-0}))
+    failed=$((failed + ${f:-0}))
+}
+rc=0
 if cargo nextest --version >/dev/null 2>&1; then
     step "cargo nextest run (timeout ${TEST_TIMEOUT}s)"
-    timeout --kill-after=30s "$TEST_TIMEOUT" cargo nextest run --workspace --no-fail-fast --locked
+    timeout --kill-after=30s "$TEST_TIMEOUT" cargo nextest run --workspace --no-fail-fast --locked 2>&1 |
+        tee "$log_dir/nextest.log" || rc=1
+    count "$log_dir/nextest.log"
     # nextest does not run doctests.
     step "cargo test --doc"
-    timeout --kill-after=30s 300 cargo test --workspace --doc --locked
+    timeout --kill-after=30s 300 cargo test --workspace --doc --locked 2>&1 | tee "$log_dir/doc.log" || rc=1
+    count "$log_dir/doc.log"
 else
     step "cargo test (timeout ${TEST_TIMEOUT}s; install cargo-nextest for faster, per-test isolated runs)"
-    timeout --kill-after=30s "$TEST_TIMEOUT" cargo test --workspace --no-fail-fast --locked
+    timeout --kill-after=30s "$TEST_TIMEOUT" cargo test --workspace --no-fail-fast --locked 2>&1 |
+        tee "$log_dir/test.log" || rc=1
+    count "$log_dir/test.log"
+fi
+if ((rc != 0 && failed == 0)); then
+    # The runner failed without counting a failed test (a timeout, a crash): count it as one.
+    failed=1
 fi
 
 # ---------------------------------------------------------------------------------------------------
 # systemd unit: verify a copy whose ExecStart points at the binary just built (verify checks that the
-# executable exists) under an instance name. Unknown keys are only warnings in systemd-analyze, so any
+# executable exists) under an instance name. --man=no: Documentation=man:mountd(1) is installed with the
+# package, not on a build machine. Unknown keys are only warnings in systemd-analyze, so any
 # message about our unit fails the run as well.
 # ---------------------------------------------------------------------------------------------------
 step "systemd-analyze verify systemd/mountd@.service"
@@ -115,7 +139,7 @@ sed "s#^ExecStart=/usr/local/bin/mountd\$#ExecStart=$ROOT/target/debug/mountd#" 
 grep -q "^ExecStart=$ROOT/target/debug/mountd\$" "$unit_dir/mountd@test.service" ||
     die "systemd/mountd@.service has no 'ExecStart=/usr/local/bin/mountd' line to point at the build"
 set +e
-verify_out=$(SYSTEMD_LOG_COLOR=0 systemd-analyze verify "$unit_dir/mountd@test.service" 2>&1)
+verify_out=$(SYSTEMD_LOG_COLOR=0 systemd-analyze verify --man=no "$unit_dir/mountd@test.service" 2>&1)
 verify_rc=$?
 set -e
 [[ -z $verify_out ]] || printf '%s\n' "$verify_out" >&2
@@ -124,4 +148,15 @@ if grep -q "mountd@test.service" <<<"$verify_out"; then
     die "systemd-analyze verify reported problems with the unit (see above)"
 fi
 
+rm -rf "$log_dir"
+# The last line: one plain summary over everything this script ran (.ci/run repeats it at its end).
+summary="$passed passed, $failed failed"
+mkdir -p target
+echo "$summary" >target/test-summary.txt
+if ((failed > 0)); then
+    echo "test.sh: tests failed" >&2
+    echo "$summary"
+    exit 1
+fi
 step "all checks passed"
+echo "$summary"

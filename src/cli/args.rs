@@ -138,6 +138,11 @@ pub struct RunArgs {
     /// Parallel file reads during the tree pull and sync.
     #[arg(long, env = "RELAYFILE_BOOTSTRAP_READ_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256), help_heading = "Bootstrap")]
     pub read_concurrency: u32,
+    /// Memory for file content in flight across all concurrent reads, in bytes (suffixes K, M, G):
+    /// each read gets an equal share for its buffer and for content kept in memory; larger files are
+    /// streamed into a temp file, so a file of any size costs the same.
+    #[arg(long, env = "MOUNTD_MEMORY_BUDGET", default_value = "64M", value_parser = parse_size, help_heading = "Bootstrap")]
+    pub memory_budget: u64,
     /// Levels listed per /fs/tree request (1..100).
     #[arg(long, env = "MOUNTD_TREE_DEPTH", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100), help_heading = "Bootstrap")]
     pub tree_depth: u32,
@@ -228,6 +233,29 @@ pub struct RunArgs {
     /// collector: at the end of a --once run (failed runs included), after every pass of the service.
     #[arg(long, env = "MOUNTD_METRICS_FILE", help_heading = "Output")]
     pub metrics_file: Option<PathBuf>,
+}
+
+/// A byte size: `65536`, `512K`, `64M`, `1G` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mul = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("{s:?}: use a size such as 65536, 512K, 64M or 1G")),
+            };
+            (&t[..i], mul)
+        }
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .filter(|n| *n >= 1 << 20)
+        .ok_or_else(|| format!("{s:?}: use a size of at least 1M, such as 64M or 1G"))
 }
 
 fn parse_mode(s: &str) -> Result<u16, String> {

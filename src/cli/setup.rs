@@ -174,6 +174,7 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
             use_export: !a.no_export,
             export_timeout,
             allow_mass_delete: a.allow_mass_delete,
+            memory_budget: a.memory_budget as usize,
         },
         progress,
     );

@@ -5,7 +5,7 @@
 //! Rules are checked in the order they were added; the first that matches a call (operation, and the
 //! path when the rule names one) and still has uses left applies to it.
 use super::error::RemoteError;
-use super::types::{sha256_hex, EventsPage, FileBody, TreePage};
+use super::types::{sha256_hex, EventsPage, TreePage};
 use super::{BodyStream, ByteStream, Remote};
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -53,11 +53,11 @@ pub enum Fault {
     BadData,
     /// The call never answers.
     Hang,
-    /// The export body ends cleanly after this many bytes (truncated JSON).
+    /// The body (export or file) ends cleanly after this many bytes (truncated JSON).
     ExportTruncate(usize),
-    /// The export body breaks (connection reset) after this many bytes.
+    /// The body (export or file) breaks (connection reset) after this many bytes.
     ExportReset(usize),
-    /// The export body stops arriving after this many bytes, without ending.
+    /// The body (export or file) stops arriving after this many bytes, without ending.
     ExportHangAfter(usize),
     /// The file answers with a `contentHash` that does not match its content.
     WrongHash,
@@ -123,10 +123,19 @@ impl Rule {
     }
 }
 
+/// One call as the fault layer saw it.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub at: std::time::Instant,
+    pub op: Op,
+    pub path: String,
+}
+
 pub struct FaultyRemote {
     inner: Arc<dyn Remote>,
     rules: Mutex<Vec<Rule>>,
     counts: Mutex<HashMap<(Op, String), u64>>,
+    log: Mutex<Vec<Call>>,
     calls: AtomicU64,
     hang_at: Mutex<Option<u64>>,
     hung: tokio::sync::Notify,
@@ -142,6 +151,7 @@ impl FaultyRemote {
             inner,
             rules: Mutex::new(Vec::new()),
             counts: Mutex::new(HashMap::new()),
+            log: Mutex::new(Vec::new()),
             calls: AtomicU64::new(0),
             hang_at: Mutex::new(None),
             hung: tokio::sync::Notify::new(),
@@ -183,6 +193,17 @@ impl FaultyRemote {
             .get(&(op, path.to_string()))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Every call seen so far, in order, with when it arrived.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.log).clone()
+    }
+
+    /// Forget the counts and the call log.
+    pub fn reset_counts(&self) {
+        lock(&self.counts).clear();
+        lock(&self.log).clear();
     }
 
     /// Every call seen so far.
@@ -231,6 +252,11 @@ impl FaultyRemote {
         *lock(&self.counts)
             .entry((op, path.to_string()))
             .or_default() += 1;
+        lock(&self.log).push(Call {
+            at: std::time::Instant::now(),
+            op,
+            path: path.to_string(),
+        });
         let hang_now = {
             let mut h = lock(&self.hang_at);
             let due = *h == Some(n);
@@ -317,15 +343,29 @@ impl Remote for FaultyRemote {
         self.inner.tree(path, depth, cursor).await
     }
 
-    async fn file(&self, path: &str) -> Result<FileBody, RemoteError> {
+    async fn file(&self, path: &str) -> Result<BodyStream, RemoteError> {
         let f = self.enter(Op::File, path).await?;
         let mut body = self.inner.file(path).await?;
-        if matches!(f, Some(Fault::WrongHash)) {
-            if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body.raw) {
-                v["contentHash"] =
-                    sha256_hex(format!("not the content of {path}").as_bytes()).into();
-                body.raw = serde_json::to_vec(&v).expect("JSON value serializes");
+        match f {
+            Some(Fault::WrongHash) => {
+                // Test files are small: read the body whole, swap the hash, stream it again.
+                let mut raw = Vec::new();
+                while let Some(chunk) = body.chunks.next().await {
+                    raw.extend_from_slice(&chunk?);
+                }
+                if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&raw) {
+                    v["contentHash"] =
+                        sha256_hex(format!("not the content of {path}").as_bytes()).into();
+                    raw = serde_json::to_vec(&v).expect("JSON value serializes");
+                }
+                body.chunks = Box::pin(futures_util::stream::iter([Ok(bytes::Bytes::from(raw))]));
             }
+            Some(
+                f @ (Fault::ExportTruncate(n) | Fault::ExportReset(n) | Fault::ExportHangAfter(n)),
+            ) => {
+                body.chunks = cut(body.chunks, n, f);
+            }
+            _ => {}
         }
         Ok(body)
     }

@@ -6,7 +6,7 @@
 //! lives in the bootstrap engine.
 
 use super::error::{parse_retry_after, RemoteError};
-use super::types::{ErrorBody, EventsPage, FileBody, TreePage};
+use super::types::{ErrorBody, EventsPage, TreePage};
 use super::{BodyStream, Remote};
 use futures_util::TryStreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,6 +176,29 @@ impl HttpRemote {
         }
     }
 
+    /// GET a body that is consumed as it streams in.
+    async fn stream(
+        &self,
+        op: &'static str,
+        route: &str,
+        query: &[(&str, &str)],
+    ) -> Result<BodyStream, RemoteError> {
+        let (resp, cid) = self.get_once(op, route, query).await?;
+        let c = cid.clone();
+        let chunks = resp
+            .bytes_stream()
+            .map_err(move |e| RemoteError::Transport {
+                op: op.into(),
+                detail: format!("body broken while streaming: {}", describe(&e)),
+                correlation_id: c.clone(),
+                after_status: true,
+            });
+        Ok(BodyStream {
+            correlation_id: cid,
+            chunks: Box::pin(chunks),
+        })
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         op: &str,
@@ -207,14 +230,8 @@ impl Remote for HttpRemote {
         self.get_json("tree", "/fs/tree", &q).await
     }
 
-    /// The raw JSON body (see [`FileBody`]): a large file is held once, encoded, and decoded straight
-    /// to disk.
-    async fn file(&self, path: &str) -> Result<FileBody, RemoteError> {
-        let (raw, correlation_id) = self.get_body("file", "/fs/file", &[("path", path)]).await?;
-        Ok(FileBody {
-            raw,
-            correlation_id,
-        })
+    async fn file(&self, path: &str) -> Result<BodyStream, RemoteError> {
+        self.stream("file", "/fs/file", &[("path", path)]).await
     }
 
     async fn events(&self, cursor: Option<&str>, limit: u32) -> Result<EventsPage, RemoteError> {
@@ -238,26 +255,12 @@ impl Remote for HttpRemote {
     }
 
     async fn export(&self, path: &str) -> Result<BodyStream, RemoteError> {
-        let (resp, cid) = self
-            .get_once(
-                "export",
-                "/fs/export",
-                &[("format", "json"), ("path", path)],
-            )
-            .await?;
-        let c = cid.clone();
-        let chunks = resp
-            .bytes_stream()
-            .map_err(move |e| RemoteError::Transport {
-                op: "export".into(),
-                detail: format!("body broken while streaming: {}", describe(&e)),
-                correlation_id: c.clone(),
-                after_status: true,
-            });
-        Ok(BodyStream {
-            correlation_id: cid,
-            chunks: Box::pin(chunks),
-        })
+        self.stream(
+            "export",
+            "/fs/export",
+            &[("format", "json"), ("path", path)],
+        )
+        .await
     }
 }
 

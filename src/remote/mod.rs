@@ -7,13 +7,15 @@
 //!   exports, one directory listing or file failing, a hang at any call);
 //! - the reference server's store in-process (in the test harness, `tests/common`).
 //!
-//! Error classes live in [`error`], wire types and content decoding in [`types`], and the streaming
-//! parser of the export body in [`export`].
+//! Error classes live in [`error`], wire types in [`types`], the incremental JSON scanner that decodes
+//! file content as it arrives in [`scan`], and the export's entry stream in [`export`].
+pub mod body;
 pub mod error;
 pub mod export;
 pub mod fault;
 pub mod http;
 pub mod retry;
+pub mod scan;
 pub mod types;
 
 pub use error::RemoteError;
@@ -21,12 +23,13 @@ pub use error::RemoteError;
 use bytes::Bytes;
 use futures_util::Stream;
 use std::pin::Pin;
-use types::{EventsPage, FileBody, TreePage};
+use types::{EventsPage, TreePage};
 
 /// The chunks of a response body as they arrive.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, RemoteError>> + Send>>;
 
-/// A response body that arrives over time (the export), with the request's correlation id.
+/// A response body that arrives over time (a file, the export), with the request's correlation id.
+/// A failure while it streams is a [`RemoteError::Transport`] with `after_status` set.
 pub struct BodyStream {
     pub correlation_id: String,
     pub chunks: ByteStream,
@@ -42,8 +45,9 @@ pub trait Remote: Send + Sync {
         depth: u32,
         cursor: Option<&str>,
     ) -> Result<TreePage, RemoteError>;
-    /// One file with its content.
-    async fn file(&self, path: &str) -> Result<FileBody, RemoteError>;
+    /// `/fs/file`: one file with its content, once a 2xx status arrived; the JSON body streams in and
+    /// is decoded by [`scan::read_file_object`] (a file of any size in flat memory).
+    async fn file(&self, path: &str) -> Result<BodyStream, RemoteError>;
     /// One page of the change feed, oldest first after `cursor`.
     async fn events(&self, cursor: Option<&str>, limit: u32) -> Result<EventsPage, RemoteError>;
     /// The newest event id (`None`: empty feed). A 404 means the server has no feed.
@@ -64,7 +68,7 @@ impl<R: Remote + ?Sized> Remote for std::sync::Arc<R> {
     ) -> Result<TreePage, RemoteError> {
         (**self).tree(path, depth, cursor).await
     }
-    async fn file(&self, path: &str) -> Result<FileBody, RemoteError> {
+    async fn file(&self, path: &str) -> Result<BodyStream, RemoteError> {
         (**self).file(path).await
     }
     async fn events(&self, cursor: Option<&str>, limit: u32) -> Result<EventsPage, RemoteError> {

@@ -5,7 +5,7 @@
 //! default); `Retry-After` is honoured, capped; a 429 closes the [`RateGate`] so every worker pauses
 //! together instead of stampeding.
 use super::error::RemoteError;
-use super::types::{EventsPage, FileBody, TreePage};
+use super::types::{EventsPage, TreePage};
 use super::{BodyStream, Remote};
 use backon::{ExponentialBuilder, Retryable};
 use std::sync::Mutex;
@@ -138,7 +138,8 @@ impl<R: Remote> Remote for Retrying<R> {
         .await
     }
 
-    async fn file(&self, path: &str) -> Result<FileBody, RemoteError> {
+    /// Retried until a 2xx status arrives; a body that breaks later is retried by the engine.
+    async fn file(&self, path: &str) -> Result<BodyStream, RemoteError> {
         with_retries(&self.policy, &self.gate, || self.inner.file(path)).await
     }
 

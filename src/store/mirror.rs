@@ -184,6 +184,50 @@ impl LocalStore {
         result
     }
 
+    /// A new, empty temp file in the reserved directory; removed on drop unless [`LocalStore::persist`]ed.
+    pub fn temp_file(&self) -> io::Result<TempFile> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.tmp.join(format!("{}.{n}.tmp", std::process::id()));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)?;
+        Ok(TempFile {
+            file,
+            path: Some(path),
+        })
+    }
+
+    /// A scratch file in the reserved directory that has no name (gone when closed).
+    pub fn scratch_file(&self) -> io::Result<fs::File> {
+        let mut t = self.temp_file()?;
+        let path = t.path.take().expect("fresh temp file has a path");
+        fs::remove_file(&path)?;
+        t.file.try_clone()
+    }
+
+    /// Move a finished temp file into place at `rel` (atomic rename; an open reader of the old file
+    /// keeps its version). A directory in the way (the remote replaced it by a file) is removed.
+    pub fn persist(&self, mut tmp: TempFile, rel: &str) -> Result<(), WriteError> {
+        let parent = paths::parent(rel);
+        self.ensure_dir(parent)
+            .map_err(|e| WriteError::local(&self.abs(parent), e))?;
+        let target = self.abs(rel);
+        if let Ok(m) = fs::symlink_metadata(&target) {
+            if m.is_dir() {
+                fs::remove_dir_all(&target).map_err(|e| WriteError::local(&target, e))?;
+                self.forget_dirs(rel);
+            }
+        }
+        let from = tmp.path.take().expect("temp file not persisted twice");
+        fs::rename(&from, &target).map_err(|e| {
+            let _ = fs::remove_file(&from);
+            WriteError::local(&target, e)
+        })
+    }
+
     /// Remove a file (missing is fine).
     pub fn remove_file(&self, rel: &str) -> io::Result<()> {
         match fs::remove_file(self.abs(rel)) {
@@ -232,6 +276,38 @@ impl LocalStore {
     pub fn sync(&self) -> io::Result<()> {
         let f = fs::File::open(&self.root)?;
         nix::unistd::syncfs(&f).map_err(io::Error::from)
+    }
+}
+
+/// A temp file in the mirror's reserved directory, removed on drop unless persisted.
+pub struct TempFile {
+    file: fs::File,
+    path: Option<PathBuf>,
+}
+
+impl TempFile {
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+}
+
+impl Write for TempFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = fs::remove_file(p);
+        }
     }
 }
 

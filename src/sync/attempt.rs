@@ -6,7 +6,8 @@
 //! consecutive *counted* attempts without checkpoint progress the run stops with a diagnosis instead of
 //! looping forever. What counts:
 //!
-//! * an attempt that made checkpoint progress, or succeeded, resets the count;
+//! * an attempt that made progress (a checkpoint, or body bytes arriving), or succeeded, resets the
+//!   count;
 //! * an attempt that failed because the remote is **unavailable** — a transport error before any
 //!   response status, 429, or 5xx, after the per-request retries ([`is_unavailable`]) — leaves the count
 //!   as it is: an outage is waited out (the service retries forever with backoff), not diagnosed as a
@@ -85,7 +86,10 @@ pub struct Health {
 
 /// One attempt (see [`Engine::converge`]); records the outcome and applies the stall guard.
 pub async fn attempt(engine: &Engine, limits: Limits) -> Result<Attempt, SyncError> {
-    let before = engine.progress().checkpoints();
+    let before = (
+        engine.progress().checkpoints(),
+        engine.progress().received(),
+    );
     let started = Instant::now();
     let work = {
         let e = engine.clone();
@@ -93,7 +97,10 @@ pub async fn attempt(engine: &Engine, limits: Limits) -> Result<Attempt, SyncErr
     };
     let result =
         crate::sync::watchdog::guarded(engine.progress(), limits.idle, limits.cap, work).await;
-    let progressed = engine.progress().checkpoints() > before;
+    // Checkpoints or arriving bytes: a large file that keeps streaming in is progress even when an
+    // attempt is cut before it completes.
+    let progressed =
+        engine.progress().checkpoints() > before.0 || engine.progress().received() > before.1;
     let stall = match &result {
         Ok(_) => Stall::Reset,
         Err(_) if progressed => Stall::Reset,

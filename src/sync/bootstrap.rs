@@ -1,11 +1,14 @@
 //! The bootstrap: export first under its own sub-deadline, falling through to the resumable per-page
 //! tree pull; completion sweeps what the authoritative listing no longer has and sets the events cursor
 //! to the tip taken before the snapshot started.
+use crate::remote::body::BodyError;
 use crate::remote::export::{stream_entries, ExportItem};
-use crate::remote::types::FileObject;
+use crate::remote::scan::{Decoded, EntryOutcome, Meta};
+use crate::remote::BodyStream;
 use crate::store::db::{Checkpoint, FileMeta, Kind, MetaKey, Phase, State};
 use crate::store::mirror::WriteError;
 use crate::store::{paths, LocalStore};
+use crate::sync::content::{place, Staged, Stager, EXPORT_QUEUE};
 use crate::sync::engine::{Engine, FetchJob, Fetched, Pending, Recorded, SyncError};
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -162,12 +165,24 @@ impl Engine {
             Ok(Err(e)) => return Err(e.into()),
             Ok(Ok(b)) => b,
         };
-        let mut rx = stream_entries(body);
+        let share = self.config().budget().share();
+        let store = self.store().clone();
+        let mut rx = stream_entries(
+            BodyStream {
+                correlation_id: body.correlation_id,
+                chunks: self.counted(body.chunks),
+            },
+            Stager::new(store.clone(), share),
+            move || store.scratch_file(),
+            share,
+            EXPORT_QUEUE,
+        );
         let mut pending = Pending::default();
         let mut applied: u64 = 0;
         let mut last_commit = std::time::Instant::now();
-        // Entries are decoded, verified and written on blocking threads, up to `concurrency` at once
-        // (file creation latency overlaps); their records are committed here.
+        // Entries arrive decoded and verified (in memory or a temp file); they are moved into place
+        // on blocking threads, up to `concurrency` at once (file creation latency overlaps), and
+        // their records are committed here.
         let mut inflight = futures_util::stream::FuturesUnordered::new();
         let mut ended: Option<Option<String>> = None;
         loop {
@@ -192,14 +207,24 @@ impl Engine {
                         last_commit = std::time::Instant::now();
                     }
                 }
-                item = tokio::time::timeout(sub, rx.recv()), if more => match item {
+                item = tokio::time::timeout(sub, rx.next()), if more => match item {
                     Err(_) => ended = Some(Some(format!("no export entry arrived within the export timeout ({}) after {applied} entries", humantime::format_duration(sub)))),
                     Ok(None) => ended = Some(Some("export parser ended without a result".into())),
-                    Ok(Some(ExportItem::Entry(obj))) => {
+                    Ok(Some(ExportItem::Entry(EntryOutcome::Ok { meta, decoded, out }))) => {
                         let (root, store) = (root.clone(), self.store().clone());
-                        inflight.push(tokio::task::spawn_blocking(move || apply_export_entry(&root, &store, obj)));
+                        inflight.push(tokio::task::spawn_blocking(move || apply_export_entry(&root, &store, meta, decoded, out)));
+                    }
+                    Ok(Some(ExportItem::Entry(EntryOutcome::Bad { meta, reason }))) => {
+                        applied += 1;
+                        let remote = meta.path.unwrap_or_else(|| "<export entry without a path>".into());
+                        let rel = self.to_local(&remote).ok();
+                        self.note_failure(&mut pending, rel, remote, reason, false);
                     }
                     Ok(Some(ExportItem::End(Ok(_)))) => ended = Some(None),
+                    Ok(Some(ExportItem::End(Err(BodyError::Local(e))))) => {
+                        self.commit(pending, ck.snapshot, None, vec![]).await?;
+                        return Err(SyncError::Local(format!("writing export content into the mirror: {e}")));
+                    }
                     Ok(Some(ExportItem::End(Err(e)))) => ended = Some(Some(e.to_string())),
                 },
             }
@@ -291,9 +316,8 @@ impl Engine {
             }
             // Hash-skip from the committed records: committed records are durable (syncfs before commit).
             let to_fetch = self.skip_committed(listed, &mut p).await?;
-            let (remote, store) = (self.remote().clone(), self.store().clone());
             let mut results = futures_util::stream::iter(to_fetch)
-                .map(|job| Engine::fetch_one(remote.clone(), store.clone(), job))
+                .map(|job| self.fetch_one(job))
                 .buffer_unordered(self.config().concurrency);
             let mut fatal = None;
             let mut last_commit = std::time::Instant::now();
@@ -469,48 +493,37 @@ enum Applied {
     Local(WriteError),
 }
 
-/// Map, decode, verify and (unless the local bytes already match) write one export entry.
-fn apply_export_entry(root: &str, store: &Arc<LocalStore>, obj: FileObject) -> Applied {
-    let rel = match paths::to_local(root, &obj.path) {
+/// Map and (unless the local bytes already match) place one verified export entry.
+fn apply_export_entry(
+    root: &str,
+    store: &Arc<LocalStore>,
+    meta: Meta,
+    decoded: Decoded,
+    staged: Staged,
+) -> Applied {
+    let remote = meta.path.unwrap_or_default();
+    let rel = match paths::to_local(root, &remote) {
         Ok(r) => r,
         Err(why) => {
             return Applied::Failed {
-                remote: obj.path,
+                remote,
                 rel: None,
                 reason: format!("skipped hostile path: {why}"),
                 permanent: true,
             }
         }
     };
-    let (bytes, hash) = match obj.decode_verified() {
-        Ok(v) => v,
-        Err(reason) => {
-            return Applied::Failed {
-                remote: obj.path,
-                rel: Some(rel),
-                reason,
-                permanent: false,
-            }
-        }
-    };
-    let same = match (store.file_size(&rel), store.matches_hash(&rel, &hash)) {
-        (Ok(size), Ok(m)) => size == Some(bytes.len() as u64) && m,
-        (Err(e), _) | (_, Err(e)) => return Applied::Local(WriteError::local(&store.abs(&rel), e)),
-    };
-    if !same {
-        if let Err(e) = store.write_atomic(&rel, &bytes) {
-            return Applied::Local(e);
-        }
+    if let Err(e) = place(store, &rel, staged, &decoded, true) {
+        return Applied::Local(e);
     }
-    let meta = FileMeta {
-        size: bytes.len() as u64,
-        revision: obj.revision,
-        content_hash: Some(hash),
-        content_type: obj.content_type,
-    };
     Applied::Ok {
-        remote: obj.path,
+        remote,
         rel,
-        meta,
+        meta: FileMeta {
+            size: decoded.size,
+            revision: meta.revision,
+            content_hash: Some(decoded.sha256),
+            content_type: meta.content_type,
+        },
     }
 }

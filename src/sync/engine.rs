@@ -1,7 +1,8 @@
 //! The sync engine's shared parts: its inputs (a [`Remote`], the local store, the database thread),
 //! fetching one file with hash-skip, committing a batch of results after the durability barrier, and
 //! telling the file system view what changed. The bootstrap and incremental sync build on these.
-use crate::remote::types::DecodeError;
+use crate::remote::body::{self, BodyError};
+use crate::remote::scan::{read_file_object, EntryOutcome};
 use crate::remote::{Remote, RemoteError};
 use crate::store::change::ChangeSink;
 use crate::store::db::{Checkpoint, Db, FileMeta, MetaKey, State, StateError};
@@ -66,7 +67,22 @@ pub struct SyncConfig {
     pub use_export: bool,
     pub export_timeout: Duration,
     pub allow_mass_delete: bool,
+    /// Bytes in flight across all concurrent reads (see [`crate::sync::content::Budget`]).
+    pub memory_budget: usize,
 }
+
+impl SyncConfig {
+    pub fn budget(&self) -> crate::sync::content::Budget {
+        crate::sync::content::Budget {
+            bytes: self.memory_budget,
+            readers: self.concurrency,
+        }
+    }
+}
+
+/// Times a file whose body breaks while streaming is fetched again (from its first byte: the API has
+/// no ranges) before the run fails.
+const BODY_RETRIES: u32 = 3;
 
 /// Why one file could not be mirrored.
 #[derive(Debug)]
@@ -249,15 +265,18 @@ impl Engine {
         }
     }
 
-    /// Fetch one file unless the local bytes already match the listed hash; decode, verify, write
-    /// atomically (on a blocking thread).
-    pub async fn fetch_one(
-        remote: Arc<dyn Remote>,
-        store: Arc<LocalStore>,
-        job: FetchJob,
-    ) -> Result<Fetched, SyncError> {
+    /// The remote's body chunks, each arrival counted as progress.
+    pub(crate) fn counted(&self, chunks: crate::remote::ByteStream) -> crate::remote::ByteStream {
+        use futures_util::TryStreamExt;
+        let progress = self.progress.clone();
+        Box::pin(chunks.inspect_ok(move |b| progress.bytes_arrived(b.len() as u64)))
+    }
+
+    /// Fetch one file unless the local bytes already match the listed hash; its body is decoded as it
+    /// streams in (memory, then a temp file), verified, and moved into place.
+    pub async fn fetch_one(&self, job: FetchJob) -> Result<Fetched, SyncError> {
         if let Some(h) = job.listed_hash.clone() {
-            let (s, r) = (store.clone(), job.rel.clone());
+            let (s, r) = (self.store.clone(), job.rel.clone());
             let size = tokio::task::spawn_blocking(move || -> std::io::Result<Option<u64>> {
                 if s.matches_hash(&r, &h)? {
                     s.file_size(&r)
@@ -267,7 +286,7 @@ impl Engine {
             })
             .await
             .map_err(|e| SyncError::Internal(format!("hash check worker: {e}")))?
-            .map_err(|e| SyncError::local(&store.abs(&job.rel), &e))?;
+            .map_err(|e| SyncError::local(&self.store.abs(&job.rel), &e))?;
             if let Some(size) = size {
                 let meta = FileMeta {
                     size,
@@ -278,52 +297,77 @@ impl Engine {
                 return Ok(Fetched::Done { job, meta });
             }
         }
-        let body = match remote.file(&job.remote).await {
-            Ok(b) => b,
-            Err(e) if e.is_per_file() => {
-                return Ok(Fetched::Failed {
-                    job,
-                    error: FileError::Remote(e),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        // Decoded in bounded steps straight into the temp file, verified before the rename.
-        tokio::task::spawn_blocking(move || {
-            let file = match body.parse() {
-                Ok(f) => f,
-                Err(reason) => {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let body = match self.remote.file(&job.remote).await {
+                Ok(b) => b,
+                Err(e) if e.is_per_file() => {
                     return Ok(Fetched::Failed {
                         job,
-                        error: FileError::BadData(reason),
+                        error: FileError::Remote(e),
                     })
                 }
+                Err(e) => return Err(e.into()),
             };
-            let written = store.write_atomic_with(&job.rel, |w, tmp| {
-                file.decode_into(w).map_err(|e| match e {
-                    DecodeError::Content(m) => WriteError::Content(m),
-                    DecodeError::Write(e) => WriteError::local(tmp, e),
+            let cid = body.correlation_id.clone();
+            let share = self.cfg.budget().share();
+            let reader = body::reader(self.counted(body.chunks), share, None);
+            let (store, rel) = (self.store.clone(), job.rel.clone());
+            let scanned =
+                tokio::task::spawn_blocking(move || -> Result<Result<_, BodyError>, WriteError> {
+                    let mut stager = crate::sync::content::Stager::new(store.clone(), share);
+                    match read_file_object(reader, &mut stager, || store.scratch_file()) {
+                        Ok(EntryOutcome::Ok { meta, decoded, out }) => {
+                            crate::sync::content::place(&store, &rel, out, &decoded, false)?;
+                            Ok(Ok((meta, decoded)))
+                        }
+                        Ok(EntryOutcome::Bad { reason, .. }) => {
+                            Ok(Err(BodyError::Remote(RemoteError::BadData {
+                                op: "file".into(),
+                                detail: reason,
+                                correlation_id: cid,
+                            })))
+                        }
+                        Err(e) => Ok(Err(body::classify(e, "file", &cid))),
+                    }
                 })
-            });
-            match written {
-                Ok((size, hash)) => {
+                .await
+                .map_err(|e| SyncError::Internal(format!("file worker: {e}")))?;
+            match scanned {
+                Err(write) => return Err(SyncError::from(write)),
+                Ok(Ok((meta, decoded))) => {
                     let meta = FileMeta {
-                        size,
-                        revision: file.revision.clone(),
-                        content_hash: Some(hash),
-                        content_type: file.content_type.clone(),
+                        size: decoded.size,
+                        revision: meta.revision.or_else(|| job.revision.clone()),
+                        content_hash: Some(decoded.sha256),
+                        content_type: meta.content_type,
                     };
-                    Ok(Fetched::Done { job, meta })
+                    return Ok(Fetched::Done { job, meta });
                 }
-                Err(WriteError::Content(reason)) => Ok(Fetched::Failed {
-                    job,
-                    error: FileError::BadData(reason),
-                }),
-                Err(e) => Err(e.into()),
+                Ok(Err(BodyError::Local(e))) => {
+                    return Err(SyncError::Local(format!(
+                        "writing {} into the mirror: {e}",
+                        job.rel
+                    )))
+                }
+                Ok(Err(BodyError::Remote(e @ RemoteError::Transport { .. }))) => {
+                    if tries > BODY_RETRIES {
+                        return Err(e.into());
+                    }
+                    tracing::warn!(path = %job.remote, error = %e, "file body broke while streaming; fetching it again from its start");
+                }
+                Ok(Err(BodyError::Remote(e))) => {
+                    return Ok(Fetched::Failed {
+                        job,
+                        error: FileError::BadData(e.to_string()),
+                    })
+                }
+                Ok(Err(BodyError::Stopped)) => {
+                    return Err(SyncError::Internal("file scan stopped".into()))
+                }
             }
-        })
-        .await
-        .map_err(|e| SyncError::Internal(format!("file worker: {e}")))?
+        }
     }
 
     /// Persist `p` (and the checkpoint, when given) in one transaction on the database thread, after a

@@ -201,9 +201,8 @@ impl Engine {
 
     /// Fetch files with bounded concurrency into `p`; per-file failures are quarantined.
     async fn fetch_all(&self, list: Vec<FetchJob>, p: &mut Pending) -> Result<u64, SyncError> {
-        let (remote, store) = (self.remote().clone(), self.store().clone());
         let mut results = futures_util::stream::iter(list)
-            .map(|job| Engine::fetch_one(remote.clone(), store.clone(), job))
+            .map(|job| self.fetch_one(job))
             .buffer_unordered(self.config().concurrency);
         let mut n = 0;
         while let Some(r) = results.next().await {

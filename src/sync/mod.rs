@@ -4,6 +4,7 @@
 //! [`crate::store`].
 pub mod attempt;
 pub mod bootstrap;
+pub mod content;
 pub mod engine;
 pub mod incremental;
 pub mod progress;

@@ -1,7 +1,7 @@
 //! Progress units: the watchdog's heartbeat, the state file's mtime, the progress bar and counters.
 //!
-//! A progress unit is a tree page listed, a file fetched and written or verified by hash, an export entry
-//! applied, or a checkpoint committed. Bytes trickling inside one response are not progress.
+//! A progress unit is a tree page listed, bytes of a response body arriving, a file fetched and written
+//! or verified by hash, an export entry applied, or a checkpoint committed.
 use crate::sync::statefile::{StateFile, StateFileContent};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +41,8 @@ struct Inner {
     last_log_ms: AtomicU64,
     files: AtomicU64,
     bytes: AtomicU64,
+    /// Body bytes received from the remote (files and the export, as they arrive).
+    received: AtomicU64,
     checkpoints: AtomicU64,
     content: Mutex<StateFileContent>,
     file: Option<StateFile>,
@@ -106,6 +108,7 @@ impl Progress {
                 last_log_ms: AtomicU64::new(0),
                 files: AtomicU64::new(0),
                 bytes: AtomicU64::new(0),
+                received: AtomicU64::new(0),
                 checkpoints: AtomicU64::new(0),
                 content: Mutex::new(content),
                 file,
@@ -146,6 +149,18 @@ impl Progress {
                 }
             }
         }
+    }
+
+    /// Bytes of a response body arrived: a progress unit (a large file streaming in is progress; the
+    /// state file's mtime moves, throttled like every unit).
+    pub fn bytes_arrived(&self, n: u64) {
+        self.inner.received.fetch_add(n, Ordering::Relaxed);
+        self.unit();
+    }
+
+    /// Body bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.inner.received.load(Ordering::Relaxed)
     }
 
     /// A file written or verified.

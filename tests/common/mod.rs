@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod inproc;
+
 pub const TOKEN: &str = "s3cr3t-token-do-not-log-0123456789";
 
 pub struct Harness {

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Release checks that run in CI after scripts/test.sh passed:
+#   1. cargo audit of Cargo.lock against the advisory database snapshot in ../shared/advisory-db
+#      (no network; any advisory, including "unmaintained"/"unsound" warnings, fails the run);
+#   2. the Debian package: cargo deb -p mountd -> target/debian/mountd_<version>-1_<arch>.deb.
+# cargo-audit and cargo-deb are installed with `cargo install --locked` at pinned versions when missing
+# (about 5 and 3 minutes of compiling on 2 cores; the release build for the package about 7 more).
+#
+#   scripts/ops-checks.sh [--no-deb]
+#
+# Environment: MOUNTD_ADVISORY_DB (default ../shared/advisory-db, relative to the repo root).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+CARGO_AUDIT_VERSION=0.22.2
+CARGO_DEB_VERSION=3.8.0
+DB=${MOUNTD_ADVISORY_DB:-../shared/advisory-db}
+deb=1
+[[ ${1:-} == --no-deb ]] && deb=0
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+ensure_cargo_tool() { # ensure_cargo_tool SUBCOMMAND CRATE VERSION
+    cargo "$1" --version >/dev/null 2>&1 && return 0
+    step "cargo install --locked $2 --version $3"
+    local t0=$SECONDS
+    cargo install --locked "$2" --version "$3"
+    echo "ops-checks.sh: $2 installed in $((SECONDS - t0))s" >&2
+}
+
+step "cargo audit (advisory database: $DB)"
+[[ -d $DB/crates ]] || {
+    echo "ops-checks.sh: no advisory database at $DB (expected the shared/ snapshot beside the repo)" >&2
+    exit 1
+}
+ensure_cargo_tool audit cargo-audit "$CARGO_AUDIT_VERSION"
+cargo audit --version >&2
+cargo audit --db "$DB" --no-fetch --stale -D warnings --file Cargo.lock
+
+if [[ $deb == 1 ]]; then
+    step "cargo deb -p mountd"
+    ensure_cargo_tool deb cargo-deb "$CARGO_DEB_VERSION"
+    t0=$SECONDS
+    cargo deb -p mountd --locked
+    echo "ops-checks.sh: package built in $((SECONDS - t0))s" >&2
+    pkg=$(ls -t "${CARGO_TARGET_DIR:-target}"/debian/mountd_*.deb | head -n1)
+    dpkg-deb --info "$pkg" >&2
+    # The daemon only: the reference remote must never be packaged.
+    if dpkg-deb --contents "$pkg" | grep -q 'mountd-remote'; then
+        echo "ops-checks.sh: $pkg contains mountd-remote" >&2
+        exit 1
+    fi
+    dpkg-deb --contents "$pkg" | grep -q ' \./usr/bin/mountd$' || {
+        echo "ops-checks.sh: $pkg has no /usr/bin/mountd" >&2
+        exit 1
+    }
+fi
+step "ops checks passed"

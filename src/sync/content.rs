@@ -1,0 +1,109 @@
+//! File content from the remote, decoded straight to the mirror: the scanner's [`ContentTarget`]
+//! keeps a small file in memory and spools a larger one into a temp file in the mirror's reserved
+//! directory as its bytes arrive, so no file is ever held whole in memory; [`place`] then moves a
+//! verified file into the mirror (or keeps the local copy when its bytes already match).
+//!
+//! Memory: every read in flight holds at most one read buffer plus one in-memory share (both
+//! [`Budget::share`] bytes), and the export's queue holds at most [`EXPORT_QUEUE`] finished entries of
+//! at most one share each: the configured budget divided among the concurrent reads, so large files
+//! take their share without starving small ones.
+use crate::remote::scan::{ContentTarget, Decoded, Meta};
+use crate::store::mirror::{TempFile, WriteError};
+use crate::store::LocalStore;
+use std::io::{self, Write};
+use std::sync::Arc;
+
+/// Finished export entries that may wait for the engine.
+pub const EXPORT_QUEUE: usize = 16;
+
+/// The memory budget for bytes in flight, shared by the concurrent reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Total bytes (`--memory-budget`).
+    pub bytes: usize,
+    /// Concurrent file reads (`--read-concurrency`).
+    pub readers: usize,
+}
+
+impl Budget {
+    /// One read's share: its read buffer, and the largest content it keeps in memory.
+    pub fn share(&self) -> usize {
+        // Each reader holds a buffer and a share; the export also queues EXPORT_QUEUE shares.
+        let parts = 2 * self.readers.max(1) + EXPORT_QUEUE;
+        (self.bytes / parts).clamp(16 << 10, 1 << 20)
+    }
+}
+
+/// Decoded content on its way into the mirror.
+pub enum Staged {
+    Mem(Vec<u8>),
+    File(TempFile),
+}
+
+/// The [`ContentTarget`] writing into memory, then a temp file once the content outgrows `limit`.
+pub struct Stager {
+    store: Arc<LocalStore>,
+    limit: usize,
+}
+
+impl Stager {
+    pub fn new(store: Arc<LocalStore>, limit: usize) -> Stager {
+        Stager { store, limit }
+    }
+}
+
+impl ContentTarget for Stager {
+    type Out = Staged;
+
+    fn begin(&mut self, _meta: &Meta) -> io::Result<Staged> {
+        Ok(Staged::Mem(Vec::new()))
+    }
+
+    fn write(&mut self, out: &mut Staged, decoded: &[u8]) -> io::Result<()> {
+        match out {
+            Staged::Mem(v) if v.len() + decoded.len() <= self.limit => {
+                v.extend_from_slice(decoded);
+                Ok(())
+            }
+            Staged::Mem(v) => {
+                let mut t = self.store.temp_file()?;
+                t.write_all(v)?;
+                t.write_all(decoded)?;
+                *out = Staged::File(t);
+                Ok(())
+            }
+            Staged::File(t) => t.write_all(decoded),
+        }
+    }
+}
+
+/// What [`place`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    Written,
+    /// The local file already had these bytes.
+    Verified,
+}
+
+/// Put verified content at `rel`; with `check_local`, keep the local file when it already holds
+/// exactly these bytes.
+pub fn place(
+    store: &LocalStore,
+    rel: &str,
+    staged: Staged,
+    decoded: &Decoded,
+    check_local: bool,
+) -> Result<Placed, WriteError> {
+    let local = |e| WriteError::local(&store.abs(rel), e);
+    if check_local
+        && store.file_size(rel).map_err(local)? == Some(decoded.size)
+        && store.matches_hash(rel, &decoded.sha256).map_err(local)?
+    {
+        return Ok(Placed::Verified);
+    }
+    match staged {
+        Staged::Mem(v) => store.write_atomic(rel, &v)?,
+        Staged::File(t) => store.persist(t, rel)?,
+    }
+    Ok(Placed::Written)
+}

@@ -1,0 +1,266 @@
+//! The engine in-process: the reference server's store (`mountd_remote::Workspace`) behind the
+//! `Remote` trait (a real implementation: the same JSON bodies the HTTP routes serve, parsed by the
+//! same wire types), wrapped by the fault injector and the retry layer, with a real SQLite file and a
+//! real mirror directory. No process, no socket.
+use async_trait::async_trait;
+use bytes::Bytes;
+use mountd::remote::fault::FaultyRemote;
+use mountd::remote::retry::{RetryPolicy, Retrying};
+use mountd::remote::types::{EventsPage, TreePage};
+use mountd::remote::{BodyStream, Remote, RemoteError};
+use mountd::store::db::{Db, Identity, State};
+use mountd::store::LocalStore;
+use mountd::sync::attempt::Limits;
+use mountd::sync::engine::{Engine, SyncConfig, SyncError};
+use mountd::sync::progress::Progress;
+use mountd_remote::{ApiError, Workspace};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The reference store as a [`Remote`].
+pub struct InProc {
+    pub ws: Workspace,
+    seq: AtomicU64,
+}
+
+impl InProc {
+    pub fn new(ws: Workspace) -> InProc {
+        InProc {
+            ws,
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    fn cid(&self) -> String {
+        format!("inproc_{}", self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+fn http(op: &str, e: ApiError, cid: String) -> RemoteError {
+    RemoteError::Http {
+        op: op.into(),
+        status: e.status,
+        code: e.code,
+        message: e.message,
+        correlation_id: cid,
+        retry_after: None,
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    op: &str,
+    body: &[u8],
+    cid: String,
+) -> Result<T, RemoteError> {
+    serde_json::from_slice(body).map_err(|e| RemoteError::BadData {
+        op: op.into(),
+        detail: format!("malformed JSON: {e}"),
+        correlation_id: cid,
+    })
+}
+
+/// A body that arrives in 16 KiB chunks, like one over the network.
+fn chunked(body: Bytes, correlation_id: String) -> BodyStream {
+    let chunks: Vec<Result<Bytes, RemoteError>> = (0..body.len().div_ceil(16 << 10))
+        .map(|i| Ok(body.slice(i * (16 << 10)..((i + 1) * (16 << 10)).min(body.len()))))
+        .collect();
+    BodyStream {
+        correlation_id,
+        chunks: Box::pin(futures_util::stream::iter(chunks)),
+    }
+}
+
+#[async_trait]
+impl Remote for InProc {
+    async fn tree(
+        &self,
+        path: &str,
+        depth: u32,
+        cursor: Option<&str>,
+    ) -> Result<TreePage, RemoteError> {
+        let cid = self.cid();
+        let body = self
+            .ws
+            .tree_json(path, depth, cursor)
+            .map_err(|e| http("tree", e, cid.clone()))?;
+        parse("tree", &body, cid)
+    }
+
+    async fn file(&self, path: &str) -> Result<BodyStream, RemoteError> {
+        let cid = self.cid();
+        let raw = self
+            .ws
+            .file_json(path)
+            .map_err(|e| http("file", e, cid.clone()))?;
+        Ok(chunked(Bytes::from(raw), cid))
+    }
+
+    async fn events(&self, cursor: Option<&str>, limit: u32) -> Result<EventsPage, RemoteError> {
+        let cid = self.cid();
+        parse("events", &self.ws.events_json(cursor, limit, false), cid)
+    }
+
+    async fn events_tip(&self) -> Result<Option<String>, RemoteError> {
+        let cid = self.cid();
+        let page: EventsPage = parse("events_tip", &self.ws.events_json(None, 1, true), cid)?;
+        Ok(page.events.into_iter().next().map(|e| e.event_id))
+    }
+
+    async fn export(&self, path: &str) -> Result<BodyStream, RemoteError> {
+        Ok(chunked(Bytes::from(self.ws.export_json(path)), self.cid()))
+    }
+}
+
+/// A workspace, a fault injector in front of it, and an engine over a temp mirror that can be
+/// "killed" (dropped with everything in memory) and reopened from its SQLite file.
+pub struct Rig {
+    pub ws: Workspace,
+    pub faults: Arc<FaultyRemote>,
+    pub tmp: tempfile::TempDir,
+    pub cfg: SyncConfig,
+    pub limits: Limits,
+    engine: Option<Engine>,
+}
+
+impl Rig {
+    pub fn new(page_size: usize) -> Rig {
+        let ws = Workspace::new(page_size);
+        let faults = Arc::new(FaultyRemote::new(Arc::new(InProc::new(ws.clone()))));
+        Rig {
+            ws,
+            faults,
+            tmp: tempfile::tempdir().unwrap(),
+            cfg: SyncConfig {
+                remote_root: "/".into(),
+                tree_depth: 10,
+                concurrency: 4,
+                use_export: true,
+                export_timeout: Duration::from_secs(2),
+                allow_mass_delete: false,
+                memory_budget: 64 << 20,
+            },
+            limits: Limits {
+                idle: Duration::from_secs(10),
+                cap: Duration::ZERO,
+                stall_limit: 3,
+            },
+            engine: None,
+        }
+    }
+
+    pub fn local(&self) -> PathBuf {
+        self.tmp.path().join("mirror")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.tmp.path().join("state.db")
+    }
+
+    /// The engine, opened from disk if there is none in memory.
+    pub fn engine(&mut self) -> Engine {
+        if self.engine.is_none() {
+            let store = LocalStore::open(&self.local()).unwrap();
+            let st = State::open(
+                &self.db_path(),
+                &Identity {
+                    base_url: "inproc://".into(),
+                    workspace: "ws".into(),
+                    remote_root: self.cfg.remote_root.clone(),
+                    local_dir: store.root().display().to_string(),
+                },
+            )
+            .unwrap();
+            let remote = Retrying::new(
+                self.faults.clone(),
+                RetryPolicy {
+                    max_retries: 3,
+                    base_delay: Duration::from_millis(1),
+                    max_wait: Duration::from_millis(50),
+                },
+            );
+            self.engine = Some(Engine::new(
+                Arc::new(remote),
+                Arc::new(store),
+                Db::spawn(st).unwrap(),
+                self.cfg.clone(),
+                Progress::new(None, "daemon", None),
+            ));
+        }
+        self.engine.clone().unwrap()
+    }
+
+    /// As after `kill -9`: everything in memory is gone; the next [`Rig::engine`] reopens SQLite.
+    pub fn kill(&mut self) {
+        self.engine = None;
+    }
+
+    /// One attempt under the watchdog and the stall guard.
+    pub async fn attempt(&mut self) -> Result<&'static str, SyncError> {
+        let e = self.engine();
+        mountd::sync::attempt::attempt(&e, self.limits)
+            .await
+            .map(|a| a.path)
+    }
+
+    /// Run an attempt, but drop it (as a kill would) as soon as a call hangs; `None` when it hung.
+    pub async fn attempt_until_hang(&mut self) -> Option<Result<&'static str, SyncError>> {
+        let e = self.engine();
+        let faults = self.faults.clone();
+        let limits = self.limits;
+        tokio::select! {
+            r = mountd::sync::attempt::attempt(&e, limits) => Some(r.map(|a| a.path)),
+            _ = faults.hung() => None,
+        }
+    }
+
+    pub fn put(&self, path: &str, bytes: &[u8]) {
+        self.ws.put(path, bytes);
+    }
+
+    pub fn delete(&self, path: &str) {
+        self.ws.delete(path);
+    }
+
+    /// The remote's files as the mirror must hold them (relative path → bytes).
+    pub fn expected(&self) -> BTreeMap<String, Vec<u8>> {
+        self.ws
+            .files()
+            .into_iter()
+            .map(|(p, b)| (p.trim_start_matches('/').to_string(), b))
+            .collect()
+    }
+
+    /// The mirror's files.
+    pub fn actual(&self) -> BTreeMap<String, Vec<u8>> {
+        if !self.local().exists() {
+            return BTreeMap::new();
+        }
+        super::read_tree(&self.local())
+    }
+
+    pub fn assert_exact(&self) {
+        let (want, got) = (self.expected(), self.actual());
+        let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+        let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+        let wrong: Vec<_> = want
+            .iter()
+            .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            missing.is_empty() && extra.is_empty() && wrong.is_empty(),
+            "mirror differs: missing {missing:?}, extra {extra:?}, wrong bytes {wrong:?}"
+        );
+    }
+
+    /// A read on the engine's database.
+    pub async fn state<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&State) -> Result<T, mountd::store::db::StateError> + Send + 'static,
+    ) -> T {
+        self.engine().read(f).await.unwrap()
+    }
+}
