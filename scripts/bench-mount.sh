@@ -5,23 +5,28 @@
 #               random binary file /big/large.bin, served by mountd-remote
 #   once        `mountd --once` into DIR: wall time and peak RSS
 #   startup     the service (`--mountpoint MNT --interval 1s`) from launch until MNT is mounted
-#   reads       find | wc -l, cat of every file, dd of the large file, ls -l of a 1000-entry dir and
-#               du -s, each on X=DIR (the plain mirror) and X=MNT (the FUSE view): cold (page cache
-#               dropped before every run) and warm; median times and the ratio MNT/DIR
+#   reads       find | wc -l, cat of every file, dd of the large file, 4 KiB random reads of the large
+#               file (timed inside the reader), ls -l of a 1000-entry dir and du -s, each on X=DIR (the
+#               plain mirror), X=MNT (the FUSE view, once per --modes data mode, MOUNTD_DATA_MODE) and
+#               X=RMNT (`rclone mount DIR`, when rclone is installed): cold (page cache dropped before
+#               every run) and warm; median times and the ratios to DIR
 #   latency     a PUT on the remote until `cat MNT/path` shows it (10 ms polls), at --interval 1s and
 #               200ms: p50/p90/max
 # Results are appended as JSON lines {"name":..., "value":..., "unit":...} to
 # target/bench/results.jsonl and printed as a table.
 #
 #   scripts/bench-mount.sh [--mount-files N] [--big-file-mib M] [--latency-samples K] [--no-build]
-#                          [--latency-only]
-#     defaults: 100000 files, 1024 MiB, 10 samples per interval; --big-file-mib 0 skips the large file
+#                          [--latency-only | --no-latency] [--modes "page-cache passthrough ..."]
+#                          [--no-rclone] [--random-reads R]
+#     defaults: 100000 files, 1024 MiB, 10 samples per interval, modes "page-cache passthrough",
+#     2000 random reads; --big-file-mib 0 skips the large file
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
-n_files=100000 big_mib=1024 samples=10 build=1 reads=1
+n_files=100000 big_mib=1024 samples=10 build=1 reads=1 latency=1 use_rclone=1 rand_n=2000
+modes='page-cache passthrough'
 while (($#)); do
     case $1 in
     --mount-files) n_files=$2; shift 2 ;;
@@ -29,8 +34,12 @@ while (($#)); do
     --latency-samples) samples=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --latency-only) reads=0; shift ;;
+    --no-latency) latency=0; shift ;;
+    --modes) modes=$2; shift 2 ;;
+    --no-rclone) use_rclone=0; shift ;;
+    --random-reads) rand_n=$2; shift 2 ;;
     -h | --help)
-        sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -88,8 +97,8 @@ RESULTS=$OUT_DIR/results.jsonl
 mkdir -p "$OUT_DIR"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mountd-bench-mount.XXXXXX")
-SEED=$WORK/seed DIR=$WORK/mirror MNT=$WORK/mnt TOKEN=$WORK/token
-remote_pid='' service_pid=''
+SEED=$WORK/seed DIR=$WORK/mirror MNT=$WORK/mnt TOKEN=$WORK/token RMNT=$WORK/rclone
+remote_pid='' service_pid='' rclone_pid=''
 
 is_mounted() { mountpoint -q "$MNT" 2>/dev/null || grep -qs " $MNT fuse" /proc/mounts; }
 
@@ -112,6 +121,8 @@ cleanup() {
     local rc=$?
     set +e
     stop_pid "$service_pid" "mountd service" 30
+    stop_pid "$rclone_pid" "rclone mount" 10
+    mountpoint -q "$RMNT" 2>/dev/null && { umount -l "$RMNT" 2>/dev/null || true; }
     stop_pid "$remote_pid" "mountd-remote" 10
     if is_mounted; then
         say "$MNT is still mounted; detaching it (umount -l)"
@@ -199,7 +210,8 @@ expected=$((n_files + (big_mib > 0 ? 1 : 0)))
 start_service() {
     local t0 rc=0
     t0=$EPOCHREALTIME
-    "$MOUNTD" "${COMMON[@]}" --mountpoint "$MNT" --interval "$1" 2>"$WORK/service-$1.log" &
+    MOUNTD_DATA_MODE=${2:-auto} "$MOUNTD" "${COMMON[@]}" --mountpoint "$MNT" --interval "$1" \
+        2>"$WORK/service-$1.log" &
     service_pid=$!
     for _ in $(seq 18000); do # 3 min
         is_mounted && break
@@ -249,7 +261,7 @@ fi
 ls_entries=$(find "$MNT/d000" -mindepth 1 -maxdepth 1 | wc -l)
 
 # ---------------------------------------------------------------------------------------------------
-# 3. Reads: DIR vs MNT, cold and warm.
+# 3. Reads: DIR vs MNT (per data mode) vs RMNT (rclone mount), cold and warm.
 DROP='sync; echo 3 > /proc/sys/vm/drop_caches'
 cold_note='page cache, dentries and inodes dropped before every run'
 if ! (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
@@ -257,12 +269,26 @@ if ! (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
     cold_note='NOT cold: /proc/sys/vm/drop_caches is not writable here'
     say "cannot drop caches; the \"cold\" runs are not cold"
 fi
+# The random reader times its own loop (no interpreter start-up in the figure).
+cat >"$WORK/rand.py" <<'PY'
+import os, random, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_RDONLY)
+size = os.fstat(fd).st_size
+rng = random.Random(42)
+offs = [rng.randrange(0, max(1, size // 4096)) * 4096 for _ in range(n)]
+t = time.perf_counter()
+for o in offs:
+    os.pread(fd, 4096, o)
+print("%.6f" % (time.perf_counter() - t))
+PY
 
-# measure MODE RUNS CMD: median wall seconds of RUNS runs of CMD (sh -c). cold: caches dropped before
-# each run; warm: one untimed warmup first. Prints the median, or "fail".
+# measure MODE RUNS CMD [internal]: median wall seconds of RUNS runs of CMD (sh -c). cold: caches
+# dropped before each run; warm: one untimed warmup first. internal: CMD prints its own seconds.
+# Prints the median, or "fail".
 measure() {
-    local mode=$1 runs=$2 cmd=$3
-    if [[ -n $HYPERFINE ]]; then
+    local mode=$1 runs=$2 cmd=$3 internal=${4:-} times=() t0 i out
+    if [[ -n $HYPERFINE && -z $internal ]]; then
         local j=$WORK/hf.json opts=(--runs "$runs")
         if [[ $mode == cold ]]; then opts+=(--prepare "$DROP"); else opts+=(--warmup 1); fi
         if "$HYPERFINE" --style none "${opts[@]}" --export-json "$j" "$cmd" >>"$WORK/hyperfine.log" 2>&1; then
@@ -272,62 +298,111 @@ measure() {
         fi
         return
     fi
-    local times=() t0 i
     [[ $mode == warm ]] && { sh -c "$cmd" >/dev/null 2>&1 || { echo fail; return; }; }
     for ((i = 0; i < runs; i++)); do
         [[ $mode == cold ]] && sh -c "$DROP" 2>/dev/null
         t0=$EPOCHREALTIME
-        sh -c "$cmd" >/dev/null 2>&1 || { echo fail; return; }
-        times+=("$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')")
+        out=$(sh -c "$cmd" 2>/dev/null) || { echo fail; return; }
+        if [[ -n $internal ]]; then
+            times+=("$out")
+        else
+            times+=("$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')")
+        fi
     done
     printf '%s\n' "${times[@]}" | sort -g | awk '{ v[NR] = $1 } END {
         m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.4f\n", m }'
 }
 
-# bench NAME COLD_RUNS WARM_RUNS TEMPLATE: TEMPLATE with @X@ replaced by DIR and MNT.
-bench() {
-    local name=$1 cold_runs=$2 warm_runs=$3 tmpl=$4 mode x label cmd t d m ratio
-    for mode in cold warm; do
-        local runs=$cold_runs
-        [[ $mode == warm ]] && runs=$warm_runs
-        d='' m=''
-        for label in dir mnt; do
-            x=$DIR
-            [[ $label == mnt ]] && x=$MNT
+declare -A res
+benches=(find cat_all)
+((big_mib > 0)) && benches+=(dd_large rand_4k)
+benches+=(ls_l_dir du)
+# run_suite LABEL X: every benchmark, cold and warm, on directory X; results in res[name.mode.LABEL].
+run_suite() {
+    local label=$1 x=$2 name mode runs cmd tmpl internal t
+    for name in "${benches[@]}"; do
+        internal=''
+        case $name in
+        find) tmpl='find @X@ | wc -l' cold=3 warm=10 ;;
+        cat_all) tmpl='find @X@ -name .mountd -prune -o -type f -print0 | xargs -0 cat > /dev/null' cold=3 warm=4 ;;
+        dd_large) tmpl='dd if=@X@/big/large.bin of=/dev/null bs=1M status=none' cold=3 warm=4 ;;
+        rand_4k) tmpl="python3 $WORK/rand.py @X@/big/large.bin $rand_n" cold=3 warm=5 internal=1 ;;
+        ls_l_dir) tmpl='ls -l @X@/d000 > /dev/null' cold=3 warm=10 ;;
+        du) tmpl='du -s @X@ > /dev/null' cold=3 warm=10 ;;
+        esac
+        for mode in cold warm; do
+            runs=$cold
+            [[ $mode == warm ]] && runs=$warm
             cmd=${tmpl//@X@/$(printf %q "$x")}
             say "$name $mode $label ($runs runs): $cmd"
-            t=$(measure "$mode" "$runs" "$cmd")
-            if [[ $t == fail ]]; then
-                say "$name $mode $label FAILED (see $WORK/hyperfine.log)"
-            else
-                emit "mount.$name.$label.$mode" "$t" s
-            fi
-            if [[ $label == dir ]]; then d=$t; else m=$t; fi
+            t=$(measure "$mode" "$runs" "$cmd" "$internal")
+            [[ $t == fail ]] && say "$name $mode $label FAILED (see $WORK/hyperfine.log)"
+            [[ $t != fail ]] && emit "mount.$name.$label.$mode" "$t" s
+            res[$name.$mode.$label]=$t
         done
-        ratio=-
-        if [[ $d != fail && $m != fail ]] && awk -v d="$d" 'BEGIN { exit !(d > 0) }'; then
-            ratio=$(awk -v d="$d" -v m="$m" 'BEGIN { printf "%.2f", m / d }')
-            emit "mount.$name.ratio.$mode" "$ratio" x
-        fi
-        local extra=''
-        if [[ $name == dd_large && $d != fail && $m != fail ]]; then
-            local td tm
-            td=$(awk -v s="$d" -v b="$big_mib" 'BEGIN { printf "%.0f", b / s }')
-            tm=$(awk -v s="$m" -v b="$big_mib" 'BEGIN { printf "%.0f", b / s }')
-            emit "mount.$name.dir.$mode.throughput" "$td" MiB/s
-            emit "mount.$name.mnt.$mode.throughput" "$tm" MiB/s
-            extra="$td / $tm MiB/s"
-        fi
-        row '%-14s %-5s %4s %10s %10s %8s  %s' "$name" "$mode" "$runs" "$d" "$m" "$ratio" "$extra"
     done
 }
 
+labels=(dir)
 if [[ $reads == 1 ]]; then
-    bench find 3 10 'find @X@ | wc -l'
-    bench cat_all 3 3 'find @X@ -name .mountd -prune -o -type f -print0 | xargs -0 cat > /dev/null'
-    ((big_mib > 0)) && bench dd_large 3 3 'dd if=@X@/big/large.bin of=/dev/null bs=1M status=none'
-    bench ls_l_dir 3 10 'ls -l @X@/d000 > /dev/null'
-    bench du 3 10 'du -s @X@ > /dev/null'
+    # The service started above (auto mode) gives way to one service per data mode.
+    stop_service
+    run_suite dir "$DIR"
+    for m in $modes; do
+        say "service in data mode $m"
+        start_service 1s "$m"
+        grep -o 'FUSE data mode [a-z-]*' "$WORK/service-1s.log" | tail -n1 >&2 || true
+        cmp -s "$DIR/d000/$(ls "$DIR/d000" | head -n1)" "$MNT/d000/$(ls "$DIR/d000" | head -n1)" || {
+            say "mode $m: the mount does not serve the mirror's bytes"
+            exit 1
+        }
+        run_suite "$m" "$MNT"
+        labels+=("$m")
+        hwm=$(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$service_pid/status" 2>/dev/null || echo 0)
+        emit "mount.service.$m.peak_rss" "${hwm:-0}" MiB
+        stop_service
+    done
+    if [[ $use_rclone == 1 ]] && ! command -v rclone >/dev/null && command -v apt-get >/dev/null; then
+        say "installing rclone (best effort)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null 2>&1 || true
+    fi
+    if [[ $use_rclone == 1 ]] && command -v rclone >/dev/null; then
+        mkdir -p "$RMNT"
+        say "rclone mount $DIR $RMNT --read-only ($(rclone version 2>/dev/null | head -n1))"
+        rclone mount "$DIR" "$RMNT" --read-only --config /dev/null >"$WORK/rclone.log" 2>&1 &
+        rclone_pid=$!
+        for _ in $(seq 3000); do
+            mountpoint -q "$RMNT" && break
+            sleep 0.01
+        done
+        if mountpoint -q "$RMNT"; then
+            run_suite rclone "$RMNT"
+            labels+=(rclone)
+        else
+            say "rclone mount did not come up (see $WORK/rclone.log)"
+        fi
+        stop_pid "$rclone_pid" "rclone mount" 10
+        rclone_pid=''
+        mountpoint -q "$RMNT" && umount -l "$RMNT"
+    elif [[ $use_rclone == 1 ]]; then
+        say "rclone is not installed: no rclone column"
+    fi
+    for name in "${benches[@]}"; do
+        for mode in cold warm; do
+            d=${res[$name.$mode.dir]}
+            line=$(printf '%-10s %-5s %9s' "$name" "$mode" "$d")
+            for l in "${labels[@]:1}"; do
+                t=${res[$name.$mode.$l]} ratio=-
+                if [[ $d != fail && $t != fail ]] && awk -v d="$d" 'BEGIN { exit !(d > 0) }'; then
+                    ratio=$(awk -v d="$d" -v m="$t" 'BEGIN { printf "%.2f", m / d }')
+                    emit "mount.$name.ratio.$l.$mode" "$ratio" x
+                fi
+                line+=$(printf ' %9s %6s' "$t" "$ratio")
+            done
+            rows+=("$line")
+        done
+    done
+    start_service 1s
 else
     cold_note='read benchmarks skipped (--latency-only)'
 fi
@@ -392,15 +467,18 @@ latency() { # latency LABEL INTERVAL_SECONDS (the service runs at that interval)
     lat_rows+=("$(printf '%-15s %7s %8s %8s %8s %8s  %s' "$label" "$n/$samples" "$p50" "$p90" "$max" "$timeouts" "$all")")
 }
 
-say "latency: remote write -> visible under the mount (--interval 1s)"
-latency interval_1s 1
-say "restarting the service with --interval 200ms"
-stop_service
-start_service 200ms
-startup_200=$startup_s
-emit mount.restart_to_mounted "$startup_200" s
-say "latency: remote write -> visible under the mount (--interval 200ms)"
-latency interval_200ms 0.2
+startup_200=-
+if [[ $latency == 1 ]]; then
+    say "latency: remote write -> visible under the mount (--interval 1s)"
+    latency interval_1s 1
+    say "restarting the service with --interval 200ms"
+    stop_service
+    start_service 200ms
+    startup_200=$startup_s
+    emit mount.restart_to_mounted "$startup_200" s
+    say "latency: remote write -> visible under the mount (--interval 200ms)"
+    latency interval_200ms 0.2
+fi
 stop_service
 
 # ---------------------------------------------------------------------------------------------------
@@ -412,15 +490,20 @@ printf 'service start -> mounted          %8s s   (restart at 200ms: %s s)\n' "$
 printf 'service peak RSS after the reads  %8s MiB (remote %s MiB)\n' "$service_hwm" "$remote_hwm"
 printf 'entries: find DIR %s lines (incl. .mountd), find MNT %s; ls -l dir: %s entries\n\n' "$n_dir" "$n_mnt" "$ls_entries"
 if [[ $reads == 1 ]]; then
-    printf '%-14s %-5s %4s %10s %10s %8s\n' bench cache runs DIR_s MNT_s MNT/DIR
+    hdr=$(printf '%-10s %-5s %9s' bench cache DIR_s)
+    for l in "${labels[@]:1}"; do hdr+=$(printf ' %9s %6s' "${l:0:9}" "x"); done
+    printf '%s\n' "$hdr"
     printf '%s\n' "${rows[@]}"
-    printf '\ncold: %s; warm: after one untimed run. Times are medians%s.\n' "$cold_note" \
-        "$([[ -n $HYPERFINE ]] && echo ' (hyperfine)' || echo '')"
-    printf 'MNT reads use FOPEN_DIRECT_IO (no page cache for file data); "cold" leaves the daemon'"'"'s own memory warm.\n\n'
+    printf '\ncold: %s; warm: after one untimed run. Times are medians%s (seconds; rand_4k: %s reads of 4 KiB, timed inside the reader).\n' "$cold_note" \
+        "$([[ -n $HYPERFINE ]] && echo ' (hyperfine)' || echo '')" "$rand_n"
+    printf 'x = that column / DIR. Columns: the mountd FUSE view per data mode (MOUNTD_DATA_MODE), rclone mount of DIR.\n'
+    printf '"cold" drops the kernel caches but leaves the daemons'"'"' own memory (SQLite cache, rclone dir cache) warm.\n\n'
 else
     printf '(read benchmarks skipped: --latency-only)\n\n'
 fi
-printf 'remote write -> visible under MNT (ms, from just before the PUT; 10 ms cat polls)\n'
-printf '%-15s %7s %8s %8s %8s %8s  %s\n' interval samples p50 p90 max timeouts 'all (sorted)'
-printf '%s\n' "${lat_rows[@]}"
+if [[ $latency == 1 ]]; then
+    printf 'remote write -> visible under MNT (ms, from just before the PUT; 10 ms cat polls)\n'
+    printf '%-15s %7s %8s %8s %8s %8s  %s\n' interval samples p50 p90 max timeouts 'all (sorted)'
+    printf '%s\n' "${lat_rows[@]}"
+fi
 printf '\nresults appended to %s\n' "${RESULTS#"$ROOT"/}"

@@ -8,13 +8,15 @@
 # as a table and written as JSON lines {"name":..., "value":..., "unit":...} to
 # target/bench/results.jsonl (replaced on every run of bench.sh; every part appends to it).
 # Then the mount benchmarks (scripts/bench-mount.sh, needs root and /dev/fuse): `--once` and service
-# startup on N files + one large file, find/cat/dd/ls -l/du on the mirror vs the FUSE mount (cold and
-# warm), and remote-write-to-visible latency at --interval 1s and 200ms.
+# startup on N files + one large file, find/cat/dd/4 KiB random reads/ls -l/du on the mirror vs the
+# FUSE mount in each data mode vs `rclone mount` of the mirror (cold and warm), and
+# remote-write-to-visible latency at --interval 1s and 200ms.
 #
 #   scripts/bench.sh [--files N] [--file-size BYTES] [--dirs D]     (default 20000 x 1024 B in 50 dirs)
 #                    [--mount | --no-mount] [--mount-files N] [--big-file-mib M]
 #     --mount: only the mount benchmarks; --no-mount: only the bootstrap ones (default: both)
-#     --mount-files N (default 100000, 1000 per dir), --big-file-mib M (default 1024; 0 = none)
+#     --mount-files N (default 100000, 1000 per dir), --big-file-mib M (default 1024; 0 = none);
+#     --modes "page-cache passthrough", --no-latency, --no-rclone, --random-reads R go to bench-mount.sh
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,9 +31,10 @@ while (($#)); do
     --dirs) dirs=$2; shift 2 ;;
     --mount) run_bootstrap=0 run_mount=1; shift ;;
     --no-mount) run_mount=0; shift ;;
-    --mount-files | --big-file-mib) mount_args+=("$1" "$2"); shift 2 ;;
+    --mount-files | --big-file-mib | --modes | --random-reads) mount_args+=("$1" "$2"); shift 2 ;;
+    --no-latency | --no-rclone) mount_args+=("$1"); shift ;;
     -h | --help)
-        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)

@@ -1,34 +1,142 @@
 //! `mountd`: command line entry point.
-use clap::Parser;
-use mountd::cli::args::{Cli, Command, LogFormat};
+use mountd::cli::args::{Command, LogFormat, RunArgs};
 use mountd::cli::once as app;
+use mountd::cli::{compat, setup};
+use std::time::Duration;
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MOUNTD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// The log filter, first match wins: -v/-q, MOUNTD_LOG, RUST_LOG, info. Colours only on a terminal.
+fn init_logging(a: &RunArgs) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let mut bad = None;
+    let filter = if a.verbose > 0 || a.quiet > 0 {
+        EnvFilter::new(match (a.verbose, a.quiet) {
+            (1, _) => "info,mountd=debug",
+            (v, _) if v >= 2 => "debug,mountd=trace",
+            (_, 1) => "warn",
+            _ => "error",
+        })
+    } else {
+        ["MOUNTD_LOG", "RUST_LOG"]
+            .iter()
+            .find_map(|var| {
+                let v = std::env::var(var).ok().filter(|v| !v.trim().is_empty())?;
+                match EnvFilter::try_new(&v) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        bad.get_or_insert(format!(
+                            "{var}={v:?} is not a valid log filter ({e}); ignored"
+                        ));
+                        None
+                    }
+                }
+            })
+            .unwrap_or_else(|| EnvFilter::new("info"))
+    };
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(|| mountd::sync::progress::LogWriter);
-    match format {
+    match a.log_format {
         LogFormat::Json => b.json().init(),
         LogFormat::Human => b.init(),
+    }
+    if let Some(w) = bad {
+        tracing::warn!("{w}");
+    }
+}
+
+/// Log the settings' warnings; exit 2 on a refused combination.
+fn resolve(a: &mut RunArgs, m: &clap::ArgMatches) -> compat::Resolution {
+    match compat::resolve(a, m) {
+        Ok(r) => {
+            for w in &r.warnings {
+                tracing::warn!("{w}");
+            }
+            for n in &r.notes {
+                tracing::info!("{n}");
+            }
+            r
+        }
+        Err(e) => {
+            eprintln!("mountd: error: {e}");
+            std::process::exit(mountd::cli::exit::USAGE);
+        }
+    }
+}
+
+/// `--once` until done or until SIGTERM/SIGINT (then: which signal, and the exit code).
+async fn once_or_signal(a: &RunArgs) -> Result<i32, (&'static str, i32)> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        code = app::run_once(a) => Ok(code),
+        _ = term.recv() => Err(("SIGTERM", 143)),
+        _ = int.recv() => Err(("SIGINT", 130)),
     }
 }
 
 fn main() {
-    let cli = Cli::parse();
-    if let Some(Command::Status(s)) = &cli.command {
-        std::process::exit(mountd::cli::status::command(s));
+    let (cli, matches, check) = compat::parse(std::env::args_os().collect());
+    let mut run = match cli.command {
+        Some(Command::Status(mut s)) => {
+            if let (None, Some(_), Some(d)) = (&s.state_db, &s.state_dir, &s.local_dir) {
+                s.state_db = mountd::cli::safety::state_db_for(
+                    d,
+                    None,
+                    s.state_dir.as_ref(),
+                    s.workspace.as_deref(),
+                )
+                .ok();
+            }
+            std::process::exit(mountd::cli::status::command(&s));
+        }
+        Some(Command::Completions(c)) => {
+            std::process::exit(mountd::cli::completions::completions(c.shell))
+        }
+        Some(Command::Man) => std::process::exit(mountd::cli::completions::man()),
+        Some(Command::Reset(r)) => std::process::exit(mountd::cli::reset::command(&r)),
+        Some(Command::Check(_)) => {
+            eprintln!("mountd: error: write `check` first: mountd check [FLAGS]");
+            std::process::exit(mountd::cli::exit::USAGE);
+        }
+        None => cli.run,
+    };
+    init_logging(&run);
+    let res = resolve(&mut run, &matches);
+    if check {
+        std::process::exit(mountd::cli::check::command(&run));
     }
-    init_logging(cli.run.log_format);
+    if let Some(msg) = res.nothing_to_do {
+        println!("mountd: {msg}");
+        std::process::exit(mountd::cli::exit::OK);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let code = if cli.run.once {
-        rt.block_on(app::run_once(&cli.run))
+    let code = if run.once {
+        match rt.block_on(once_or_signal(&run)) {
+            Ok(code) => code,
+            Err((sig, code)) => {
+                // Stop the in-flight work first, so nothing overwrites the final state below.
+                rt.shutdown_timeout(Duration::from_secs(2));
+                if let Some(p) = setup::PROGRESS.get() {
+                    p.finish_bar();
+                    p.set_error(Some(format!("interrupted by {sig}")));
+                    p.final_write("interrupted");
+                }
+                tracing::warn!(
+                    signal = sig,
+                    exit_code = code,
+                    "stopped by {sig}: everything committed is kept; run again to resume from the checkpoint"
+                );
+                std::process::exit(code);
+            }
+        }
     } else {
-        mountd::cli::service::run(&cli.run, &rt)
+        mountd::cli::service::run(&run, &rt)
     };
     drop(rt);
     std::process::exit(code);

@@ -4,7 +4,7 @@ use mountd::store::change::Change;
 use mountd::store::db::{FileMeta, Identity, State};
 use mountd::store::LocalStore;
 use mountd::view::fs::FsOptions;
-use mountd::view::fuse::{mount, MountHandle, MountOptions};
+use mountd::view::fuse::{mount, DataMode, MountHandle, MountOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -68,8 +68,22 @@ impl Mirror {
     }
 
     fn mount_at(&self, mp: &Path) -> Mounted {
-        let handle =
-            mount(mp, self.st.path(), self.store.root(), opts()).expect("mount must work here");
+        self.mount_mode(mp, DataMode::Auto)
+    }
+
+    fn mount_mode(&self, mp: &Path, mode: DataMode) -> Mounted {
+        let o = MountOptions {
+            data_mode: mode,
+            ..opts()
+        };
+        let handle = mount(mp, self.st.path(), self.store.root(), o).expect("mount must work here");
+        if mode != DataMode::Auto {
+            assert_eq!(
+                handle.data_mode(),
+                mode,
+                "the mount must use the mode asked for"
+            );
+        }
         Mounted {
             handle: Some(handle),
         }
@@ -90,6 +104,7 @@ fn opts() -> MountOptions {
         ttl: Duration::from_secs(3600),
         threads: 2,
         fs: FsOptions::default(),
+        data_mode: DataMode::Auto,
     }
 }
 
@@ -333,8 +348,21 @@ fn writes_fail_with_erofs() {
     assert_eq!(unsafe { libc::access(c.as_ptr(), libc::R_OK) }, 0);
 }
 
-#[test]
-fn replaced_and_removed_files_with_invalidation() {
+/// Wait until every handle closed through the mount has been released by the daemon (RELEASE
+/// reaches the daemon asynchronously after close; in zero-message mode there is none to wait for).
+fn wait_released(mnt: &Mounted) {
+    let t = std::time::Instant::now();
+    while mnt.h().fs().open_files() != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "handles never released"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// The version semantics and invalidation, in one data mode.
+fn versions_and_invalidation(mode: DataMode) {
     let mut m = Mirror::new();
     let old = binary(200_000);
     let new: Vec<u8> = b"the new version, shorter".to_vec();
@@ -342,53 +370,93 @@ fn replaced_and_removed_files_with_invalidation() {
         ("d/f.bin", &old),
         ("d/keep.txt", b"keep"),
         ("d/gone.txt", b"bye"),
+        ("d/same.txt", b"AAAA-version-1"),
     ]);
     let mp = tempfile::tempdir().unwrap();
-    let mnt = m.mount_at(mp.path());
+    let mnt = m.mount_mode(mp.path(), mode);
     let sink = mnt.h().sink();
     let f = mp.path().join("d/f.bin");
 
     // Warm every kernel cache: attributes, entries, listing, data.
     assert_eq!(std::fs::read(&f).unwrap(), old);
+    assert_eq!(std::fs::read(&f).unwrap(), old);
     assert_eq!(std::fs::metadata(&f).unwrap().len(), old.len() as u64);
-    assert_eq!(std::fs::read_dir(mp.path().join("d")).unwrap().count(), 3);
+    assert_eq!(std::fs::read_dir(mp.path().join("d")).unwrap().count(), 4);
     let ino = std::fs::metadata(&f).unwrap().ino();
     assert!(std::fs::metadata(mp.path().join("d/later.txt")).is_err()); // negative dentry
 
-    // A reader opens the old version and reads part of it.
+    // Readers open the old version: one reads part of it, one has not read anything yet.
     let mut held = std::fs::File::open(&f).unwrap();
     let mut head = vec![0; 1000];
     held.read_exact(&mut head).unwrap();
     assert_eq!(head, old[..1000]);
+    let mut unread = std::fs::File::open(&f).unwrap();
+    // A memory map of the old version.
+    let mapped = std::fs::File::open(&f).unwrap();
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            old.len(),
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&mapped),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
 
-    // The sync replaces it (same inode, generation + 1) and adds a file.
+    // The sync replaces it (a new inode) and adds a file.
     let mut changes = m.put(&[("d/f.bin", &new)]);
     changes.extend(m.put(&[("d/later.txt", b"later")]));
     sink.changed(&changes);
 
-    // Fresh opens see the new version; the same path, read again.
+    // Fresh opens see the new version, under a new inode number.
     assert_eq!(std::fs::read(&f).unwrap(), new);
     assert_eq!(run("cat", &[f.to_str().unwrap()]).as_bytes(), &new[..]);
     let md = std::fs::metadata(&f).unwrap();
-    assert_eq!((md.ino(), md.len()), (ino, new.len() as u64));
+    assert_ne!(md.ino(), ino, "a new content version is a new inode");
+    assert_eq!(md.len(), new.len() as u64);
     assert_eq!(
         std::fs::read(mp.path().join("d/later.txt")).unwrap(),
         b"later"
     );
-    assert_eq!(std::fs::read_dir(mp.path().join("d")).unwrap().count(), 4);
+    assert_eq!(std::fs::read_dir(mp.path().join("d")).unwrap().count(), 5);
 
-    // The old handle still reads the old version to its end.
+    // The old handles still read the old version to its end, and keep its attributes.
     let mut rest = Vec::new();
     held.read_to_end(&mut rest).unwrap();
     assert!(rest == old[1000..], "old handle must keep its version");
-    drop(held);
+    let mut all = Vec::new();
+    unread.read_to_end(&mut all).unwrap();
+    assert!(
+        all == old,
+        "a handle opened before the change keeps its version"
+    );
+    assert_eq!(held.metadata().unwrap().ino(), ino);
+    assert_eq!(held.metadata().unwrap().len(), old.len() as u64);
+    let mapped_bytes = unsafe { std::slice::from_raw_parts(map as *const u8, old.len()) };
+    assert!(mapped_bytes == &old[..], "the mapping keeps its version");
+    unsafe { libc::munmap(map, old.len()) };
+    drop((held, unread, mapped));
     assert_eq!(std::fs::read(&f).unwrap(), new);
-    // RELEASE reaches the daemon asynchronously after close.
-    let t = std::time::Instant::now();
-    while mnt.h().fs().open_files() != 0 && t.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(10));
+    wait_released(&mnt);
+
+    // No stale page: a same-size replacement of a fully cached file is seen at once.
+    let same = mp.path().join("d/same.txt");
+    for _ in 0..3 {
+        assert_eq!(std::fs::read(&same).unwrap(), b"AAAA-version-1");
     }
-    assert_eq!(mnt.h().fs().open_files(), 0);
+    let mut held = std::fs::File::open(&same).unwrap();
+    let changes = m.put(&[("d/same.txt", b"BBBB-version-2")]);
+    sink.changed(&changes);
+    assert_eq!(std::fs::read(&same).unwrap(), b"BBBB-version-2");
+    let mut s = String::new();
+    held.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "AAAA-version-1");
+    drop(held);
+    let changes = m.put(&[("d/same.txt", b"CCCC-version-3")]);
+    sink.changed(&changes);
+    assert_eq!(run("cat", &[same.to_str().unwrap()]), "CCCC-version-3");
 
     // A removal disappears from lookups and listings.
     let changes = m.remove("d/gone.txt");
@@ -405,7 +473,7 @@ fn replaced_and_removed_files_with_invalidation() {
         .collect();
     assert_eq!(
         names,
-        ["f.bin", "keep.txt", "later.txt"]
+        ["f.bin", "keep.txt", "later.txt", "same.txt"]
             .iter()
             .map(|s| s.to_string())
             .collect()
@@ -417,9 +485,65 @@ fn replaced_and_removed_files_with_invalidation() {
         name: "x".into(),
         removed: false,
     }]);
+    wait_released(&mnt);
     mnt.unmount();
     // After unmount the sink is harmless.
     sink.changed(&changes);
+}
+
+#[test]
+fn versions_page_cache() {
+    versions_and_invalidation(DataMode::PageCache);
+}
+
+#[test]
+fn versions_passthrough() {
+    versions_and_invalidation(DataMode::Passthrough);
+}
+
+#[test]
+fn versions_direct_io() {
+    versions_and_invalidation(DataMode::DirectIo);
+}
+
+/// A warm read costs the daemon nothing in the page-cache mode; in passthrough only the open reaches
+/// it (never a read).
+fn warm_reads_cost(mode: DataMode) -> (u64, u64) {
+    let mut m = Mirror::new();
+    let big = binary(300_000);
+    m.put(&[("s/small.txt", b"small file"), ("s/big.bin", &big)]);
+    let mp = tempfile::tempdir().unwrap();
+    let mnt = m.mount_mode(mp.path(), mode);
+    let small = mp.path().join("s/small.txt");
+    let bigp = mp.path().join("s/big.bin");
+    // Cold, then warm once (the first close may send a FLUSH answered ENOSYS).
+    for _ in 0..2 {
+        assert_eq!(std::fs::read(&small).unwrap(), b"small file");
+        assert!(std::fs::read(&bigp).unwrap() == big);
+        assert_eq!(run("cat", &[small.to_str().unwrap()]), "small file");
+    }
+    wait_released(&mnt);
+    let (calls, reads) = (mnt.h().fs().calls(), mnt.h().fs().reads());
+    for _ in 0..20 {
+        assert_eq!(std::fs::read(&small).unwrap(), b"small file");
+        assert!(std::fs::read(&bigp).unwrap() == big);
+    }
+    wait_released(&mnt);
+    let r = (mnt.h().fs().calls() - calls, mnt.h().fs().reads() - reads);
+    mnt.unmount();
+    r
+}
+
+#[test]
+fn warm_reads_page_cache_cost_nothing() {
+    assert_eq!(warm_reads_cost(DataMode::PageCache), (0, 0));
+}
+
+#[test]
+fn warm_reads_passthrough_only_open() {
+    let (calls, reads) = warm_reads_cost(DataMode::Passthrough);
+    assert_eq!(reads, 0, "passthrough reads never reach the daemon");
+    assert_eq!(calls, 40, "one open per open(2)");
 }
 
 #[test]
@@ -504,8 +628,9 @@ fn stale_mount_is_detached_by_next_mount() {
     // Kill the daemon without unmounting: the mount is left dead.
     guard.0.kill().unwrap();
     guard.0.wait().unwrap();
-    // (Cached attributes may still answer stat; opening needs the dead daemon.)
-    let e = std::fs::File::open(mp.path().join("s.txt")).unwrap_err();
+    // (Cached attributes, entries and pages may still answer stat, open and read — opens send no
+    // message in the page-cache mode; a lookup of a name never seen needs the dead daemon.)
+    let e = std::fs::metadata(mp.path().join("never-looked-up")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
 
     let mnt = m.mount_at(mp.path());

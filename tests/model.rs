@@ -286,13 +286,17 @@ fn diff(want: &BTreeMap<String, Vec<u8>>, got: &BTreeMap<String, Vec<u8>>) -> Op
         .then(|| format!("missing {missing:?}, extra {extra:?}, wrong bytes {wrong:?}"))
 }
 
-/// Quarantined entries that are not hostile paths (which stay quarantined for ever).
+/// Quarantined entries that are not hostile paths (which stay quarantined for ever), and directories
+/// that could not be listed: with any of these a run does not report the mirror complete.
 async fn retryable_quarantine(r: &mut Rig) -> Vec<String> {
-    r.state(|st| st.quarantined())
-        .await
-        .into_iter()
+    let (q, u) = r.state(|st| Ok((st.quarantined()?, st.unlisted()?))).await;
+    q.into_iter()
         .filter(|q| !q.permanent)
         .map(|q| format!("{}: {}", q.path, q.reason))
+        .chain(
+            u.into_iter()
+                .map(|u| format!("{} (unlisted): {}", u.path, u.reason)),
+        )
         .collect()
 }
 

@@ -108,7 +108,8 @@ pub struct Counts {
 
 /// State shared by the handle and the request handlers.
 pub(crate) struct Shared {
-    token: String,
+    /// Expected bearer token (changed by [`RemoteHandle::set_token`]).
+    token: Mutex<String>,
     page_size: AtomicUsize,
     store: Mutex<store::Store>,
     faults: Mutex<Faults>,
@@ -125,7 +126,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     fn new(cfg: &RemoteConfig, shutdown: watch::Receiver<bool>) -> Arc<Shared> {
         Arc::new(Shared {
-            token: cfg.token.clone(),
+            token: Mutex::new(cfg.token.clone()),
             page_size: AtomicUsize::new(cfg.page_size.max(1)),
             store: Mutex::new(store::Store::default()),
             faults: Mutex::new(Faults::default()),
@@ -133,6 +134,11 @@ impl Shared {
             tree_since_faults: AtomicU64::new(0),
             shutdown,
         })
+    }
+
+    /// True when `t` is the expected token.
+    pub(crate) fn token_is(&self, t: Option<&str>) -> bool {
+        t == Some(lock(&self.token).as_str())
     }
 
     fn store(&self) -> MutexGuard<'_, store::Store> {
@@ -248,6 +254,11 @@ impl RemoteHandle {
             None => (None, None),
         };
         st.push_event(ty, path, rev, hash);
+    }
+
+    /// Expect another bearer token from now on (token rotation): requests with the old one get 401.
+    pub fn set_token(&self, token: &str) {
+        *lock(&self.shared.token) = token.to_string();
     }
 
     /// Replaces the fault set (and restarts the `tree_hang_after` count).

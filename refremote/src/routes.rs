@@ -79,7 +79,7 @@ fn begin(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if token != Some(s.token.as_str()) {
+    if !s.token_is(token) {
         c.unauthorized += 1;
         return Err(error_response(
             401,

@@ -79,7 +79,7 @@ pub(crate) async fn fs_ws(
     {
         let mut c = s.counts();
         c.ws += 1;
-        if token != Some(s.token.as_str()) {
+        if !s.token_is(token) {
             c.unauthorized += 1;
             return error_response(
                 401,

@@ -26,5 +26,6 @@ pub fn hint_for(e: &SyncError) -> &'static str {
         SyncError::State(_) => "the state database is unusable; move it aside to start over (files on disk are kept and re-verified by hash)",
         SyncError::Local(_) => "check free space, permissions and health of the file system holding --local-dir",
         SyncError::Internal(_) => "this is a bug in mountd; please report it with the log",
+        SyncError::Systemic { class, .. } => crate::sync::engine::systemic_hint(class),
     }
 }

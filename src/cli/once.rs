@@ -33,10 +33,11 @@ pub async fn run_once(a: &RunArgs) -> i32 {
                 st.quarantined()?.len(),
                 st.tracked_files()?,
                 st.is_complete()?,
+                st.unlisted()?,
             ))
         })
         .await;
-    let (quarantined, tracked, complete) = match summary {
+    let (quarantined, tracked, complete, unlisted) = match summary {
         Ok(v) => v,
         Err(err) => {
             eprintln!("mountd: error: {err}");
@@ -55,8 +56,16 @@ pub async fn run_once(a: &RunArgs) -> i32 {
                 at.path,
                 quarantined
             );
+            for d in &unlisted {
+                eprintln!(
+                    "mountd: directory {:?} could not be listed ({}); it keeps what it had and is listed again on the next run",
+                    d.path, d.reason
+                );
+            }
             if quarantined > 0 {
                 eprintln!("mountd: {quarantined} file(s) quarantined (not mirrored); see `mountd status` for paths and reasons");
+            }
+            if quarantined > 0 || !unlisted.is_empty() {
                 exit::QUARANTINED
             } else {
                 exit::OK

@@ -1,8 +1,8 @@
 //! Wiring: turn validated arguments into an engine (HTTP remote with retries, local store, database
 //! thread, progress), checking everything a run needs before its first request.
-use crate::cli::args::{clamp_export_timeout, validate_timeouts, ProgressMode, RunArgs};
+use crate::cli::args::{validate_timeouts, ProgressMode, RunArgs};
 use crate::cli::exit;
-use crate::remote::http::{ClientConfig, HttpRemote};
+use crate::remote::http::{ClientConfig, HttpRemote, TokenSource};
 use crate::remote::retry::{RetryPolicy, Retrying};
 use crate::store::db::{Db, Identity, State};
 use crate::store::LocalStore;
@@ -37,38 +37,30 @@ pub fn state_db_path(local_dir: &Path, explicit: Option<&PathBuf>) -> PathBuf {
     })
 }
 
-fn read_token(a: &RunArgs) -> Result<String, Fatal> {
-    if let Some(p) = &a.token_file {
-        let t = std::fs::read_to_string(p)
-            .map_err(|e| Fatal::usage(format!("cannot read --token-file {}: {e}", p.display())))?;
-        let t = t.trim().to_string();
-        if t.is_empty() {
-            return Err(Fatal::usage(format!(
-                "--token-file {} is empty",
-                p.display()
-            )));
-        }
-        return Ok(t);
-    }
-    match std::env::var("RELAYFILE_TOKEN") {
-        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-        _ => Err(Fatal::usage(
-            "no token: pass --token-file PATH or set RELAYFILE_TOKEN",
-        )),
-    }
+/// The progress of the running `--once`, for the signal handler's final state-file write.
+pub static PROGRESS: std::sync::OnceLock<Progress> = std::sync::OnceLock::new();
+
+/// Everything validated before a run writes anything or makes a request.
+pub struct Preflight {
+    pub base_url: String,
+    pub workspace: String,
+    pub local_dir: PathBuf,
+    pub remote_root: String,
+    pub token: TokenSource,
+    pub read_timeout: std::time::Duration,
+    /// Where the state DB will be (absolute; see [`crate::cli::safety::state_db_for`]).
+    pub state_db: PathBuf,
+    /// The FUSE mountpoint, when this run mounts one.
+    pub mountpoint: Option<PathBuf>,
 }
 
-/// Everything a run needs, built and validated before the first request.
-pub struct Setup {
-    pub engine: Engine,
-    pub limits: Limits,
-    pub _lock: crate::cli::lock::MirrorLock,
-}
-
-pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
+/// Validate a resolved configuration (see [`crate::cli::compat::resolve`]) and refuse dangerous ones.
+/// Reads only (the token source included); writes nothing and sends nothing.
+pub fn preflight(a: &RunArgs) -> Result<Preflight, Fatal> {
     let base_url = a
         .base_url
         .clone()
+        .filter(|u| !u.is_empty())
         .ok_or_else(|| Fatal::usage("missing --base-url (or RELAYFILE_BASE_URL)"))?;
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
         return Err(Fatal::usage(format!(
@@ -86,16 +78,106 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
         .ok_or_else(|| Fatal::usage("missing --local-dir (or RELAYFILE_LOCAL_DIR)"))?;
     let remote_root = crate::store::paths::normalize_root(&a.remote_path)
         .map_err(|e| Fatal::usage(format!("--remote-path {:?}: {e}", a.remote_path)))?;
-    validate_timeouts(a).map_err(Fatal::usage)?;
-    let token = read_token(a)?;
-    let (export_timeout, clamp_warning) = clamp_export_timeout(
-        a.export_timeout,
-        a.bootstrap_idle_timeout,
-        a.bootstrap_timeout,
+    let (read_timeout, _) =
+        crate::cli::args::resolve_read_timeout(a.read_timeout, a.bootstrap_idle_timeout);
+    validate_timeouts(a, read_timeout).map_err(Fatal::usage)?;
+    let token = crate::cli::compat::token_source(a).map_err(Fatal::usage)?;
+    token.load().map_err(Fatal::usage)?;
+    let state_db = crate::cli::safety::state_db_for(
+        &local_dir,
+        a.state_db.as_ref(),
+        a.state_dir.as_ref(),
+        Some(&workspace),
+    )
+    .map_err(Fatal::usage)?;
+    let state_db = crate::cli::safety::abs_path(&state_db);
+    let mountpoint = if a.once || a.no_fuse {
+        None
+    } else {
+        a.mountpoint.clone()
+    };
+    crate::cli::safety::check(&crate::cli::safety::Plan {
+        local_dir: &local_dir,
+        state_db: &state_db,
+        mountpoint: mountpoint.as_deref(),
+        allow_non_empty: a.allow_non_empty,
+        adopt: a.adopt,
+    })
+    .map_err(Fatal::usage)?;
+    Ok(Preflight {
+        base_url,
+        workspace,
+        local_dir,
+        remote_root,
+        token,
+        read_timeout,
+        state_db,
+        mountpoint,
+    })
+}
+
+/// The start-up line: version and the effective configuration (never the token).
+pub fn log_startup(a: &RunArgs, p: &Preflight) {
+    let ms = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let or_dash = |p: Option<&PathBuf>| {
+        p.map(|f| f.display().to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    tracing::info!(
+        mode = if a.once {
+            "once"
+        } else if p.mountpoint.is_some() {
+            "service (FUSE)"
+        } else {
+            "service (plain directory)"
+        },
+        base_url = %p.base_url,
+        workspace = %p.workspace,
+        remote_path = %p.remote_root,
+        local_dir = %p.local_dir.display(),
+        state_db = %p.state_db.display(),
+        state_file = %or_dash(a.state_file.as_ref()),
+        mountpoint = %or_dash(p.mountpoint.as_ref()),
+        mount_kind = a.mount_kind.as_str(),
+        token = %p.token.describe(),
+        idle_timeout = %ms(a.bootstrap_idle_timeout),
+        hard_cap = %ms(a.bootstrap_timeout),
+        export_timeout = %if a.no_export { "off".to_string() } else { ms(a.export_timeout) },
+        read_timeout = %ms(p.read_timeout),
+        connect_timeout = %ms(a.connect_timeout),
+        read_concurrency = a.read_concurrency,
+        interval = %ms(a.interval),
+        interval_jitter = a.interval_jitter,
+        audit_interval = %if a.audit_interval.is_zero() { "off".to_string() } else { ms(a.audit_interval) },
+        stall_limit = a.stall_limit,
+        mass_delete_ratio = a.mass_delete_ratio,
+        adopt = a.adopt,
+        "mountd {} starting",
+        env!("CARGO_PKG_VERSION")
     );
-    if let (Some(w), false) = (clamp_warning, a.no_export) {
-        tracing::warn!("{w}");
-    }
+}
+
+/// Everything a run needs, built and validated before the first request.
+pub struct Setup {
+    pub engine: Engine,
+    pub limits: Limits,
+    pub _lock: crate::cli::lock::MirrorLock,
+}
+
+pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
+    let pre = preflight(a)?;
+    log_startup(a, &pre);
+    let Preflight {
+        base_url,
+        workspace,
+        local_dir,
+        remote_root,
+        token,
+        read_timeout,
+        state_db,
+        mountpoint: _,
+    } = pre;
+    let export_timeout = a.export_timeout;
 
     // The state file exists before the first network request.
     let state_file = match &a.state_file {
@@ -121,7 +203,8 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
             local_dir.display()
         ))
     })?;
-    let db = state_db_path(store.root(), a.state_db.as_ref());
+    // Derived before the mirror existed (see `safety::abs_path`): the same path now that it does.
+    let db = state_db;
     let lock = crate::cli::lock::acquire(&db).map_err(Fatal::usage)?;
     let identity = Identity {
         base_url: base_url.trim_end_matches('/').to_string(),
@@ -137,7 +220,7 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
         workspace,
         token,
         connect_timeout: a.connect_timeout,
-        read_timeout: a.read_timeout,
+        read_timeout,
     })
     .map_err(Fatal::usage)?;
     let remote = Retrying::new(
@@ -163,6 +246,7 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
         bar
     });
     let progress = Progress::new(state_file, a.mount_kind.as_str(), bar);
+    let _ = PROGRESS.set(progress.clone());
     let engine = Engine::new(
         Arc::new(remote),
         Arc::new(store),
@@ -170,7 +254,9 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
         SyncConfig {
             remote_root,
             tree_depth: a.tree_depth,
-            concurrency: a.read_concurrency as usize,
+            concurrency: a
+                .read_concurrency
+                .clamp(1, crate::cli::compat::MAX_CONCURRENCY) as usize,
             use_export: !a.no_export,
             export_timeout,
             allow_mass_delete: a.allow_mass_delete,

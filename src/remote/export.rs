@@ -27,6 +27,11 @@ impl<O> ExportEntries<O> {
     pub async fn next(&mut self) -> Option<ExportItem<O>> {
         self.rx.recv().await
     }
+
+    /// The next item if one is already waiting.
+    pub fn try_next(&mut self) -> Option<ExportItem<O>> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// Start scanning a 2xx export body: `target` receives each entry's decoded content, `spool` provides

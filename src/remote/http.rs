@@ -9,15 +9,100 @@ use super::error::{parse_retry_after, RemoteError};
 use super::types::{ErrorBody, EventsPage, TreePage};
 use super::{BodyStream, Remote};
 use futures_util::TryStreamExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
 use std::time::Duration;
+
+/// Where the bearer token comes from. A file-backed source is re-read once after a 401, so a token
+/// rotated on disk is picked up without a restart.
+#[derive(Clone)]
+pub enum TokenSource {
+    /// A token given directly (`--token` / `RELAYFILE_TOKEN`).
+    Static(String),
+    /// A file holding only the token (surrounding whitespace trimmed): `--token-file`.
+    File(PathBuf),
+    /// A JSON credentials file: the first non-empty of `token`, `accessToken`, `relayfileToken`
+    /// (`--creds-file`, relayfile-mount's format).
+    Creds(PathBuf),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl TokenSource {
+    /// Where the token comes from, for logs (never the token itself).
+    pub fn describe(&self) -> String {
+        match self {
+            TokenSource::Static(_) => "--token/RELAYFILE_TOKEN (value redacted)".into(),
+            TokenSource::File(p) => format!("file {}", p.display()),
+            TokenSource::Creds(p) => format!("credentials file {}", p.display()),
+        }
+    }
+
+    /// True when [`TokenSource::load`] can return something new (a file).
+    pub fn reloadable(&self) -> bool {
+        !matches!(self, TokenSource::Static(_))
+    }
+
+    /// The current token. Errors name the file and what is wrong, never the content.
+    pub fn load(&self) -> Result<String, String> {
+        let tok = match self {
+            TokenSource::Static(t) => t.trim().to_string(),
+            TokenSource::File(p) => std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read token file {}: {e}", p.display()))?
+                .trim()
+                .to_string(),
+            TokenSource::Creds(p) => {
+                let raw = std::fs::read(p)
+                    .map_err(|e| format!("cannot read credentials file {}: {e}", p.display()))?;
+                let v: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| {
+                    format!(
+                        "credentials file {} is not JSON (line {}, column {})",
+                        p.display(),
+                        e.line(),
+                        e.column()
+                    )
+                })?;
+                ["token", "accessToken", "relayfileToken"]
+                    .iter()
+                    .find_map(|k| v.get(k).and_then(|t| t.as_str()))
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| {
+                        format!(
+                            "credentials file {} has no non-empty \"token\", \"accessToken\" or \"relayfileToken\" string",
+                            p.display()
+                        )
+                    })?
+            }
+        };
+        if tok.is_empty() {
+            return Err(match self {
+                TokenSource::Static(_) => "the token is empty".into(),
+                other => format!("the token in {} is empty", other.describe()),
+            });
+        }
+        Ok(tok)
+    }
+}
+
+fn bearer(token: &str) -> Result<reqwest::header::HeaderValue, String> {
+    let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| "the token contains characters that cannot be sent in a header".to_string())?;
+    v.set_sensitive(true);
+    Ok(v)
+}
 
 /// How to reach one workspace.
 #[derive(Clone)]
 pub struct ClientConfig {
     pub base_url: String,
     pub workspace: String,
-    pub token: String,
+    pub token: TokenSource,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
 }
@@ -27,7 +112,7 @@ impl std::fmt::Debug for ClientConfig {
         f.debug_struct("ClientConfig")
             .field("base_url", &self.base_url)
             .field("workspace", &self.workspace)
-            .field("token", &"<redacted>")
+            .field("token", &self.token)
             .finish()
     }
 }
@@ -39,7 +124,9 @@ const MAX_PREALLOC: u64 = 64 << 20;
 pub struct HttpRemote {
     http: reqwest::Client,
     prefix: String,
-    auth: reqwest::header::HeaderValue,
+    /// The current `Authorization` value; replaced when a 401 makes us re-read a token file.
+    auth: RwLock<reqwest::header::HeaderValue>,
+    token: TokenSource,
     run_id: String,
     seq: AtomicU64,
 }
@@ -65,16 +152,13 @@ impl HttpRemote {
             .user_agent(concat!("mountd/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", cfg.token))
-            .map_err(|_| {
-                "the token contains characters that cannot be sent in a header".to_string()
-            })?;
-        auth.set_sensitive(true);
+        let auth = bearer(&cfg.token.load()?)?;
         let base = cfg.base_url.trim_end_matches('/');
         Ok(HttpRemote {
             http,
             prefix: format!("{base}/v1/workspaces/{}", percent_encode(&cfg.workspace)),
-            auth,
+            auth: RwLock::new(auth),
+            token: cfg.token.clone(),
             run_id: format!("{:08x}", rand::random::<u32>()),
             seq: AtomicU64::new(0),
         })
@@ -88,14 +172,45 @@ impl HttpRemote {
         )
     }
 
+    fn current_auth(&self) -> reqwest::header::HeaderValue {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// After a 401: re-read a file-backed token. True when it changed (or another request already
+    /// picked up a newer one than `used`), so the request is worth sending once more.
+    fn reload_token(&self, used: &reqwest::header::HeaderValue) -> bool {
+        if !self.token.reloadable() {
+            return false;
+        }
+        let fresh = match self.token.load().and_then(|t| bearer(&t)) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "401 unauthorized: cannot re-read the token");
+                return false;
+            }
+        };
+        let mut cur = self.auth.write().unwrap_or_else(|e| e.into_inner());
+        if cur.as_bytes() != used.as_bytes() {
+            // Another request reloaded it meanwhile.
+            return true;
+        }
+        if fresh.as_bytes() == used.as_bytes() {
+            return false;
+        }
+        *cur = fresh;
+        tracing::info!(source = %self.token.describe(), "401 unauthorized: re-read the token (it changed); retrying the request once with the new token");
+        true
+    }
+
     /// Send one GET and return the response once a 2xx status arrived; map any other status to an error.
+    /// A 401 with a file-backed token re-reads the file once and, if the token changed, sends the
+    /// request once more.
     async fn get_once(
         &self,
         op: &str,
         route: &str,
         query: &[(&str, &str)],
     ) -> Result<(reqwest::Response, String), RemoteError> {
-        let cid = self.correlation_id();
         let mut url = format!("{}{}", self.prefix, route);
         for (i, (k, v)) in query.iter().enumerate() {
             url.push(if i == 0 { '?' } else { '&' });
@@ -103,20 +218,33 @@ impl HttpRemote {
             url.push('=');
             url.push_str(&percent_encode(v));
         }
-        tracing::debug!(op, correlation_id = %cid, "request");
-        let resp = self
-            .http
-            .get(&url)
-            .header(reqwest::header::AUTHORIZATION, self.auth.clone())
-            .header("X-Correlation-Id", &cid)
-            .send()
-            .await
-            .map_err(|e| RemoteError::Transport {
-                op: op.to_string(),
-                detail: describe(&e),
-                correlation_id: cid.clone(),
-                after_status: false,
-            })?;
+        let mut reloaded = false;
+        let (resp, cid) = loop {
+            let cid = self.correlation_id();
+            let auth = self.current_auth();
+            tracing::debug!(op, correlation_id = %cid, "request");
+            let resp = self
+                .http
+                .get(&url)
+                .header(reqwest::header::AUTHORIZATION, auth.clone())
+                .header("X-Correlation-Id", &cid)
+                .send()
+                .await
+                .map_err(|e| RemoteError::Transport {
+                    op: op.to_string(),
+                    detail: describe(&e),
+                    correlation_id: cid.clone(),
+                    after_status: false,
+                })?;
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED
+                && !reloaded
+                && self.reload_token(&auth)
+            {
+                reloaded = true;
+                continue;
+            }
+            break (resp, cid);
+        };
         let status = resp.status();
         if status.is_success() {
             return Ok((resp, cid));

@@ -87,6 +87,17 @@ pub trait ContentTarget {
 }
 
 /// The result for one object.
+/// What was wrong with a bad entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadKind {
+    /// The decoded bytes do not hash to `contentHash`.
+    HashMismatch,
+    /// The content cannot be decoded (unknown encoding, bad base64).
+    Content,
+    /// The entry itself is unusable (missing path, oversized or mistyped metadata).
+    Entry,
+}
+
 #[derive(Debug)]
 pub enum EntryOutcome<O> {
     Ok {
@@ -95,7 +106,11 @@ pub enum EntryOutcome<O> {
         out: O,
     },
     /// A per-entry problem; the caller quarantines it and the export goes on.
-    Bad { meta: Meta, reason: String },
+    Bad {
+        meta: Meta,
+        reason: String,
+        kind: BadKind,
+    },
 }
 
 /// A failure that ends the scan.
@@ -833,6 +848,7 @@ enum Content<O> {
 struct Entry<O> {
     meta: Meta,
     bad: Option<String>,
+    bad_kind: BadKind,
     /// Bit per known key, to reject duplicates.
     seen: u8,
     /// Encoding, once the `encoding` key was seen and understood.
@@ -842,7 +858,12 @@ struct Entry<O> {
 
 impl<O> Entry<O> {
     fn set_bad(&mut self, reason: impl Into<String>) {
+        self.set_bad_kind(BadKind::Entry, reason)
+    }
+
+    fn set_bad_kind(&mut self, kind: BadKind, reason: impl Into<String>) {
         if self.bad.is_none() {
+            self.bad_kind = kind;
             self.bad = Some(reason.into());
         }
     }
@@ -919,6 +940,7 @@ impl<R: BufRead, F: FnMut() -> io::Result<File>> Scanner<R, F> {
         let mut e: Entry<T::Out> = Entry {
             meta: Meta::default(),
             bad: None,
+            bad_kind: BadKind::Entry,
             seen: 0,
             enc: None,
             content: Content::Absent,
@@ -1012,7 +1034,7 @@ impl<R: BufRead, F: FnMut() -> io::Result<File>> Scanner<R, F> {
             Key::Encoding => {
                 match classify_encoding(v.as_deref()) {
                     Ok(enc) => e.enc = Some(enc),
-                    Err(reason) => e.set_bad(reason),
+                    Err(reason) => e.set_bad_kind(BadKind::Content, reason),
                 }
                 e.meta.encoding = v;
             }
@@ -1048,7 +1070,7 @@ impl<R: BufRead, F: FnMut() -> io::Result<File>> Scanner<R, F> {
                 self.lx.string(&mut sink)?;
                 let (decoded, bad) = sink.finish()?;
                 if let Some(reason) = bad {
-                    e.set_bad(reason);
+                    e.set_bad_kind(BadKind::Content, reason);
                 }
                 e.content = Content::Direct { out, decoded };
             }
@@ -1084,6 +1106,7 @@ impl<R: BufRead, F: FnMut() -> io::Result<File>> Scanner<R, F> {
             return Ok(EntryOutcome::Bad {
                 meta: e.meta,
                 reason,
+                kind: e.bad_kind,
             });
         }
         let enc = e.enc.unwrap_or(Enc::Text);
@@ -1106,6 +1129,7 @@ impl<R: BufRead, F: FnMut() -> io::Result<File>> Scanner<R, F> {
                     return Ok(EntryOutcome::Bad {
                         meta: e.meta,
                         reason: reason.to_string(),
+                        kind: BadKind::Content,
                     });
                 }
                 (out, decoded)
@@ -1132,6 +1156,7 @@ impl<R: BufRead, F: FnMut() -> io::Result<File>> Scanner<R, F> {
                     return Ok(EntryOutcome::Bad {
                         meta: e.meta,
                         reason: reason.to_string(),
+                        kind: BadKind::Content,
                     });
                 }
                 (out, decoded)
@@ -1150,6 +1175,7 @@ impl<R: BufRead, F: FnMut() -> io::Result<File>> Scanner<R, F> {
             return Ok(EntryOutcome::Bad {
                 meta: e.meta,
                 reason,
+                kind: BadKind::HashMismatch,
             });
         }
         Ok(EntryOutcome::Ok {

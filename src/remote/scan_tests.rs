@@ -758,7 +758,7 @@ fn run_export(r: impl BufRead) -> (Vec<Sum>, Result<u64, String>) {
     let res = read_export(r, &mut VecTarget::default(), tmp_spool, |o| {
         v.push(match o {
             EntryOutcome::Ok { meta, decoded, out } => Sum::Ok(meta, out, decoded),
-            EntryOutcome::Bad { meta, reason } => Sum::Bad(meta, reason),
+            EntryOutcome::Bad { meta, reason, .. } => Sum::Bad(meta, reason),
         });
         ControlFlow::Continue(())
     });

@@ -2,6 +2,10 @@
 //! the kernel's caches with it). Produced by [`crate::store::db::Batch`], consumed through [`ChangeSink`].
 
 /// One changed entry: its inode, its parent directory's inode and its name there.
+///
+/// Inodes are never modified in place: a file's new content version is a new inode (`removed: false`)
+/// and its previous version's inode is removed (`removed: true`). So an addition always names an inode
+/// no reader has seen before, and a cache may keep whatever it holds for an inode until it is removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub ino: u64,

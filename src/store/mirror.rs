@@ -228,9 +228,17 @@ impl LocalStore {
         })
     }
 
-    /// Remove a file (missing is fine).
+    /// Remove a file (missing, or a directory in its place, is fine).
     pub fn remove_file(&self, rel: &str) -> io::Result<()> {
-        match fs::remove_file(self.abs(rel)) {
+        let p = self.abs(rel);
+        match fs::symlink_metadata(&p) {
+            // Not there, or not a file (a directory now stands there, or a parent is a file).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(()),
+            Ok(m) if m.is_dir() => return Ok(()),
+            _ => {}
+        }
+        match fs::remove_file(&p) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }

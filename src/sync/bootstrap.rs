@@ -9,7 +9,9 @@ use crate::store::db::{Checkpoint, FileMeta, Kind, MetaKey, Phase, State};
 use crate::store::mirror::WriteError;
 use crate::store::{paths, LocalStore};
 use crate::sync::content::{place, Staged, Stager, EXPORT_QUEUE};
-use crate::sync::engine::{Engine, FetchJob, Fetched, Pending, Recorded, SyncError};
+use crate::sync::engine::{
+    Engine, FetchJob, Fetched, FileError, Pending, QuarantineNote, Recorded, SyncError,
+};
 use futures_util::StreamExt;
 use std::sync::Arc;
 
@@ -58,6 +60,9 @@ impl Engine {
         let mut ck = match self.read(|st| st.checkpoint()).await? {
             Some(ck) => {
                 tracing::info!(phase = ?ck.phase, dir = ?ck.current_dir, pages = ck.pages_done, "resuming bootstrap from checkpoint");
+                // Files that failed in an earlier attempt are tried again (those of this attempt are
+                // not: a straggler is retried by the next run, not in a loop).
+                self.retry_quarantine().await?;
                 ck
             }
             None => {
@@ -112,6 +117,7 @@ impl Engine {
             total_files: None,
             files_done: 0,
             pages_done: 0,
+            scope: None,
         };
         if phase == Phase::Tree {
             self.start_traversal(&mut ck).await?;
@@ -185,6 +191,8 @@ impl Engine {
         // their records are committed here.
         let mut inflight = futures_util::stream::FuturesUnordered::new();
         let mut ended: Option<Option<String>> = None;
+        // An item taken while draining ready entries, handled on the next turn.
+        let mut deferred: Option<ExportItem<Staged>> = None;
         loop {
             let more = ended.is_none() && inflight.len() < self.config().concurrency;
             if !more && inflight.is_empty() {
@@ -195,8 +203,8 @@ impl Engine {
                     applied += 1;
                     let done: Result<Applied, tokio::task::JoinError> = done;
                     match done.map_err(|e| SyncError::Internal(format!("export worker: {e}")))? {
-                        Applied::Ok { remote, rel, meta } => self.note_done(&mut pending, remote, rel, meta),
-                        Applied::Failed { remote, rel, reason, permanent } => self.note_failure(&mut pending, rel, remote, reason, permanent),
+                        Applied::Ok { remote, rel, meta } => { self.note_fetched(); self.note_done(&mut pending, remote, rel, meta) }
+                        Applied::Hostile { remote, why } => self.note_hostile(&mut pending, remote, &why),
                         Applied::Local(e) => {
                             self.commit(pending, ck.snapshot, None, vec![]).await?;
                             return Err(e.into());
@@ -207,18 +215,33 @@ impl Engine {
                         last_commit = std::time::Instant::now();
                     }
                 }
-                item = tokio::time::timeout(sub, rx.next()), if more => match item {
+                item = async { match deferred.take() { Some(d) => Ok(Some(d)), None => tokio::time::timeout(sub, rx.next()).await } }, if more => match item {
                     Err(_) => ended = Some(Some(format!("no export entry arrived within the export timeout ({}) after {applied} entries", humantime::format_duration(sub)))),
                     Ok(None) => ended = Some(Some("export parser ended without a result".into())),
                     Ok(Some(ExportItem::Entry(EntryOutcome::Ok { meta, decoded, out }))) => {
-                        let (root, store) = (root.clone(), self.store().clone());
-                        inflight.push(tokio::task::spawn_blocking(move || apply_export_entry(&root, &store, meta, decoded, out)));
+                        // This entry and every one already waiting: their intents in one transaction,
+                        // then they are placed.
+                        let mut batch = vec![(meta, decoded, out)];
+                        while batch.len() < EXPORT_QUEUE {
+                            match rx.try_next() {
+                                Some(ExportItem::Entry(EntryOutcome::Ok { meta, decoded, out })) => batch.push((meta, decoded, out)),
+                                Some(other) => { deferred = Some(other); break; }
+                                None => break,
+                            }
+                        }
+                        let rels = batch.iter().filter_map(|(m, _, _)| m.path.as_deref().and_then(|p| self.to_local(p).ok())).collect();
+                        self.intend(rels).await?;
+                        for (meta, decoded, out) in batch {
+                            let (root, store) = (root.clone(), self.store().clone());
+                            inflight.push(tokio::task::spawn_blocking(move || apply_export_entry(&root, &store, meta, decoded, out)));
+                        }
                     }
-                    Ok(Some(ExportItem::Entry(EntryOutcome::Bad { meta, reason }))) => {
+                    Ok(Some(ExportItem::Entry(EntryOutcome::Bad { meta, reason, kind }))) => {
                         applied += 1;
                         let remote = meta.path.unwrap_or_else(|| "<export entry without a path>".into());
-                        let rel = self.to_local(&remote).ok();
-                        self.note_failure(&mut pending, rel, remote, reason, false);
+                        let error = FileError::BadData { kind, detail: reason };
+                        let keep = self.to_local(&remote).ok();
+                        self.note_failure(&mut pending, QuarantineNote { reason: error.to_string(), class: error.class(), remote, permanent: false, keep });
                     }
                     Ok(Some(ExportItem::End(Ok(_)))) => ended = Some(None),
                     Ok(Some(ExportItem::End(Err(BodyError::Local(e))))) => {
@@ -259,18 +282,22 @@ impl Engine {
                     ck.cursor = None;
                     continue;
                 }
-                Err(e) if e.is_per_file() && dir != root && !e.is_auth() => {
-                    let mut p = Pending {
+                // A directory the server refuses to list (403, 404, 400...) is never treated as
+                // listed: its records are kept (no sweep removes them) and it is listed again later.
+                // Transient failures (5xx, 429, transport) fail the attempt instead.
+                Err(e) if dir != root && matches!(e.status(), Some(400 | 403 | 404 | 410)) => {
+                    tracing::warn!(dir = %dir, error = %e, "cannot list directory; keeping what it had and listing it again later");
+                    self.progress()
+                        .set_error(Some(format!("{dir}: cannot list directory: {e}")));
+                    let p = Pending {
                         queue_remove: Some(seq),
+                        unlisted: vec![(
+                            dir.clone(),
+                            self.to_local(&dir).ok(),
+                            format!("cannot list directory: {e}"),
+                        )],
                         ..Default::default()
                     };
-                    self.note_failure(
-                        &mut p,
-                        self.to_local(&dir).ok(),
-                        dir.clone(),
-                        format!("cannot list directory: {e}"),
-                        false,
-                    );
                     ck.cursor = None;
                     self.commit(p, ck.snapshot, Some(ck.clone()), vec![])
                         .await?;
@@ -290,13 +317,7 @@ impl Engine {
                 let rel = match self.to_local(&e.path) {
                     Ok(r) => r,
                     Err(why) => {
-                        self.note_failure(
-                            &mut p,
-                            None,
-                            e.path.clone(),
-                            format!("skipped hostile path: {why}"),
-                            true,
-                        );
+                        self.note_hostile(&mut p, e.path.clone(), &why);
                         continue;
                     }
                 };
@@ -316,6 +337,8 @@ impl Engine {
             }
             // Hash-skip from the committed records: committed records are durable (syncfs before commit).
             let to_fetch = self.skip_committed(listed, &mut p).await?;
+            self.intend(to_fetch.iter().map(|j| j.rel.clone()).collect())
+                .await?;
             let mut results = futures_util::stream::iter(to_fetch)
                 .map(|job| self.fetch_one(job))
                 .buffer_unordered(self.config().concurrency);
@@ -323,16 +346,15 @@ impl Engine {
             let mut last_commit = std::time::Instant::now();
             while let Some(r) = results.next().await {
                 match r {
-                    Ok(Fetched::Done { job, meta }) => {
+                    Ok(Fetched::Done { job, meta, fetched }) => {
+                        if fetched {
+                            self.note_fetched();
+                        }
                         self.note_done(&mut p, job.remote, job.rel, meta)
                     }
-                    Ok(Fetched::Failed { job, error }) => self.note_failure(
-                        &mut p,
-                        Some(job.rel),
-                        job.remote,
-                        error.to_string(),
-                        false,
-                    ),
+                    Ok(Fetched::Failed { job, error }) => {
+                        self.note_file_failure(&mut p, job, &error)
+                    }
                     Err(e) => {
                         fatal = Some(e);
                         break;
@@ -358,6 +380,7 @@ impl Engine {
                 None => {
                     ck.cursor = None;
                     p.queue_remove = Some(seq);
+                    p.listed.push(dir.clone());
                 }
             }
             cursor_resets = 0;
@@ -419,12 +442,46 @@ impl Engine {
     }
 
     /// Mark the snapshot complete: sweep unlisted records (guarded), set the events cursor to the tip
-    /// taken before the snapshot, clear the checkpoint.
+    /// taken before the snapshot, clear the checkpoint. A scoped traversal (one directory listed again)
+    /// sweeps only within its directory and leaves the rest of the state alone.
     pub async fn complete(&self, ck: &Checkpoint, used: PathUsed) -> Result<(), SyncError> {
         let snapshot = ck.snapshot;
-        let (unseen, tracked) = self
-            .read(move |st| Ok((st.unseen(snapshot)?, st.tracked_files()?)))
+        let scope = ck.scope.as_deref().and_then(|d| self.to_local(d).ok());
+        let within = scope.clone();
+        let (unseen, tracked, orphans, classes, unlisted) = self
+            .read(move |st| {
+                // Pending writes without a record: written by an interrupted run, not in this listing.
+                let mut orphans = Vec::new();
+                for rel in st.pending()? {
+                    if st.file(&rel)?.is_none() {
+                        orphans.push(rel);
+                    }
+                }
+                let mut unseen = st.unseen(snapshot)?;
+                if let Some(dir) = &within {
+                    let prefix = format!("{dir}/");
+                    unseen.retain(|u| u.path.starts_with(&prefix));
+                    orphans.retain(|o| o.starts_with(&prefix));
+                }
+                Ok((
+                    unseen,
+                    st.tracked_files()?,
+                    orphans,
+                    st.quarantine_classes()?,
+                    st.unlisted()?.len(),
+                ))
+            })
             .await?;
+        if ck.scope.is_none() {
+            // Most files failing the same way is a systemic cause: never a complete mirror.
+            let quarantined: u64 = classes.iter().map(|(_, n)| n).sum();
+            if let Some(e) = crate::sync::engine::systemic(
+                tracked.saturating_sub(quarantined),
+                classes.into_iter(),
+            ) {
+                return Err(e);
+            }
+        }
         let files_gone = unseen.iter().filter(|u| u.kind == Kind::File).count() as u64;
         if !self.config().allow_mass_delete
             && files_gone >= MASS_DELETE_MIN
@@ -441,7 +498,13 @@ impl Engine {
         };
         let store = self.store().clone();
         let removed = unseen.clone();
+        let stray = orphans.clone();
         tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
+            for rel in &stray {
+                store
+                    .remove_file(rel)
+                    .map_err(|e| SyncError::local(&store.abs(rel), &e))?;
+            }
             for u in &removed {
                 if u.kind == Kind::File {
                     store
@@ -456,10 +519,21 @@ impl Engine {
         .await
         .map_err(|e| SyncError::Internal(format!("sweep worker: {e}")))??;
         p.deletes = unseen.into_iter().map(|u| u.path).collect();
+        p.orphans = orphans;
         if files_gone > 0 {
             tracing::info!(
                 removed = files_gone,
+                scope = scope.as_deref().unwrap_or("/"),
                 "removed local files absent from the remote listing"
+            );
+        }
+        if ck.scope.is_some() {
+            return self.commit(p, ck.snapshot, None, vec![]).await;
+        }
+        if unlisted > 0 {
+            tracing::warn!(
+                directories = unlisted,
+                "the snapshot is complete except for directories that could not be listed; they keep what they had and are listed again on the next pass"
             );
         }
         let meta = vec![
@@ -472,7 +546,50 @@ impl Engine {
             (MetaKey::LastPath, used.as_str().to_string()),
             (MetaKey::LastSyncAt, crate::sync::engine::now_rfc3339()),
         ];
-        self.commit(p, ck.snapshot, None, meta).await
+        let snapshot = ck.snapshot;
+        self.commit(p, ck.snapshot, None, meta).await?;
+        self.db()
+            .run(move |st: &mut State| -> Result<(), SyncError> {
+                let mut b = st.batch()?;
+                b.forget_unlisted_before(snapshot)?;
+                b.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// List again, each as a traversal of its own subtree, the directories whose listing failed.
+    pub async fn relist_unlisted(&self) -> Result<(), SyncError> {
+        let dirs = self.read(|st| st.unlisted()).await?;
+        for d in dirs {
+            tracing::info!(dir = %d.path, "listing again a directory whose listing failed");
+            let mut ck = Checkpoint {
+                snapshot: self.db().run(|st: &mut State| st.next_snapshot()).await?,
+                phase: Phase::Tree,
+                current_dir: None,
+                cursor: None,
+                events_tip: None,
+                feed: true,
+                total_files: None,
+                files_done: 0,
+                pages_done: 0,
+                scope: Some(d.path.clone()),
+            };
+            let (ck2, dir) = (ck.clone(), d.path.clone());
+            self.db()
+                .run(move |st: &mut State| -> Result<(), SyncError> {
+                    let mut b = st.batch()?;
+                    b.queue_clear()?;
+                    b.queue_push(&dir)?;
+                    b.set_checkpoint(&ck2)?;
+                    b.commit()?;
+                    Ok(())
+                })
+                .await?;
+            self.tree_pull(&mut ck).await?;
+            self.complete(&ck, PathUsed::Tree).await?;
+        }
+        Ok(())
     }
 }
 
@@ -483,11 +600,10 @@ enum Applied {
         rel: String,
         meta: FileMeta,
     },
-    Failed {
+    /// A path that cannot be mirrored.
+    Hostile {
         remote: String,
-        rel: Option<String>,
-        reason: String,
-        permanent: bool,
+        why: paths::Rejected,
     },
     /// The local disk failed: the run stops.
     Local(WriteError),
@@ -504,14 +620,7 @@ fn apply_export_entry(
     let remote = meta.path.unwrap_or_default();
     let rel = match paths::to_local(root, &remote) {
         Ok(r) => r,
-        Err(why) => {
-            return Applied::Failed {
-                remote,
-                rel: None,
-                reason: format!("skipped hostile path: {why}"),
-                permanent: true,
-            }
-        }
+        Err(why) => return Applied::Hostile { remote, why },
     };
     if let Err(e) = place(store, &rel, staged, &decoded, true) {
         return Applied::Local(e);

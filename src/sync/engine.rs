@@ -2,7 +2,7 @@
 //! fetching one file with hash-skip, committing a batch of results after the durability barrier, and
 //! telling the file system view what changed. The bootstrap and incremental sync build on these.
 use crate::remote::body::{self, BodyError};
-use crate::remote::scan::{read_file_object, EntryOutcome};
+use crate::remote::scan::{read_file_object, BadKind, EntryOutcome};
 use crate::remote::{Remote, RemoteError};
 use crate::store::change::ChangeSink;
 use crate::store::db::{Checkpoint, Db, FileMeta, MetaKey, State, StateError};
@@ -30,6 +30,9 @@ pub enum SyncError {
     GaveUp(String),
     #[error("refusing to delete {would} of {tracked} mirrored files at completion (the remote listing lost more than half of the tree); if that is really intended, run again with --allow-mass-delete")]
     MassDelete { would: u64, tracked: u64 },
+    /// Most files of the run failed the same way: a cause outside any one file.
+    #[error("systemic failure: {failed} of {of} files failed the same way ({class}); the mirror is not reported complete")]
+    Systemic { class: String, failed: u64, of: u64 },
     /// A worker task or thread died (a bug).
     #[error("internal error: {0}")]
     Internal(String),
@@ -89,15 +92,15 @@ const BODY_RETRIES: u32 = 3;
 pub enum FileError {
     /// The server refused this file (403, 404, ...): quarantined, retried later.
     Remote(RemoteError),
-    /// Its content is unusable (bad base64, hash mismatch, malformed body, hostile path): quarantined.
-    BadData(String),
+    /// Its content is unusable (bad base64, hash mismatch, malformed body): quarantined.
+    BadData { kind: BadKind, detail: String },
 }
 
 impl std::fmt::Display for FileError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FileError::Remote(e) => e.fmt(f),
-            FileError::BadData(m) => f.write_str(m),
+            FileError::BadData { detail, .. } => f.write_str(detail),
         }
     }
 }
@@ -107,9 +110,68 @@ impl FileError {
     pub fn status(&self) -> Option<u16> {
         match self {
             FileError::Remote(e) => e.status(),
-            FileError::BadData(_) => None,
+            FileError::BadData { .. } => None,
         }
     }
+
+    /// The cause, without the file's specifics: failures of one class have one cause.
+    pub fn class(&self) -> String {
+        match self {
+            FileError::Remote(e) => match e {
+                RemoteError::Http { status, code, .. } => format!("HTTP {status} {code}"),
+                RemoteError::Transport { .. } => "transport error".into(),
+                RemoteError::BadData { .. } => "malformed response".into(),
+            },
+            FileError::BadData { kind, .. } => match kind {
+                BadKind::HashMismatch => "content hash mismatch".into(),
+                BadKind::Content => "undecodable content".into(),
+                BadKind::Entry => "malformed file object".into(),
+            },
+        }
+    }
+}
+
+/// What the user can do about a systemic failure of `class`.
+pub fn systemic_hint(class: &str) -> &'static str {
+    if class.contains("hash mismatch") {
+        "the bytes received do not match their contentHash: something between mountd and the server may be rewriting response bodies (a proxy, an antivirus, a content filter), or the server stores corrupt data"
+    } else if class.contains("403") {
+        "the token may read the listing but not the files: check its scopes and the workspace's file ACLs"
+    } else if class.contains("404") {
+        "the server lists files it cannot serve: check the server (and --remote-path)"
+    } else {
+        "check the server and the network path to it; the run resumes from its checkpoint once fixed"
+    }
+}
+
+/// Fetch outcomes of one attempt, to tell a systemic cause from stragglers.
+#[derive(Debug, Default)]
+pub struct Tally {
+    ok: u64,
+    failed: std::collections::BTreeMap<String, u64>,
+}
+
+impl Tally {
+    /// `Some` when the files of the run failed the same way: every one of at least 3, or more than half
+    /// of at least 20.
+    pub fn systemic(&self) -> Option<SyncError> {
+        systemic(self.ok, self.failed.iter().map(|(c, n)| (c.clone(), *n)))
+    }
+}
+
+/// The systemic rule over `ok` successes and failures per class.
+pub fn systemic(ok: u64, failed: impl Iterator<Item = (String, u64)>) -> Option<SyncError> {
+    let failed: Vec<(String, u64)> = failed.collect();
+    let total = ok + failed.iter().map(|(_, n)| n).sum::<u64>();
+    failed.into_iter().find_map(|(class, n)| {
+        ((n == total && total >= 3) || (total >= 20 && n * 2 > total)).then(|| {
+            SyncError::Systemic {
+                class,
+                failed: n,
+                of: total,
+            }
+        })
+    })
 }
 
 /// One file to fetch: where it goes, where it comes from, and what the listing or event said of it.
@@ -123,8 +185,12 @@ pub struct FetchJob {
 
 /// Outcome of fetching one file (run-level failures are the `Err` of [`Engine::fetch_one`]).
 pub enum Fetched {
-    /// Written or verified.
-    Done { job: FetchJob, meta: FileMeta },
+    /// Written (`fetched`) or verified by hash.
+    Done {
+        job: FetchJob,
+        meta: FileMeta,
+        fetched: bool,
+    },
     /// This file failed on its own: quarantine it.
     Failed { job: FetchJob, error: FileError },
 }
@@ -134,6 +200,8 @@ pub enum Fetched {
 pub struct QuarantineNote {
     pub remote: String,
     pub reason: String,
+    /// The cause without the file's specifics (see [`FileError::class`]).
+    pub class: String,
     pub permanent: bool,
     pub keep: Option<String>,
 }
@@ -155,6 +223,12 @@ pub struct Pending {
     pub cleared: Vec<String>,
     pub queue_push: Vec<String>,
     pub queue_remove: Option<i64>,
+    /// Directories whose listing failed: (remote dir, local dir, reason).
+    pub unlisted: Vec<(String, Option<String>, String)>,
+    /// Directories listed to their end.
+    pub listed: Vec<String>,
+    /// Pending writes that turned out to be orphans (removed from disk): forget them.
+    pub orphans: Vec<String>,
     /// The traversal is over: drop the checkpoint and the queue in the same transaction.
     pub finish: bool,
 }
@@ -183,6 +257,7 @@ pub struct Engine {
     cfg: Arc<SyncConfig>,
     progress: Progress,
     sink: Option<Arc<dyn ChangeSink>>,
+    tally: Arc<std::sync::Mutex<Tally>>,
 }
 
 impl Engine {
@@ -200,6 +275,7 @@ impl Engine {
             cfg: Arc::new(cfg),
             progress,
             sink: None,
+            tally: Arc::default(),
         }
     }
 
@@ -242,10 +318,11 @@ impl Engine {
     /// One attempt: bootstrap if the mirror is incomplete, finish an interrupted audit, or retry
     /// quarantined files and catch up from the feed. Returns how the mirror was brought up to date.
     pub async fn converge(&self) -> Result<&'static str, SyncError> {
+        self.reset_tally();
         let (complete, traversal) = self
             .read(|st| Ok((st.is_complete()?, st.checkpoint()?.is_some())))
             .await?;
-        if !complete {
+        let how = if !complete {
             let used = self.bootstrap().await?;
             // Replay the events since the tip taken before the snapshot, in the same run: a completed
             // run means the mirror is current as of its end (writes during a long or interrupted
@@ -253,15 +330,21 @@ impl Engine {
             if self.read(|st| st.has_feed()).await? {
                 self.sync_pass().await?;
             }
-            Ok(used.as_str())
+            used.as_str()
         } else if traversal {
             self.audit().await?;
-            Ok("tree")
+            "tree"
         } else {
-            // Files quarantined by an earlier run are retried once; a bootstrap retries nothing it just failed.
+            // Directories that could not be listed, then files quarantined by an earlier run, are
+            // tried again; a bootstrap retries nothing it just failed.
+            self.relist_unlisted().await?;
             self.retry_quarantine().await?;
             self.sync_pass().await?;
-            Ok("catch-up")
+            "catch-up"
+        };
+        match self.tally_systemic() {
+            Some(e) => Err(e),
+            None => Ok(how),
         }
     }
 
@@ -294,7 +377,11 @@ impl Engine {
                     content_hash: job.listed_hash.clone(),
                     content_type: None,
                 };
-                return Ok(Fetched::Done { job, meta });
+                return Ok(Fetched::Done {
+                    job,
+                    meta,
+                    fetched: false,
+                });
             }
         }
         let mut tries = 0;
@@ -314,36 +401,45 @@ impl Engine {
             let share = self.cfg.budget().share();
             let reader = body::reader(self.counted(body.chunks), share, None);
             let (store, rel) = (self.store.clone(), job.rel.clone());
-            let scanned =
-                tokio::task::spawn_blocking(move || -> Result<Result<_, BodyError>, WriteError> {
+            type Scanned = Result<
+                (crate::remote::scan::Meta, crate::remote::scan::Decoded),
+                (BadKind, String),
+            >;
+            let scanned = tokio::task::spawn_blocking(
+                move || -> Result<Result<Scanned, BodyError>, WriteError> {
                     let mut stager = crate::sync::content::Stager::new(store.clone(), share);
                     match read_file_object(reader, &mut stager, || store.scratch_file()) {
                         Ok(EntryOutcome::Ok { meta, decoded, out }) => {
                             crate::sync::content::place(&store, &rel, out, &decoded, false)?;
-                            Ok(Ok((meta, decoded)))
+                            Ok(Ok(Ok((meta, decoded))))
                         }
-                        Ok(EntryOutcome::Bad { reason, .. }) => {
-                            Ok(Err(BodyError::Remote(RemoteError::BadData {
-                                op: "file".into(),
-                                detail: reason,
-                                correlation_id: cid,
-                            })))
-                        }
+                        Ok(EntryOutcome::Bad { reason, kind, .. }) => Ok(Ok(Err((kind, reason)))),
                         Err(e) => Ok(Err(body::classify(e, "file", &cid))),
                     }
-                })
-                .await
-                .map_err(|e| SyncError::Internal(format!("file worker: {e}")))?;
+                },
+            )
+            .await
+            .map_err(|e| SyncError::Internal(format!("file worker: {e}")))?;
             match scanned {
                 Err(write) => return Err(SyncError::from(write)),
-                Ok(Ok((meta, decoded))) => {
+                Ok(Ok(Err((kind, detail)))) => {
+                    return Ok(Fetched::Failed {
+                        job,
+                        error: FileError::BadData { kind, detail },
+                    })
+                }
+                Ok(Ok(Ok((meta, decoded)))) => {
                     let meta = FileMeta {
                         size: decoded.size,
                         revision: meta.revision.or_else(|| job.revision.clone()),
                         content_hash: Some(decoded.sha256),
                         content_type: meta.content_type,
                     };
-                    return Ok(Fetched::Done { job, meta });
+                    return Ok(Fetched::Done {
+                        job,
+                        meta,
+                        fetched: true,
+                    });
                 }
                 Ok(Err(BodyError::Local(e))) => {
                     return Err(SyncError::Local(format!(
@@ -360,7 +456,10 @@ impl Engine {
                 Ok(Err(BodyError::Remote(e))) => {
                     return Ok(Fetched::Failed {
                         job,
-                        error: FileError::BadData(e.to_string()),
+                        error: FileError::BadData {
+                            kind: BadKind::Entry,
+                            detail: e.to_string(),
+                        },
                     })
                 }
                 Ok(Err(BodyError::Stopped)) => {
@@ -389,17 +488,29 @@ impl Engine {
                         .map_err(|e| SyncError::local(store.root(), &e))?;
                 }
                 let mut b = st.batch()?;
+                // Deletes first: a path deleted and another created below it (a file replaced by a
+                // directory) must end with the new records.
+                for rel in &p.deletes {
+                    b.delete(rel)?;
+                    b.pending_clear(rel)?;
+                }
                 for d in &p.dirs {
                     b.ensure_dir(d, seen)?;
                 }
                 for r in &p.files {
                     b.upsert_file(&r.rel, &r.meta, seen)?;
                 }
-                for rel in &p.deletes {
-                    b.delete(rel)?;
+                for rel in &p.orphans {
+                    b.pending_clear(rel)?;
+                }
+                for (dir, rel, reason) in &p.unlisted {
+                    b.unlisted(dir, rel.as_deref(), reason, seen)?;
+                }
+                for dir in &p.listed {
+                    b.listed(dir)?;
                 }
                 for q in &p.quarantine {
-                    b.quarantine(&q.remote, &q.reason, q.permanent)?;
+                    b.quarantine(&q.remote, &q.reason, &q.class, q.permanent)?;
                     if let Some(rel) = &q.keep {
                         b.touch_seen(rel, seen)?;
                     }
@@ -432,6 +543,25 @@ impl Engine {
         Ok(())
     }
 
+    /// Note the files about to be written, before their bytes are (their records come later): a run
+    /// interrupted in between leaves them known as mountd's, so they can be removed if the remote no
+    /// longer has them.
+    pub async fn intend(&self, rels: Vec<String>) -> Result<(), SyncError> {
+        if rels.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .run(move |st: &mut State| -> Result<(), SyncError> {
+                let mut b = st.batch()?;
+                for r in &rels {
+                    b.pending_add(r)?;
+                }
+                b.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
     /// Set meta values in a transaction of their own.
     pub async fn set_meta(&self, meta: Vec<(MetaKey, String)>) -> Result<(), SyncError> {
         self.db
@@ -454,22 +584,61 @@ impl Engine {
     }
 
     /// Record a per-file failure in `p` and log it once.
-    pub fn note_failure(
-        &self,
-        p: &mut Pending,
-        keep: Option<String>,
-        remote: String,
-        reason: String,
-        permanent: bool,
-    ) {
-        tracing::warn!(path = %remote, %reason, "file quarantined");
-        self.progress.set_error(Some(format!("{remote}: {reason}")));
-        p.quarantine.push(QuarantineNote {
-            remote,
-            reason,
-            permanent,
-            keep,
-        });
+    pub fn note_failure(&self, p: &mut Pending, q: QuarantineNote) {
+        tracing::warn!(path = %q.remote, reason = %q.reason, "file quarantined");
+        self.progress
+            .set_error(Some(format!("{}: {}", q.remote, q.reason)));
+        if !q.permanent {
+            let mut t = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+            *t.failed.entry(q.class.clone()).or_default() += 1;
+        }
+        p.quarantine.push(q);
+    }
+
+    /// A file that failed on its own.
+    pub fn note_file_failure(&self, p: &mut Pending, job: FetchJob, error: &FileError) {
+        self.note_failure(
+            p,
+            QuarantineNote {
+                reason: error.to_string(),
+                class: error.class(),
+                remote: job.remote,
+                permanent: false,
+                keep: Some(job.rel),
+            },
+        );
+    }
+
+    /// A remote path that cannot be mirrored (it would escape the root, hit the reserved directory...).
+    pub fn note_hostile(&self, p: &mut Pending, remote: String, why: &paths::Rejected) {
+        self.note_failure(
+            p,
+            QuarantineNote {
+                reason: format!("skipped hostile path: {why}"),
+                class: "hostile path".into(),
+                remote,
+                permanent: true,
+                keep: None,
+            },
+        );
+    }
+
+    /// A file fetched over the network (not merely verified): counts toward the systemic rule.
+    pub fn note_fetched(&self) {
+        self.tally.lock().unwrap_or_else(|e| e.into_inner()).ok += 1;
+    }
+
+    /// Start counting a new attempt's fetches.
+    pub fn reset_tally(&self) {
+        *self.tally.lock().unwrap_or_else(|e| e.into_inner()) = Tally::default();
+    }
+
+    /// A systemic failure among this attempt's fetches, if any.
+    pub fn tally_systemic(&self) -> Option<SyncError> {
+        self.tally
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .systemic()
     }
 
     /// Local relative path of a remote path under the configured root.

@@ -77,13 +77,7 @@ impl Engine {
                     Ok(r) => r,
                     Err(_) if !paths::is_under(&root, &remote) => continue,
                     Err(why) => {
-                        self.note_failure(
-                            &mut p,
-                            None,
-                            remote,
-                            format!("skipped hostile path: {why}"),
-                            true,
-                        );
+                        self.note_hostile(&mut p, remote, &why);
                         continue;
                     }
                 };
@@ -140,7 +134,9 @@ impl Engine {
             .db()
             .run(move |st: &mut State| -> Result<_, SyncError> {
                 for (rel, _) in &deletes {
-                    if st.file(rel)?.is_some_and(|r| r.kind == Kind::File) {
+                    // A recorded file, or one written by an interrupted run before its record was
+                    // committed: the remote deleted it. (A directory is not a file.deleted's business.)
+                    if st.file(rel)?.is_none_or(|r| r.kind == Kind::File) {
                         store
                             .remove_file(rel)
                             .map_err(|e| SyncError::local(&store.abs(rel), &e))?;
@@ -201,27 +197,25 @@ impl Engine {
 
     /// Fetch files with bounded concurrency into `p`; per-file failures are quarantined.
     async fn fetch_all(&self, list: Vec<FetchJob>, p: &mut Pending) -> Result<u64, SyncError> {
+        self.intend(list.iter().map(|j| j.rel.clone()).collect())
+            .await?;
         let mut results = futures_util::stream::iter(list)
             .map(|job| self.fetch_one(job))
             .buffer_unordered(self.config().concurrency);
         let mut n = 0;
         while let Some(r) = results.next().await {
             match r? {
-                Fetched::Done { job, meta } => {
+                Fetched::Done { job, meta, fetched } => {
                     n += 1;
+                    if fetched {
+                        self.note_fetched();
+                    }
                     self.note_done(p, job.remote, job.rel, meta);
                 }
                 Fetched::Failed { job, error } => {
-                    // 404 after an event: the file was deleted since; treat as a delete.
-                    if error.status() == Some(404) {
-                        self.store()
-                            .remove_file(&job.rel)
-                            .map_err(|e| SyncError::local(&self.store().abs(&job.rel), &e))?;
-                        p.deletes.push(job.rel);
-                        p.cleared.push(job.remote);
-                    } else {
-                        self.note_failure(p, Some(job.rel), job.remote, error.to_string(), false);
-                    }
+                    // Even a 404 is not a delete: only a file.deleted event or a fresh listing says
+                    // so. The local copy stays; the file is retried (and a later delete event clears it).
+                    self.note_file_failure(p, job, &error);
                 }
             }
         }

@@ -4,22 +4,26 @@
 //!
 //! Errors are libc errno values (`i32`).
 //!
-//! Consistency: an open file handle holds an opened `std::fs::File` of the local copy, and the sync
-//! engine replaces local files by atomic rename, so a handle keeps reading the version it opened until it
-//! is closed; a fresh open sees the current version.
+//! Versions: every content version of a file has an inode number of its own (the sync engine inserts a
+//! new record for new content and removes the old one), so the bytes behind an inode never change. The
+//! view keeps one opened [`Version`] (a `std::fs::File` of the local copy) per inode while the kernel
+//! may still read it: while a handle is open ([`MirrorFs::open`] .. [`MirrorFs::release`]) and, for reads
+//! that come without a handle (the kernel's zero-message open), from the first read until the kernel
+//! forgets the inode ([`MirrorFs::forget`]). The sync engine replaces local files by atomic rename, so an
+//! opened `File` keeps the bytes it opened after the path holds a newer version; every reader of one
+//! inode reads the same opened file, so the kernel's page cache of an inode holds one version only.
 //!
-//! Directory offsets: `.` is offset 1, `..` offset 2, and the i-th child in name order (0-based) has
-//! offset `3 + i`. A directory handle remembers the names at the offsets it returned (the last batch,
-//! plus every 256th offset), so the next page continues by name keyset (`name > last`) and a repeated
-//! or earlier offset is answered by walking forward from the nearest remembered name.
+//! Directory offsets: `.` is offset 1, `..` offset 2, and a child has offset `inode + 2`; children come
+//! in inode order. Paging needs no per-handle state (`ino > offset - 2`), so the kernel may skip
+//! OPENDIR, and an offset stays valid while the directory changes (new entries have larger inodes).
 pub use crate::store::db::Kind;
 use crate::store::db::{Entry, StateError, StateReader, ROOT_INO};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,14 +32,12 @@ pub type Errno = i32;
 
 /// Block size reported in attributes and statfs.
 pub const BLKSIZE: u32 = 4096;
-/// Offsets of `.` and `..` in a directory stream; children start at `FIRST_CHILD_OFFSET`.
+/// Offsets of `.` and `..` in a directory stream; a child's offset is its inode + `CHILD_OFFSET_BASE`.
 pub const DOT_OFFSET: u64 = 1;
 pub const DOTDOT_OFFSET: u64 = 2;
-pub const FIRST_CHILD_OFFSET: u64 = 3;
-/// Every this many offsets a directory handle keeps a bookmark (name at that offset).
-const SPARSE_EVERY: u64 = 256;
-/// Largest page asked from the database while skipping forward to an offset.
-const SKIP_CHUNK: usize = 1024;
+pub const CHILD_OFFSET_BASE: u64 = 2;
+/// Default bound on versions pinned for handle-less reads (each holds a file descriptor).
+pub const DEFAULT_MAX_PINNED: usize = 8192;
 
 /// Ownership and permission bits presented for every file and directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +87,8 @@ pub struct DirEntry {
     pub offset: u64,
     pub kind: Kind,
     pub name: String,
+    /// Path relative to the mirror root.
+    pub path: String,
     pub attr: Attr,
 }
 
@@ -101,18 +105,31 @@ pub struct StatFs {
     pub frsize: u32,
 }
 
-struct OpenFile {
-    file: File,
-    /// Size of the version this handle opened.
-    size: u64,
+/// The opened local copy of one inode's content version.
+#[derive(Debug)]
+pub struct Version {
+    pub ino: u64,
+    pub file: File,
+    /// Size of this version (checked against the record when it was opened).
+    pub size: u64,
 }
 
-struct DirCursor {
-    ino: u64,
-    /// (offset, name) of the entries of the last page returned.
-    recent: Vec<(u64, String)>,
-    /// Bookmarks every `SPARSE_EVERY` offsets.
-    sparse: BTreeMap<u64, String>,
+/// One inode with an opened version: how many handles use it, and whether it is pinned for handle-less
+/// reads until the kernel forgets the inode.
+struct Live {
+    version: Arc<Version>,
+    handles: u32,
+    pinned: bool,
+}
+
+#[derive(Default)]
+struct Versions {
+    live: HashMap<u64, Live>,
+    /// Open handle -> its version.
+    handles: HashMap<u64, Arc<Version>>,
+    /// Pinned inodes, oldest first (may hold inodes unpinned since; skipped when evicting).
+    pin_order: VecDeque<u64>,
+    pinned: usize,
 }
 
 /// The read-only view over a [`StateReader`] and the mirror root.
@@ -121,9 +138,26 @@ pub struct MirrorFs {
     next_reader: AtomicUsize,
     root: PathBuf,
     opts: FsOptions,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    dirs: Mutex<HashMap<u64, Arc<Mutex<DirCursor>>>>,
+    versions: Mutex<Versions>,
+    max_pinned: AtomicUsize,
+    pin_on_entry: AtomicBool,
     next_fh: AtomicU64,
+    calls: AtomicU64,
+    reads: AtomicU64,
+}
+
+impl Versions {
+    fn unpin(&mut self, ino: u64) {
+        if let Some(l) = self.live.get_mut(&ino) {
+            if l.pinned {
+                l.pinned = false;
+                self.pinned -= 1;
+                if l.handles == 0 {
+                    self.live.remove(&ino);
+                }
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -157,10 +191,18 @@ impl MirrorFs {
             next_reader: AtomicUsize::new(0),
             root: root.to_path_buf(),
             opts,
-            files: Mutex::new(HashMap::new()),
-            dirs: Mutex::new(HashMap::new()),
+            versions: Mutex::new(Versions::default()),
+            max_pinned: AtomicUsize::new(DEFAULT_MAX_PINNED),
+            pin_on_entry: AtomicBool::new(false),
             next_fh: AtomicU64::new(1),
+            calls: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
         }
+    }
+
+    /// Bound the number of versions pinned for handle-less reads (each holds a file descriptor).
+    pub fn set_max_pinned(&self, n: usize) {
+        self.max_pinned.store(n.max(1), Ordering::Relaxed);
     }
 
     pub fn options(&self) -> &FsOptions {
@@ -173,6 +215,7 @@ impl MirrorFs {
 
     /// Run `f` with a free database connection (or wait for one); a database error becomes EIO.
     fn db<R>(&self, f: impl FnOnce(&StateReader) -> Result<R, StateError>) -> Result<R, Errno> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let n = self.readers.len();
         let start = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
         for i in 0..n {
@@ -244,7 +287,12 @@ impl MirrorFs {
             return Err(libc::ENOENT);
         }
         match self.db(|r| r.lookup(parent, name))? {
-            Some(e) => Ok(self.attr_of(&e)),
+            Some(e) => {
+                if e.kind == Kind::File {
+                    self.pin_entry(e.ino, &e.path, e.size);
+                }
+                Ok(self.attr_of(&e))
+            }
             None => {
                 // Tell a missing parent or a file parent apart from a missing name.
                 self.dir_entry(parent)?;
@@ -253,8 +301,39 @@ impl MirrorFs {
         }
     }
 
+    /// Attributes of `ino`. An inode replaced or deleted since, but still open or pinned, is answered
+    /// from its kept version (link count 0, like an unlinked file on a local disk), so `fstat` and
+    /// reads to the end of a kept-open old version keep working after the attributes expire.
     pub fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
-        Ok(self.attr_of(&self.entry(ino)?))
+        match self.entry(ino) {
+            Ok(e) => Ok(self.attr_of(&e)),
+            Err(libc::ENOENT) => {
+                let v = lock(&self.versions)
+                    .live
+                    .get(&ino)
+                    .map(|l| l.version.clone())
+                    .ok_or(libc::ENOENT)?;
+                let mtime = v
+                    .file
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(UNIX_EPOCH);
+                Ok(Attr {
+                    ino,
+                    generation: 1,
+                    kind: Kind::File,
+                    size: v.size,
+                    blocks: v.size.div_ceil(512),
+                    mtime,
+                    perm: self.opts.file_mode,
+                    nlink: 0,
+                    uid: self.opts.uid,
+                    gid: self.opts.gid,
+                    blksize: BLKSIZE,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `access(2)`: existence and read/execute are allowed; write is EROFS.
@@ -269,45 +348,108 @@ impl MirrorFs {
         Ok(())
     }
 
-    /// Open file `ino` for reading; returns a handle id. The handle reads the version opened now even if
-    /// the mirror replaces the file later.
-    pub fn open(&self, ino: u64) -> Result<u64, Errno> {
-        let e = self.entry(ino)?;
+    /// Open the local copy of inode `ino`'s version. Fails with ESTALE when the inode is no longer the
+    /// current version (its record is gone) or the path already holds another version (a replacement
+    /// renamed in but not yet committed): the kernel then looks the name up again and opens the new
+    /// inode.
+    fn open_version(&self, ino: u64) -> Result<Version, Errno> {
+        let e = match self.db(|r| r.get(ino))? {
+            Some(e) => e,
+            None => return Err(libc::ESTALE),
+        };
         if e.kind == Kind::Dir {
             return Err(libc::EISDIR);
         }
+        self.open_local(ino, &e.path, e.size)
+    }
+
+    /// Open the local copy at `rel` as version `ino` of `size` bytes.
+    fn open_local(&self, ino: u64, rel: &str, size: u64) -> Result<Version, Errno> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(self.root.join(&e.path))
+            .open(self.root.join(rel))
             .map_err(|err| match err.raw_os_error() {
                 // A symlink planted in the mirror is not ours to follow.
                 Some(libc::ELOOP) => libc::EIO,
+                // Deleted locally, record not yet committed: this version is gone.
+                Some(libc::ENOENT) => libc::ESTALE,
                 _ => io_errno(&err),
             })?;
         let meta = file.metadata().map_err(|e| io_errno(&e))?;
         if !meta.is_file() {
             return Err(libc::EIO);
         }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(
-            fh,
-            Arc::new(OpenFile {
-                file,
-                size: meta.size(),
-            }),
-        );
-        Ok(fh)
+        if meta.size() != size {
+            tracing::debug!(
+                ino,
+                path = rel,
+                "local file is another version than the record"
+            );
+            return Err(libc::ESTALE);
+        }
+        Ok(Version {
+            ino,
+            file,
+            size: meta.size(),
+        })
     }
 
-    /// Read up to `size` bytes at `offset` from open handle `fh` (short only at end of file).
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let f = lock(&self.files).get(&fh).cloned().ok_or(libc::EBADF)?;
-        let want = (size as u64).min(f.size.saturating_sub(offset)) as usize;
+    /// The live version of `ino`, opening it if needed; the closure updates its bookkeeping.
+    fn with_live<R>(&self, ino: u64, f: impl FnOnce(&mut Live) -> R) -> Result<R, Errno> {
+        self.with_live_or(ino, || self.open_version(ino), f)
+    }
+
+    fn with_live_or<R>(
+        &self,
+        ino: u64,
+        open: impl FnOnce() -> Result<Version, Errno>,
+        f: impl FnOnce(&mut Live) -> R,
+    ) -> Result<R, Errno> {
+        if let Some(l) = lock(&self.versions).live.get_mut(&ino) {
+            return Ok(f(l));
+        }
+        // Open outside the lock (a database read and an open(2)); another thread may win the race, and
+        // then its version is used so that one inode never has two opened versions.
+        let v = Arc::new(open()?);
+        let mut vs = lock(&self.versions);
+        let l = vs.live.entry(ino).or_insert(Live {
+            version: v,
+            handles: 0,
+            pinned: false,
+        });
+        Ok(f(l))
+    }
+
+    /// Open file `ino` for reading; returns a handle id and the version it reads. Every handle of one
+    /// inode shares one opened version, which stays open until its last handle is released (and, when
+    /// pinned, until the kernel forgets the inode) even if the mirror replaces the file meanwhile.
+    pub fn open(&self, ino: u64) -> Result<(u64, Arc<Version>), Errno> {
+        let v = self.with_live(ino, |l| {
+            l.handles += 1;
+            l.version.clone()
+        })?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.versions).handles.insert(fh, v.clone());
+        Ok((fh, v))
+    }
+
+    /// Read up to `size` bytes at `offset` of inode `ino` (short only at end of file), through handle
+    /// `fh` when there is one (`fh` 0: the kernel opened without telling us; the inode's version is
+    /// pinned at its first read and kept until [`MirrorFs::forget`]).
+    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let v = match (fh != 0).then(|| lock(&self.versions).handles.get(&fh).cloned()) {
+            Some(Some(v)) => v,
+            Some(None) => return Err(libc::EBADF),
+            None => self.pinned(ino)?,
+        };
+        let want = (size as u64).min(v.size.saturating_sub(offset)) as usize;
         let mut buf = vec![0u8; want];
         let mut got = 0;
         while got < want {
-            match f.file.read_at(&mut buf[got..], offset + got as u64) {
+            match v.file.read_at(&mut buf[got..], offset + got as u64) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -318,56 +460,122 @@ impl MirrorFs {
         Ok(buf)
     }
 
+    /// The version of `ino` pinned for handle-less reads (pinned now if it was not).
+    fn pinned(&self, ino: u64) -> Result<Arc<Version>, Errno> {
+        self.pin_with(ino, || self.open_version(ino))
+    }
+
+    /// Pin the version of an entry the kernel is being told about (a lookup or a readdirplus entry),
+    /// when [`MirrorFs::set_pin_on_entry`] is on: with zero-message opens the daemon never hears of an
+    /// open, so the version a reader may open later is pinned now, while it is still on disk. Errors are
+    /// ignored (a later read opens the path itself).
+    pub fn pin_entry(&self, ino: u64, rel: &str, size: u64) {
+        if self.pin_on_entry.load(Ordering::Relaxed) {
+            let _ = self.pin_with(ino, || self.open_local(ino, rel, size));
+        }
+    }
+
+    /// Pin versions at lookup and readdirplus (see [`MirrorFs::pin_entry`]).
+    pub fn set_pin_on_entry(&self, on: bool) {
+        self.pin_on_entry.store(on, Ordering::Relaxed);
+    }
+
+    fn pin_with(
+        &self,
+        ino: u64,
+        open: impl FnOnce() -> Result<Version, Errno>,
+    ) -> Result<Arc<Version>, Errno> {
+        let (v, newly) = self.with_live_or(ino, open, |l| {
+            let newly = !l.pinned;
+            l.pinned = true;
+            (l.version.clone(), newly)
+        })?;
+        if newly {
+            let max = self.max_pinned.load(Ordering::Relaxed);
+            let mut vs = lock(&self.versions);
+            vs.pin_order.push_back(ino);
+            vs.pinned += 1;
+            // Over the bound: unpin the oldest. Its kernel pages stay valid; a later read of it reopens
+            // the path (and gets ESTALE if the path holds another version by then).
+            if vs.pin_order.len() > 2 * max + 64 {
+                let Versions {
+                    live, pin_order, ..
+                } = &mut *vs;
+                pin_order.retain(|i| live.get(i).is_some_and(|l| l.pinned));
+            }
+            while vs.pinned > max {
+                let Some(old) = vs.pin_order.pop_front() else {
+                    break;
+                };
+                vs.unpin(old);
+            }
+        }
+        Ok(v)
+    }
+
+    /// The kernel forgot inode `ino`: no handle-less read of it can come any more.
+    pub fn forget(&self, ino: u64) {
+        lock(&self.versions).unpin(ino);
+    }
+
     pub fn release(&self, fh: u64) {
-        lock(&self.files).remove(&fh);
+        let mut vs = lock(&self.versions);
+        let Some(v) = vs.handles.remove(&fh) else {
+            return;
+        };
+        if let Some(l) = vs.live.get_mut(&v.ino) {
+            l.handles = l.handles.saturating_sub(1);
+            if l.handles == 0 && !l.pinned {
+                vs.live.remove(&v.ino);
+            }
+        }
+    }
+
+    /// Requests that did work in the daemon so far (database reads and data reads), for tests.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Data reads (READ requests) served so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     /// Number of open file handles (for tests and status).
     pub fn open_files(&self) -> usize {
-        lock(&self.files).len()
+        lock(&self.versions).handles.len()
     }
 
-    /// Open directory `ino`; returns a directory handle id.
-    pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
-        self.dir_entry(ino)?;
-        let dh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.dirs).insert(
-            dh,
-            Arc::new(Mutex::new(DirCursor {
-                ino,
-                recent: Vec::new(),
-                sparse: BTreeMap::new(),
-            })),
-        );
-        Ok(dh)
+    /// Number of inodes with an opened version (open handles or pinned).
+    pub fn live_versions(&self) -> usize {
+        lock(&self.versions).live.len()
     }
 
-    pub fn releasedir(&self, dh: u64) {
-        lock(&self.dirs).remove(&dh);
+    /// Check that `ino` is a directory that can be listed.
+    pub fn opendir(&self, ino: u64) -> Result<(), Errno> {
+        self.dir_entry(ino).map(|_| ())
     }
 
-    /// Up to `max` entries of directory handle `dh` after stream offset `offset` (0 = from the start,
-    /// including `.` and `..`). An empty page means the end of the directory.
-    pub fn readdir(&self, dh: u64, offset: u64, max: usize) -> Result<Vec<DirEntry>, Errno> {
-        let cursor = lock(&self.dirs).get(&dh).cloned().ok_or(libc::EBADF)?;
-        let mut cur = lock(&cursor);
-        let dir = self.dir_entry(cur.ino)?;
+    /// Up to `max` entries of directory `ino` after stream offset `offset` (0 = from the start,
+    /// including `.` and `..`). An empty page means the end of the directory. Stateless: any offset
+    /// returned before may be passed again.
+    pub fn readdir(&self, ino: u64, offset: u64, max: usize) -> Result<Vec<DirEntry>, Errno> {
+        let dir = self.dir_entry(ino)?;
         let mut out = Vec::new();
-        let mut off = offset;
         if max == 0 {
             return Ok(out);
         }
-        if off < DOT_OFFSET {
+        if offset < DOT_OFFSET {
             out.push(DirEntry {
                 ino: dir.ino,
                 offset: DOT_OFFSET,
                 kind: Kind::Dir,
                 name: ".".into(),
+                path: dir.path.clone(),
                 attr: self.attr_of(&dir),
             });
-            off = DOT_OFFSET;
         }
-        if off < DOTDOT_OFFSET && out.len() < max {
+        if offset < DOTDOT_OFFSET && out.len() < max {
             let parent = if dir.ino == ROOT_INO {
                 dir.clone()
             } else {
@@ -378,71 +586,27 @@ impl MirrorFs {
                 offset: DOTDOT_OFFSET,
                 kind: Kind::Dir,
                 name: "..".into(),
+                path: parent.path.clone(),
                 attr: self.attr_of(&parent),
             });
-            off = DOTDOT_OFFSET;
         }
         if out.len() >= max {
             return Ok(out);
         }
-        // `off` is now the offset of the last entry already seen (>= 2): find its name.
-        let after: Option<String> = if off == DOTDOT_OFFSET {
-            None
-        } else {
-            match self.name_at(&cur, off)? {
-                Some(n) => Some(n),
-                None => return Ok(out), // past the end
-            }
-        };
-        let children = self.db(|r| r.children(dir.ino, after.as_deref(), max - out.len()))?;
-        let mut batch = Vec::with_capacity(children.len());
-        for (i, c) in children.into_iter().enumerate() {
-            let o = off + 1 + i as u64;
-            batch.push((o, c.name.clone()));
-            if o.is_multiple_of(SPARSE_EVERY) {
-                cur.sparse.insert(o, c.name.clone());
-            }
-            out.push(DirEntry {
-                ino: c.ino,
-                offset: o,
-                kind: c.kind,
-                attr: self.attr_of(&c),
-                name: c.name,
-            });
+        let after = offset.saturating_sub(CHILD_OFFSET_BASE);
+        if after > i64::MAX as u64 {
+            return Ok(out); // past any inode
         }
-        if !batch.is_empty() {
-            cur.recent = batch;
-        }
+        let children = self.db(|r| r.children_by_ino(dir.ino, after, max - out.len()))?;
+        out.extend(children.into_iter().map(|c| DirEntry {
+            ino: c.ino,
+            offset: c.ino + CHILD_OFFSET_BASE,
+            kind: c.kind,
+            attr: self.attr_of(&c),
+            name: c.name,
+            path: c.path,
+        }));
         Ok(out)
-    }
-
-    /// Name of the child at stream offset `off` (>= FIRST_CHILD_OFFSET), or None past the end.
-    fn name_at(&self, cur: &DirCursor, off: u64) -> Result<Option<String>, Errno> {
-        let mut best: Option<(u64, &str)> = None;
-        for (o, n) in &cur.recent {
-            if *o <= off && best.is_none_or(|(b, _)| *o > b) {
-                best = Some((*o, n));
-            }
-        }
-        if let Some((o, n)) = cur.sparse.range(..=off).next_back() {
-            if best.is_none_or(|(b, _)| *o > b) {
-                best = Some((*o, n));
-            }
-        }
-        let (mut at, mut name) = match best {
-            Some((o, n)) => (o, Some(n.to_string())),
-            None => (DOTDOT_OFFSET, None),
-        };
-        while at < off {
-            let n = ((off - at) as usize).min(SKIP_CHUNK);
-            let page = self.db(|r| r.children(cur.ino, name.as_deref(), n))?;
-            if page.len() < n {
-                return Ok(None);
-            }
-            at += n as u64;
-            name = page.into_iter().last().map(|e| e.name);
-        }
-        Ok(name)
     }
 
     /// The numbers of the file system holding the local mirror (`statvfs` of its root): size, free and
@@ -527,12 +691,18 @@ mod tests {
         );
         let bad = OsString::from_vec(vec![0xff, 0xfe]);
         assert_eq!(fs.lookup(ROOT_INO, &bad).unwrap_err(), libc::ENOENT);
-        let fh = fs.open(b.ino).unwrap();
-        assert_eq!(fs.read(fh, 0, 100).unwrap(), b"hello");
-        assert_eq!(fs.read(fh, 2, 2).unwrap(), b"ll");
-        assert_eq!(fs.read(fh, 10, 2).unwrap(), b"");
+        let (fh, _) = fs.open(b.ino).unwrap();
+        assert_eq!(fs.read(b.ino, fh, 0, 100).unwrap(), b"hello");
+        assert_eq!(fs.read(b.ino, fh, 2, 2).unwrap(), b"ll");
+        assert_eq!(fs.read(b.ino, fh, 10, 2).unwrap(), b"");
         fs.release(fh);
-        assert_eq!(fs.read(fh, 0, 1).unwrap_err(), libc::EBADF);
+        assert_eq!(fs.read(b.ino, fh, 0, 1).unwrap_err(), libc::EBADF);
+        assert_eq!(fs.live_versions(), 0);
+        // A handle-less read pins the version until the kernel forgets the inode.
+        assert_eq!(fs.read(b.ino, 0, 0, 100).unwrap(), b"hello");
+        assert_eq!(fs.live_versions(), 1);
+        fs.forget(b.ino);
+        assert_eq!(fs.live_versions(), 0);
         assert_eq!(fs.open(a.ino).unwrap_err(), libc::EISDIR);
         assert_eq!(fs.access(b.ino, libc::W_OK).unwrap_err(), libc::EROFS);
         fs.access(b.ino, libc::R_OK).unwrap();
@@ -550,19 +720,87 @@ mod tests {
     }
 
     #[test]
+    fn a_version_outlives_its_replacement() {
+        let (d, mut st, fs) = setup(&[("f", b"old bytes")]);
+        let store = LocalStore::open(&d.path().join("mirror")).unwrap();
+        let old = fs.lookup(ROOT_INO, OsStr::new("f")).unwrap();
+        let (fh, _) = fs.open(old.ino).unwrap();
+        assert_eq!(fs.read(old.ino, 0, 0, 3).unwrap(), b"old"); // pinned
+                                                                // Replaced: the path holds the new bytes before the record is committed.
+        store.write_atomic("f", b"new!").unwrap();
+        let mut b = st.batch().unwrap();
+        let ino = b
+            .upsert_file(
+                "f",
+                &FileMeta {
+                    size: 4,
+                    content_hash: Some("h4".into()),
+                    ..Default::default()
+                },
+                1,
+            )
+            .unwrap();
+        let changes = b.commit().unwrap();
+        assert_ne!(ino, old.ino, "a new content version is a new inode");
+        assert_eq!(changes.len(), 2);
+        assert!(changes[0].removed && changes[0].ino == old.ino);
+        assert!(!changes[1].removed && changes[1].ino == ino);
+        // The open handle and the pinned inode keep the old bytes; the new inode has the new ones.
+        assert_eq!(fs.read(old.ino, fh, 0, 100).unwrap(), b"old bytes");
+        assert_eq!(fs.read(old.ino, 0, 4, 100).unwrap(), b"bytes");
+        let kept = fs.getattr(old.ino).unwrap();
+        assert_eq!(
+            (kept.size, kept.nlink),
+            (9, 0),
+            "a kept version answers getattr"
+        );
+        assert_eq!(fs.lookup(ROOT_INO, OsStr::new("f")).unwrap().ino, ino);
+        assert_eq!(fs.read(ino, 0, 0, 100).unwrap(), b"new!");
+        // Once forgotten and released, the old inode cannot be opened again: ESTALE.
+        fs.release(fh);
+        fs.forget(old.ino);
+        assert_eq!(fs.open(old.ino).unwrap_err(), libc::ESTALE);
+        assert_eq!(fs.read(old.ino, 0, 0, 1).unwrap_err(), libc::ESTALE);
+        // A path that holds another version than its record (renamed in, not yet committed): ESTALE.
+        store.write_atomic("f", b"newer, longer").unwrap();
+        fs.forget(ino);
+        assert_eq!(fs.open(ino).unwrap_err(), libc::ESTALE);
+    }
+
+    #[test]
+    fn pins_are_bounded() {
+        let names: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
+        let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+        let (_d, _st, fs) = setup(&files);
+        fs.set_max_pinned(3);
+        for _ in 0..50 {
+            for n in &names {
+                let a = fs.lookup(ROOT_INO, OsStr::new(n)).unwrap();
+                assert_eq!(fs.read(a.ino, 0, 0, 10).unwrap(), b"x");
+                if n.ends_with('5') {
+                    fs.forget(a.ino);
+                }
+            }
+        }
+        assert!(fs.live_versions() <= 3);
+        assert!(lock(&fs.versions).pin_order.len() <= 2 * 3 + 64 + 1);
+    }
+
+    #[test]
     fn readdir_pages_and_repeats() {
         let names: Vec<String> = (0..700).map(|i| format!("d/f{i:04}")).collect();
         let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
         let (_d, _st, fs) = setup(&files);
         let d = fs.lookup(ROOT_INO, OsStr::new("d")).unwrap();
-        let dh = fs.opendir(d.ino).unwrap();
+        fs.opendir(d.ino).unwrap();
         // Tiny pages: 0..10 entries each, like the reference tests of mountpoint-s3.
         let mut all = Vec::new();
+        let mut offsets = Vec::new();
         let mut off = 0;
         let mut step = 0usize;
         loop {
-            assert!(fs.readdir(dh, off, 0).unwrap().is_empty());
-            let page = fs.readdir(dh, off, step % 10 + 1).unwrap();
+            assert!(fs.readdir(d.ino, off, 0).unwrap().is_empty());
+            let page = fs.readdir(d.ino, off, step % 10 + 1).unwrap();
             step += 1;
             if page.is_empty() {
                 break;
@@ -570,25 +808,29 @@ mod tests {
             if let Some(last) = page.last() {
                 off = last.offset;
             }
-            all.extend(page.into_iter().map(|e| e.name));
+            for e in page {
+                offsets.push(e.offset);
+                all.push(e.name);
+            }
         }
         assert_eq!(all.len(), 702);
-        assert_eq!(&all[..3], &[".", "..", "f0000"]);
+        assert_eq!(&all[..3], &[".", "..", "f0000"]); // inode order = insertion order here
         let mut sorted = all[2..].to_vec();
+        sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), 700);
-        // A repeated or earlier offset is answered again.
-        let again = fs.readdir(dh, 300, 2).unwrap();
-        assert_eq!(again[0].name, format!("f{:04}", 300 - 2));
-        assert_eq!(again[0].offset, 301);
-        let early = fs.readdir(dh, 5, 1).unwrap();
-        assert_eq!(early[0].name, "f0003");
-        // A fresh handle seeking straight to an offset walks forward.
-        let dh2 = fs.opendir(d.ino).unwrap();
-        assert_eq!(fs.readdir(dh2, 600, 1).unwrap()[0].name, "f0598");
-        assert!(fs.readdir(dh2, 702, 5).unwrap().is_empty());
-        assert!(fs.readdir(dh2, 5000, 5).unwrap().is_empty());
-        fs.releasedir(dh);
-        fs.releasedir(dh2);
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]));
+        // Any offset returned before is answered again, from the entry after it.
+        let again = fs.readdir(d.ino, offsets[300], 2).unwrap();
+        assert_eq!(again[0].name, all[301]);
+        assert_eq!(again[0].offset, offsets[301]);
+        assert_eq!(fs.readdir(d.ino, offsets[4], 1).unwrap()[0].name, all[5]);
+        assert!(fs.readdir(d.ino, offsets[701], 5).unwrap().is_empty());
+        assert!(fs.readdir(d.ino, u64::MAX - 8, 5).unwrap().is_empty());
+        assert_eq!(
+            fs.opendir(fs.lookup(d.ino, OsStr::new("f0001")).unwrap().ino)
+                .unwrap_err(),
+            libc::ENOTDIR
+        );
     }
 }

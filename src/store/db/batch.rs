@@ -127,8 +127,13 @@ impl<'a> Batch<'a> {
         Ok(ino)
     }
 
-    /// Insert or update a file record stamped `seen`; returns its inode. A content change (or a new
-    /// file) is recorded as a [`Change`].
+    /// Insert or update a file record stamped `seen`; returns its inode.
+    ///
+    /// Every content version gets an inode number of its own, like a file replaced by an atomic rename on
+    /// a local disk: a new file, or a content change (hash or size differs), inserts a fresh row (a new,
+    /// never reused `AUTOINCREMENT` inode) and records a removal [`Change`] for the old inode and an
+    /// addition for the new one. A record whose content is unchanged keeps its inode (and no change is
+    /// recorded), so unchanged files keep their inode numbers across syncs and restarts.
     pub fn upsert_file(&mut self, rel: &str, m: &FileMeta, seen: i64) -> Result<u64, StateError> {
         let parent = self.ensure_dir(paths::parent(rel), seen)?;
         let existing: Option<(i64, i64, Option<String>, i64)> = self
@@ -139,43 +144,77 @@ impl<'a> Batch<'a> {
                     .optional()
             })
             .map_err(|e| self.err(e))?;
-        let (ino, changed) = match existing {
-            Some((ino, kind, hash, size)) if kind == Kind::File.to_sql() => {
-                let changed = hash != m.content_hash || size as u64 != m.size;
+        // The record commits with this transaction: the write is no longer pending.
+        self.pending_clear(rel)?;
+        let name = paths::name(rel);
+        match existing {
+            Some((ino, kind, hash, size))
+                if kind == Kind::File.to_sql()
+                    && hash == m.content_hash
+                    && size as u64 == m.size =>
+            {
+                // Same content: same inode; only the bookkeeping columns move.
                 self.tx
                     .prepare_cached(
-                        "UPDATE entries SET size = ?2, revision = ?3, content_hash = ?4, content_type = ?5, seen = ?6,
-                         generation = generation + ?7, mtime = CASE WHEN ?7 = 1 THEN ?8 ELSE mtime END WHERE ino = ?1",
+                        "UPDATE entries SET revision = ?2, content_type = ?3, seen = ?4 WHERE ino = ?1",
                     )
-                    .and_then(|mut s| s.execute(params![ino, m.size as i64, m.revision, m.content_hash, m.content_type, seen, changed as i64, now_secs()]))
+                    .and_then(|mut s| s.execute(params![ino, m.revision, m.content_type, seen]))
                     .map_err(|e| self.err(e))?;
-                (ino as u64, changed)
+                return Ok(ino as u64);
             }
-            other => {
-                if other.is_some() {
-                    self.delete(rel)?;
-                }
+            Some((ino, kind, ..)) if kind == Kind::File.to_sql() => {
+                // A new content version: the old inode goes away (open handles keep reading it).
                 self.tx
-                    .prepare_cached(
-                        "INSERT INTO entries(parent, name, path, kind, size, revision, content_hash, content_type, mtime, seen)
-                         VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![parent as i64, paths::name(rel), rel, m.size as i64, m.revision, m.content_hash, m.content_type, now_secs(), seen])
-                    })
+                    .prepare_cached("DELETE FROM entries WHERE ino = ?1")
+                    .and_then(|mut s| s.execute([ino]))
                     .map_err(|e| self.err(e))?;
-                (self.tx.last_insert_rowid() as u64, true)
+                self.changes.push(Change {
+                    ino: ino as u64,
+                    parent,
+                    name: name.to_string(),
+                    removed: true,
+                });
             }
-        };
-        if changed {
-            self.changes.push(Change {
-                ino,
-                parent,
-                name: paths::name(rel).to_string(),
-                removed: false,
-            });
+            Some(_) => {
+                // A directory becomes a file.
+                self.delete(rel)?;
+            }
+            None => {}
         }
+        self.tx
+            .prepare_cached(
+                "INSERT INTO entries(parent, name, path, kind, size, revision, content_hash, content_type, mtime, seen)
+                 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![parent as i64, name, rel, m.size as i64, m.revision, m.content_hash, m.content_type, now_secs(), seen])
+            })
+            .map_err(|e| self.err(e))?;
+        let ino = self.tx.last_insert_rowid() as u64;
+        self.changes.push(Change {
+            ino,
+            parent,
+            name: name.to_string(),
+            removed: false,
+        });
         Ok(ino)
+    }
+
+    /// Files about to be written into the mirror (committed before the bytes are written).
+    pub fn pending_add(&mut self, rel: &str) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached("INSERT OR IGNORE INTO pending(path) VALUES (?1)")
+            .and_then(|mut s| s.execute([rel]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn pending_clear(&mut self, rel: &str) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached("DELETE FROM pending WHERE path = ?1")
+            .and_then(|mut s| s.execute([rel]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Stamp an existing record as seen (a listed file we could not fetch keeps its old copy).
@@ -239,19 +278,69 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
+    /// Quarantine a file: `class` groups failures of the same cause (e.g. "HTTP 403 forbidden").
     pub fn quarantine(
         &mut self,
         remote_path: &str,
         reason: &str,
+        class: &str,
         permanent: bool,
     ) -> Result<(), StateError> {
         self.tx
             .prepare_cached(
-                "INSERT INTO quarantine(path, reason, attempts, permanent, updated_at) VALUES (?1, ?2, 1, ?3, ?4)
+                "INSERT INTO quarantine(path, reason, attempts, permanent, updated_at, class) VALUES (?1, ?2, 1, ?3, ?4, ?5)
                  ON CONFLICT(path) DO UPDATE SET reason = excluded.reason, attempts = attempts + 1,
-                 permanent = excluded.permanent, updated_at = excluded.updated_at",
+                 permanent = excluded.permanent, updated_at = excluded.updated_at, class = excluded.class",
             )
-            .and_then(|mut s| s.execute(params![remote_path, reason, permanent as i64, now_secs()]))
+            .and_then(|mut s| s.execute(params![remote_path, reason, permanent as i64, now_secs(), class]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A directory whose listing failed in `snapshot`: its records are kept (stamped `seen`, so no sweep
+    /// removes them) and it is listed again later.
+    pub fn unlisted(
+        &mut self,
+        remote_dir: &str,
+        local_dir: Option<&str>,
+        reason: &str,
+        snapshot: i64,
+    ) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO unlisted(path, reason, snapshot, attempts, updated_at) VALUES (?1, ?2, ?3, 1, ?4)
+                 ON CONFLICT(path) DO UPDATE SET reason = excluded.reason, snapshot = excluded.snapshot,
+                 attempts = attempts + 1, updated_at = excluded.updated_at",
+            )
+            .and_then(|mut s| s.execute(params![remote_dir, reason, snapshot, now_secs()]))
+            .map_err(|e| self.err(e))?;
+        if let Some(rel) = local_dir {
+            let lo = format!("{rel}/");
+            let hi = format!("{rel}0");
+            self.tx
+                .prepare_cached(
+                    "UPDATE entries SET seen = ?1 WHERE path = ?2 OR (path >= ?3 AND path < ?4)",
+                )
+                .and_then(|mut s| s.execute(params![snapshot, rel, lo, hi]))
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// The directory was listed after all.
+    pub fn listed(&mut self, remote_dir: &str) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached("DELETE FROM unlisted WHERE path = ?1")
+            .and_then(|mut s| s.execute([remote_dir]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A complete listing of the whole tree (`snapshot`) is over: forget the unlisted directories it did
+    /// not meet again (gone, or listed).
+    pub fn forget_unlisted_before(&mut self, snapshot: i64) -> Result<(), StateError> {
+        self.tx
+            .execute("DELETE FROM unlisted WHERE snapshot != ?1", [snapshot])
             .map_err(|e| self.err(e))?;
         Ok(())
     }

@@ -99,6 +99,10 @@ pub struct Checkpoint {
     pub total_files: Option<u64>,
     pub files_done: u64,
     pub pages_done: u64,
+    /// A traversal of one subtree only (re-listing a directory whose listing failed): the sweep at its
+    /// end is limited to it. `None`: the whole tree.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// A committed record, as the engine needs it for hash-skip.
@@ -127,6 +131,14 @@ pub struct Quarantined {
     pub reason: String,
     pub attempts: i64,
     pub permanent: bool,
+}
+
+/// A directory whose listing failed, to be listed again.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unlisted {
+    pub path: String,
+    pub reason: String,
+    pub attempts: i64,
 }
 
 /// One directory of the traversal queue.
@@ -447,6 +459,50 @@ impl State {
                 })
             })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
+        rows.map_err(|e| self.err(e))
+    }
+
+    /// Directories whose listing failed (never treated as listed).
+    pub fn unlisted(&self) -> Result<Vec<Unlisted>, StateError> {
+        let mut s = self
+            .conn
+            .prepare("SELECT path, reason, attempts FROM unlisted ORDER BY path")
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map([], |r| {
+                Ok(Unlisted {
+                    path: r.get(0)?,
+                    reason: r.get(1)?,
+                    attempts: r.get(2)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
+        rows.map_err(|e| self.err(e))
+    }
+
+    /// Retryable quarantined files per failure class, most common first.
+    pub fn quarantine_classes(&self) -> Result<Vec<(String, u64)>, StateError> {
+        let mut s = self
+            .conn
+            .prepare(
+                "SELECT class, count(*) FROM quarantine WHERE permanent = 0 GROUP BY class ORDER BY count(*) DESC",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
+        rows.map_err(|e| self.err(e))
+    }
+
+    /// Files written (or about to be) whose records were never committed: a run was interrupted.
+    pub fn pending(&self) -> Result<Vec<String>, StateError> {
+        let mut s = self
+            .conn
+            .prepare("SELECT path FROM pending ORDER BY path")
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>());
         rows.map_err(|e| self.err(e))
     }
 

@@ -1,5 +1,5 @@
 //! Read-only queries for the file system view, on a connection of its own (WAL lets it read while the
-//! engine writes). Lookup by `(parent, name)` and keyset paging of children by name.
+//! engine writes). Lookup by `(parent, name)` and keyset paging of children by name or by inode.
 use super::{Kind, StateError, ROOT_INO};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -106,6 +106,29 @@ impl StateReader {
             .and_then(|mut s| {
                 s.query_map(
                     params![dir as i64, after.unwrap_or(""), limit as i64],
+                    entry_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    /// Children of `dir` in inode order, with an inode strictly greater than `after_ino` (keyset paging
+    /// with offsets that stay valid while the directory changes: new entries get larger inodes).
+    pub fn children_by_ino(
+        &self,
+        dir: u64,
+        after_ino: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StateError> {
+        let sql = format!(
+            "SELECT {ENTRY_COLS} FROM entries WHERE parent = ?1 AND ino > ?2 AND ino != {ROOT_INO} ORDER BY ino LIMIT ?3"
+        );
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_map(
+                    params![dir as i64, after_ino as i64, limit as i64],
                     entry_row,
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()

@@ -1,7 +1,7 @@
 //! The schema of the state database, versioned by `PRAGMA user_version` with forward-only migrations.
 
 /// The schema version this build writes; a newer database is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `MIGRATIONS[i]` takes a database from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -29,4 +29,16 @@ pub const MIGRATIONS: &[&str] = &[
         attempts INTEGER NOT NULL,
         permanent INTEGER NOT NULL,
         updated_at INTEGER NOT NULL);",
+    // v2: files about to be written into the mirror whose records are not committed yet (so a file
+    // written before a crash is known to be mountd's, and removed if the remote no longer has it).
+    // Directories whose listing failed: never treated as listed, listed again later (`snapshot`: the
+    // snapshot that last failed to list it). The class of each quarantined file's failure (to tell a
+    // systemic cause from stragglers). Directory listings page by inode number (stable offsets without
+    // per-handle state, so the kernel can skip OPENDIR); each content version of a file has an inode of
+    // its own.
+    "CREATE TABLE pending(path TEXT PRIMARY KEY);
+     CREATE TABLE unlisted(path TEXT PRIMARY KEY, reason TEXT NOT NULL, snapshot INTEGER NOT NULL,
+        attempts INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+     ALTER TABLE quarantine ADD COLUMN class TEXT NOT NULL DEFAULT '';
+     CREATE INDEX entries_parent_ino ON entries(parent, ino);",
 ];

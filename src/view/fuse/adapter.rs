@@ -1,29 +1,39 @@
 //! The fuser adapter: maps FUSE requests onto [`MirrorFs`], converts errors to errno values and records
 //! per-operation latency metrics. Every call that would modify the tree answers EROFS.
 //!
-//! Caching: entry and attribute replies carry a long TTL (never zero); the sync engine's change sink
-//! ([`super::invalidate`]) invalidates exactly what changed. Directory listings are cached by the kernel
-//! (`FOPEN_CACHE_DIR` + `FOPEN_KEEP_CACHE`) and invalidated with the parent directory inode. Files are
-//! opened with `FOPEN_DIRECT_IO`: the kernel page cache is shared by every open of an inode, and a
-//! replaced file keeps its inode number, so page caching could serve the new version to a handle that
-//! opened the old one (or the reverse). Direct I/O gives each open exactly the version it opened.
+//! Caching: every content version of a file is an inode of its own whose bytes never change, so the
+//! kernel may cache file data for as long as it keeps the inode, and entry and attribute replies carry a
+//! long TTL (never zero); the sync engine's change sink ([`super::invalidate`]) invalidates exactly
+//! what changed. File data is served in one of the [`DataMode`]s:
+//! * passthrough: OPEN registers the inode's opened version as the kernel's backing file (one
+//!   `BackingId` per inode, shared by its open handles, dropped with the last one); reads and mmap
+//!   never reach the daemon;
+//! * page cache: OPEN is answered ENOSYS once (`FUSE_NO_OPEN_SUPPORT`), after which the kernel opens
+//!   without a message and keeps the inode's page cache (`FOPEN_KEEP_CACHE` is its default then); a
+//!   cache miss is a READ without a handle, served from the version pinned at the inode's first read;
+//! * direct I/O: every read is a READ request (`FOPEN_DIRECT_IO`).
+//!
+//! OPENDIR is answered ENOSYS too (`FUSE_NO_OPENDIR_SUPPORT`: listings page statelessly by inode, and
+//! the kernel caches them), FLUSH is answered ENOSYS once (nothing to flush on a read-only file system),
+//! and opens that do reach the daemon carry `FOPEN_NOFLUSH`.
+use super::mode::{DataMode, ModeState};
 use crate::view::fs::{Attr, Kind, MirrorFs};
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-/// The FUSE generation of every inode. Inode numbers are SQLite `AUTOINCREMENT` row ids, never reused,
-/// so one constant generation keeps every (inode, generation) pair unique. The record's `generation`
-/// (bumped when a file's content is replaced) must NOT be sent: the kernel treats a new generation for a
-/// known node id as a different inode and marks the old one bad, so a handle that opened the previous
-/// version would get EIO instead of reading its version to the end.
+/// The FUSE generation of every inode. Inode numbers are SQLite `AUTOINCREMENT` row ids, never reused
+/// (a new content version is a new row), so one constant generation keeps every (inode, generation)
+/// pair unique.
 pub(super) const FUSE_GENERATION: Generation = Generation(1);
 /// Entries fetched from the database per step while filling one readdir reply.
 const READDIR_CHUNK: usize = 128;
@@ -58,17 +68,66 @@ fn kind(k: Kind) -> FileType {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Passthrough bookkeeping: one backing id per inode with the number of handles using it, and the
+/// handles that were opened in passthrough.
+#[derive(Default)]
+struct Backings {
+    by_ino: HashMap<u64, (BackingId, u32)>,
+    handles: HashSet<u64>,
+}
+
 /// The `fuser::Filesystem` over a [`MirrorFs`].
 pub struct FuseAdapter {
     fs: Arc<MirrorFs>,
     ttl: Duration,
+    mode: Arc<ModeState>,
+    backings: Mutex<Backings>,
+    backing_failed: AtomicBool,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<MirrorFs>, ttl: Duration) -> FuseAdapter {
+    pub(crate) fn new(fs: Arc<MirrorFs>, ttl: Duration, mode: Arc<ModeState>) -> FuseAdapter {
         FuseAdapter {
             fs,
             ttl: ttl.max(Duration::from_millis(1)),
+            mode,
+            backings: Mutex::new(Backings::default()),
+            backing_failed: AtomicBool::new(false),
+        }
+    }
+
+    fn add_cap(config: &mut KernelConfig, cap: InitFlags) -> bool {
+        match config.add_capabilities(cap) {
+            Ok(()) => true,
+            Err(missing) => {
+                tracing::debug!(?missing, "FUSE capability not offered by the kernel");
+                false
+            }
+        }
+    }
+
+    fn readdir_pages(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        mut add: impl FnMut(&crate::view::fs::DirEntry) -> bool,
+    ) -> Result<(), i32> {
+        let mut off = offset;
+        loop {
+            let page = timed("readdir", || self.fs.readdir(ino.0, off, READDIR_CHUNK))?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            for e in &page {
+                if add(e) {
+                    return Ok(());
+                }
+                off = e.offset;
+            }
         }
     }
 }
@@ -91,15 +150,34 @@ fn timed<T>(
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        for cap in [
+        Self::add_cap(
+            config,
             InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
-        ] {
-            if let Err(missing) = config.add_capabilities(cap) {
-                tracing::debug!(?missing, "FUSE capability not offered by the kernel");
-            }
+        );
+        Self::add_cap(config, InitFlags::FUSE_PARALLEL_DIROPS);
+        let m = &self.mode;
+        m.no_opendir.store(
+            Self::add_cap(config, InitFlags::FUSE_NO_OPENDIR_SUPPORT),
+            Ordering::Release,
+        );
+        if matches!(m.requested, DataMode::Auto | DataMode::PageCache) {
+            m.no_open.store(
+                Self::add_cap(config, InitFlags::FUSE_NO_OPEN_SUPPORT),
+                Ordering::Release,
+            );
         }
+        if matches!(m.requested, DataMode::Auto | DataMode::Passthrough)
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            m.passthrough.store(
+                Self::add_cap(config, InitFlags::FUSE_PASSTHROUGH),
+                Ordering::Release,
+            );
+        }
+        if m.requested == DataMode::DirectIo {
+            Self::add_cap(config, InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        }
+        m.init_finished();
         // The FUSE series are exported only while a mount is served.
         crate::metrics::Metrics::global().set_fuse_active(true);
         Ok(())
@@ -114,6 +192,11 @@ impl Filesystem for FuseAdapter {
             Ok(a) => reply.entry_with_ttls(&self.ttl, &self.ttl, &file_attr(&a), FUSE_GENERATION),
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        // The kernel sends FORGET once, when it evicts the inode: no read of it can follow.
+        self.fs.forget(ino.0);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -131,16 +214,52 @@ impl Filesystem for FuseAdapter {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
-        match timed("open", || self.fs.open(ino.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
-            Err(e) => reply.error(errno(e)),
+        let mode = self.mode.active();
+        if mode == DataMode::PageCache && ModeState::flag(&self.mode.no_open) {
+            // From now on the kernel opens files without asking (and keeps their page cache).
+            return reply.error(Errno::ENOSYS);
+        }
+        let (fh, version) = match timed("open", || self.fs.open(ino.0)) {
+            Ok(v) => v,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let cached = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
+        match mode {
+            DataMode::Passthrough => {
+                let mut b = lock(&self.backings);
+                if let Some((id, n)) = b.by_ino.get_mut(&ino.0) {
+                    *n += 1;
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, id);
+                    b.handles.insert(fh);
+                    return;
+                }
+                match reply.open_backing(&version.file) {
+                    Ok(id) => {
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
+                        b.by_ino.insert(ino.0, (id, 1));
+                        b.handles.insert(fh);
+                    }
+                    Err(e) => {
+                        if !self.backing_failed.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(error = %e,
+                                "FUSE passthrough: registering a backing file failed; serving this file from the page cache");
+                        }
+                        reply.opened(FileHandle(fh), cached);
+                    }
+                }
+            }
+            DataMode::DirectIo => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
+            ),
+            DataMode::PageCache | DataMode::Auto => reply.opened(FileHandle(fh), cached),
         }
     }
 
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -148,7 +267,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match timed("read", || self.fs.read(fh.0, offset, size)) {
+        match timed("read", || self.fs.read(ino.0, fh.0, offset, size)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
         }
@@ -162,19 +281,33 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to flush on a read-only file system; ENOSYS makes the kernel stop sending FLUSH.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        {
+            let mut b = lock(&self.backings);
+            if b.handles.remove(&fh.0) {
+                if let Some((_, n)) = b.by_ino.get_mut(&ino.0) {
+                    *n -= 1;
+                    if *n == 0 {
+                        // The last handle: unregister the backing file (the kernel holds its own
+                        // reference for as long as it needs one).
+                        b.by_ino.remove(&ino.0);
+                    }
+                }
+            }
+        }
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -194,9 +327,13 @@ impl Filesystem for FuseAdapter {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
+        if ModeState::flag(&self.mode.no_opendir) {
+            // Listings need no handle: from now on the kernel opens directories without asking.
+            return reply.error(Errno::ENOSYS);
+        }
         match self.fs.opendir(ino.0) {
-            Ok(dh) => reply.opened(
-                FileHandle(dh),
+            Ok(()) => reply.opened(
+                FileHandle(0),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Err(e) => reply.error(errno(e)),
@@ -206,74 +343,55 @@ impl Filesystem for FuseAdapter {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let mut off = offset;
-        loop {
-            let page = match timed("readdir", || self.fs.readdir(fh.0, off, READDIR_CHUNK)) {
-                Ok(p) => p,
-                Err(e) => return reply.error(errno(e)),
-            };
-            if page.is_empty() {
-                break;
-            }
-            for e in &page {
-                if reply.add(INodeNo(e.ino), e.offset, kind(e.kind), &e.name) {
-                    return reply.ok();
-                }
-                off = e.offset;
-            }
+        match self.readdir_pages(ino, offset, |e| {
+            reply.add(INodeNo(e.ino), e.offset, kind(e.kind), &e.name)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
         }
-        reply.ok();
     }
 
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let mut off = offset;
-        loop {
-            let page = match timed("readdir", || self.fs.readdir(fh.0, off, READDIR_CHUNK)) {
-                Ok(p) => p,
-                Err(e) => return reply.error(errno(e)),
-            };
-            if page.is_empty() {
-                break;
+        let ttl = self.ttl;
+        match self.readdir_pages(ino, offset, |e| {
+            let full = reply.add(
+                INodeNo(e.ino),
+                e.offset,
+                &e.name,
+                &ttl,
+                &file_attr(&e.attr),
+                FUSE_GENERATION,
+            );
+            if !full && e.kind == Kind::File {
+                self.fs.pin_entry(e.ino, &e.path, e.attr.size);
             }
-            for e in &page {
-                let full = reply.add(
-                    INodeNo(e.ino),
-                    e.offset,
-                    &e.name,
-                    &self.ttl,
-                    &file_attr(&e.attr),
-                    FUSE_GENERATION,
-                );
-                if full {
-                    return reply.ok();
-                }
-                off = e.offset;
-            }
+            full
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
         }
-        reply.ok();
     }
 
     fn releasedir(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.releasedir(fh.0);
         reply.ok();
     }
 

@@ -1,6 +1,11 @@
 //! Kernel cache invalidation: the [`ChangeSink`] the engine tells what each commit changed. For each
 //! change the entry (and for a removal the dentry) is invalidated, then the listing of every touched
 //! directory.
+//!
+//! An inode's content never changes (a new version is a new inode), so the data cached for an inode is
+//! never invalidated: a removed inode's dentry is deleted (the kernel marks the inode unlinked) and
+//! readers that hold it open keep reading their version from its page cache or backing file. An added
+//! inode is new to the kernel: only the name and the parent's listing need invalidating.
 use crate::store::change::{Change, ChangeSink};
 use fuser::{INodeNo, Notifier};
 use std::collections::HashSet;
@@ -37,10 +42,7 @@ impl ChangeSink for FuseSink {
                     self.notifier.inval_entry(INodeNo(c.parent), name),
                 );
             } else {
-                self.note(
-                    "inval_inode",
-                    self.notifier.inval_inode(INodeNo(c.ino), 0, -1),
-                );
+                // A negative dentry (or one of an older version) may be cached for the name.
                 self.note(
                     "inval_entry",
                     self.notifier.inval_entry(INodeNo(c.parent), name),

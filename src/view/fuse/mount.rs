@@ -5,6 +5,7 @@
 //! unmounts explicitly (also on drop), and [`mount`] detaches a stale mount it finds first.
 use super::adapter::FuseAdapter;
 use super::invalidate::FuseSink;
+use super::mode::{DataMode, ModeState};
 use super::mountinfo::{is_mountd_fuse, mounted_top, mountinfo};
 use crate::store::change::ChangeSink;
 use crate::store::db::StateReader;
@@ -12,6 +13,7 @@ use crate::view::fs::{FsOptions, MirrorFs};
 use fuser::{BackgroundSession, Config, MountOption, Notifier, SessionACL};
 use nix::mount::MntFlags;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -30,6 +32,8 @@ pub struct MountOptions {
     /// FUSE worker threads (at least 1).
     pub threads: usize,
     pub fs: FsOptions,
+    /// How file data is served (see [`DataMode`]).
+    pub data_mode: DataMode,
 }
 
 impl Default for MountOptions {
@@ -40,6 +44,7 @@ impl Default for MountOptions {
             ttl: Duration::from_secs(3600),
             threads: 2,
             fs: FsOptions::default(),
+            data_mode: DataMode::Auto,
         }
     }
 }
@@ -55,6 +60,7 @@ pub struct MountHandle {
     /// A duplicate of the session's /dev/fuse descriptor.
     conn: OwnedFd,
     fs: Arc<MirrorFs>,
+    mode: DataMode,
 }
 
 impl MountHandle {
@@ -67,6 +73,11 @@ impl MountHandle {
 
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// The data mode in use (decided at mount time).
+    pub fn data_mode(&self) -> DataMode {
+        self.mode
     }
 
     /// The file system view served by this mount.
@@ -280,6 +291,96 @@ fn detach_fuser_unmount(mut bg: BackgroundSession) -> JoinHandle<std::io::Result
     guard
 }
 
+/// How long [`mount`] waits for the kernel's INIT.
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `FUSE_DEV_IOC_BACKING_CLOSE`: `_IOW(229, 2, uint32_t)`.
+const FUSE_DEV_IOC_BACKING_CLOSE: u64 = (1 << 30) | (4 << 16) | (229 << 8) | 2;
+
+/// The data mode to use, from what was asked and what the kernel accepted. `probe` checks that a
+/// backing file can really be registered (the kernel also wants CAP_SYS_ADMIN and a backing file
+/// system it can stack on).
+fn decide_mode(
+    m: &ModeState,
+    probe: impl FnOnce() -> Result<(), String>,
+) -> Result<DataMode, String> {
+    match m.requested {
+        DataMode::Passthrough => {
+            if !ModeState::flag(&m.passthrough) {
+                return Err("FUSE passthrough was requested but the kernel does not offer it (Linux >= 6.9 with CONFIG_FUSE_PASSTHROUGH)".into());
+            }
+            probe()
+                .map_err(|e| format!("FUSE passthrough was requested but is unavailable: {e}"))?;
+            Ok(DataMode::Passthrough)
+        }
+        DataMode::PageCache => Ok(DataMode::PageCache),
+        DataMode::DirectIo => Ok(DataMode::DirectIo),
+        // The page cache with zero-message opens is the measured best (docs/PERFORMANCE.md).
+        // Passthrough serves when opens would cost a message anyway (no FUSE_NO_OPEN_SUPPORT).
+        DataMode::Auto => {
+            if !ModeState::flag(&m.no_open) && ModeState::flag(&m.passthrough) {
+                match probe() {
+                    Ok(()) => return Ok(DataMode::Passthrough),
+                    Err(e) => tracing::info!(error = %e, "FUSE passthrough unavailable"),
+                }
+            }
+            Ok(DataMode::PageCache)
+        }
+    }
+}
+
+/// Register and unregister an unnamed temporary file of the mirror's file system as a backing file.
+fn probe_passthrough(conn: &OwnedFd, root: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(root)
+        .map_err(|e| format!("creating a probe file in {}: {e}", root.display()))?;
+    let id = fuser::BackingId::create_raw(conn, &file)
+        .map_err(|e| format!("registering a backing file: {e}"))?;
+    // SAFETY: `id` was just registered on this connection and is closed exactly once here.
+    let rc = unsafe {
+        libc::ioctl(
+            conn.as_raw_fd(),
+            FUSE_DEV_IOC_BACKING_CLOSE as _,
+            &id as *const u32,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "closing the probe backing id failed");
+    }
+    Ok(())
+}
+
+/// How many versions may stay pinned for handle-less reads: half of the file descriptors (after
+/// raising the soft limit to the hard one), within [256, 65536].
+fn pin_budget() -> usize {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain rlimit syscalls on a local struct.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            1024
+        } else if r.rlim_cur < r.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                r.rlim_max
+            } else {
+                r.rlim_cur
+            }
+        } else {
+            r.rlim_cur
+        }
+    };
+    ((soft.saturating_sub(512) / 2).min(65536) as usize).max(256)
+}
+
 /// Mount the mirror read-only at `mountpoint` and serve it from background threads.
 pub fn mount(
     mountpoint: &Path,
@@ -339,7 +440,8 @@ pub fn mount(
         SessionACL::Owner
     };
     config.n_threads = Some(threads);
-    let adapter = FuseAdapter::new(fs.clone(), opts.ttl);
+    let mode = Arc::new(ModeState::new(opts.data_mode));
+    let adapter = FuseAdapter::new(fs.clone(), opts.ttl, mode.clone());
     let session = fuser::Session::new(adapter, &mp, &config)
         .map_err(|e| format!("mounting {}: {e}", mp.display()))?;
     // Our own handle on the connection: POLLERR on it tells whether *our* mount is still connected.
@@ -356,13 +458,38 @@ pub fn mount(
     if key.is_none() {
         tracing::warn!(mountpoint = %mp.display(), "the new mount is not in /proc/self/mountinfo");
     }
-    tracing::info!(mountpoint = %mp.display(), "mounted read-only");
-    Ok(MountHandle {
+    let mut handle = MountHandle {
         session: Some(session),
         conn,
         notifier,
         mountpoint: mp,
         key,
         fs,
-    })
+        mode: DataMode::Auto,
+    };
+    // The kernel sends INIT as soon as it is mounted; the mode is decided from its answer.
+    if !mode.wait_init(INIT_TIMEOUT) {
+        return Err(format!(
+            "mounting {}: the kernel's INIT did not arrive within {INIT_TIMEOUT:?}",
+            handle.mountpoint.display()
+        ));
+    }
+    let active = decide_mode(&mode, || probe_passthrough(&handle.conn, root))
+        .map_err(|e| format!("mounting {}: {e}", handle.mountpoint.display()))?;
+    mode.set_active(active);
+    handle.mode = active;
+    let zero_message_open = match active {
+        DataMode::PageCache => ModeState::flag(&mode.no_open),
+        _ => false,
+    };
+    if zero_message_open {
+        // The daemon never hears of an open: pin versions when the kernel learns of an inode.
+        handle.fs.set_max_pinned(pin_budget());
+        handle.fs.set_pin_on_entry(true);
+    }
+    tracing::info!(mountpoint = %handle.mountpoint.display(), data_mode = %active, requested = %opts.data_mode,
+        zero_message_open, zero_message_opendir = ModeState::flag(&mode.no_opendir),
+        passthrough_available = ModeState::flag(&mode.passthrough),
+        "mounted read-only; FUSE data mode {active}");
+    Ok(handle)
 }
