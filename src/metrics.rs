@@ -1,6 +1,9 @@
-//! Process-wide metrics: sync counters and latencies, FUSE operation latency histograms, rendered as
-//! Prometheus text (served by [`crate::cli::metrics_server`]). Lock-free counters, no dependencies.
-use std::sync::atomic::{AtomicU64, Ordering};
+//! Process-wide metrics: sync counters and latencies, the mirror's state as gauges an operator can alert
+//! on, and FUSE operation latency histograms (only while a FUSE mount is active), rendered as Prometheus
+//! text (served by [`crate::cli::metrics_server`], or written to a file for node-exporter's textfile
+//! collector with `--once --metrics-file`). Lock-free atomics, no dependencies.
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -44,11 +47,16 @@ impl Histogram {
         out.push_str(&format!(
             "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}\n"
         ));
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         out.push_str(&format!(
-            "{name}_sum{{{labels}}} {}\n",
+            "{name}_sum{braced} {}\n",
             self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
         ));
-        out.push_str(&format!("{name}_count{{{labels}}} {cum}\n"));
+        out.push_str(&format!("{name}_count{braced} {cum}\n"));
     }
 }
 
@@ -63,9 +71,36 @@ pub struct Metrics {
     pub sync_pass_seconds: Histogram,
     pub fuse_latency: [Histogram; FUSE_OPS.len()],
     pub fuse_errors: [AtomicU64; FUSE_OPS.len()],
+    /// Unix time of the last successful attempt or sync pass (0: none yet).
+    last_success_unix: AtomicU64,
+    files: AtomicU64,
+    bytes: AtomicU64,
+    quarantined: AtomicU64,
+    bootstrap_complete: AtomicBool,
+    /// Consecutive failed attempts or passes (0 while healthy).
+    consecutive_failures: AtomicU64,
+    realtime_connected: AtomicBool,
+    fuse_active: AtomicBool,
 }
 
 static GLOBAL: OnceLock<Metrics> = OnceLock::new();
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `# HELP` and `# TYPE` of one metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+}
+
+/// A family with one unlabelled sample.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, kind, help);
+    out.push_str(&format!("{name} {value}\n"));
+}
 
 impl Metrics {
     pub fn global() -> &'static Metrics {
@@ -75,6 +110,14 @@ impl Metrics {
             sync_pass_seconds: Histogram::new(),
             fuse_latency: [const { Histogram::new() }; FUSE_OPS.len()],
             fuse_errors: [const { AtomicU64::new(0) }; FUSE_OPS.len()],
+            last_success_unix: AtomicU64::new(0),
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            quarantined: AtomicU64::new(0),
+            bootstrap_complete: AtomicBool::new(false),
+            consecutive_failures: AtomicU64::new(0),
+            realtime_connected: AtomicBool::new(false),
+            fuse_active: AtomicBool::new(false),
         })
     }
 
@@ -98,36 +141,278 @@ impl Metrics {
         }
     }
 
+    /// The mirror's state as recorded in the state DB (after each attempt or pass).
+    pub fn set_mirror(&self, files: u64, bytes: u64, quarantined: u64, complete: bool) {
+        self.files.store(files, Ordering::Relaxed);
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.quarantined.store(quarantined, Ordering::Relaxed);
+        self.bootstrap_complete.store(complete, Ordering::Relaxed);
+    }
+
+    /// The last successful attempt or pass ended at `unix` seconds.
+    pub fn set_last_success(&self, unix: u64) {
+        self.last_success_unix.store(unix, Ordering::Relaxed);
+    }
+
+    /// Consecutive failed attempts or passes (0: healthy).
+    pub fn set_consecutive_failures(&self, n: u64) {
+        self.consecutive_failures.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether the realtime stream (`/fs/ws`) is connected; called by the stream code (default 0).
+    pub fn set_realtime_connected(&self, connected: bool) {
+        self.realtime_connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Whether a FUSE mount is being served: the FUSE series are rendered only while it is.
+    pub fn set_fuse_active(&self, active: bool) {
+        self.fuse_active.store(active, Ordering::Relaxed);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str("# TYPE mountd_sync_passes_total counter\n");
-        out.push_str(&format!(
-            "mountd_sync_passes_total {}\n",
-            self.sync_passes.load(Ordering::Relaxed)
-        ));
-        out.push_str("# TYPE mountd_sync_failures_total counter\n");
-        out.push_str(&format!(
-            "mountd_sync_failures_total {}\n",
-            self.sync_failures.load(Ordering::Relaxed)
-        ));
-        out.push_str("# TYPE mountd_sync_pass_seconds histogram\n");
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let flag = |a: &AtomicBool| u8::from(a.load(Ordering::Relaxed));
+        single(
+            &mut out,
+            "mountd_sync_passes_total",
+            "counter",
+            "Sync attempts and passes run (bootstrap, catch-up, events pass, audit).",
+            load(&self.sync_passes),
+        );
+        single(
+            &mut out,
+            "mountd_sync_failures_total",
+            "counter",
+            "Sync attempts and passes that failed (remote unavailable or failing, stall, local error).",
+            load(&self.sync_failures),
+        );
+        family(
+            &mut out,
+            "mountd_sync_pass_seconds",
+            "histogram",
+            "Duration of sync attempts and passes.",
+        );
         self.sync_pass_seconds
             .render("mountd_sync_pass_seconds", "", &mut out);
-        out.push_str("# TYPE mountd_fuse_request_latency_seconds histogram\n");
-        for (i, op) in FUSE_OPS.iter().enumerate() {
-            self.fuse_latency[i].render(
-                "mountd_fuse_request_latency_seconds",
-                &format!("op=\"{op}\""),
-                &mut out,
-            );
-        }
-        out.push_str("# TYPE mountd_fuse_request_errors_total counter\n");
-        for (i, op) in FUSE_OPS.iter().enumerate() {
+        let last = load(&self.last_success_unix);
+        single(
+            &mut out,
+            "mountd_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last successful sync (0: the mirror never synced).",
+            last,
+        );
+        family(
+            &mut out,
+            "mountd_events_lag_seconds",
+            "gauge",
+            "Seconds since the last successful sync pass (absent until one succeeded).",
+        );
+        if last > 0 {
             out.push_str(&format!(
-                "mountd_fuse_request_errors_total{{op=\"{op}\"}} {}\n",
-                self.fuse_errors[i].load(Ordering::Relaxed)
+                "mountd_events_lag_seconds {}\n",
+                unix_now().saturating_sub(last)
             ));
         }
+        single(
+            &mut out,
+            "mountd_consecutive_failures",
+            "gauge",
+            "Failed sync attempts or passes since the last success (0 while healthy; the mount keeps serving the last good state).",
+            load(&self.consecutive_failures),
+        );
+        single(
+            &mut out,
+            "mountd_bootstrap_complete",
+            "gauge",
+            "1 once the mirror's first bootstrap completed.",
+            flag(&self.bootstrap_complete),
+        );
+        single(
+            &mut out,
+            "mountd_files",
+            "gauge",
+            "Files in the mirror.",
+            load(&self.files),
+        );
+        single(
+            &mut out,
+            "mountd_bytes",
+            "gauge",
+            "Bytes of the files in the mirror.",
+            load(&self.bytes),
+        );
+        single(
+            &mut out,
+            "mountd_quarantined_files",
+            "gauge",
+            "Remote files not mirrored (see `mountd status`).",
+            load(&self.quarantined),
+        );
+        single(
+            &mut out,
+            "mountd_realtime_connected",
+            "gauge",
+            "1 while the realtime event stream is connected.",
+            flag(&self.realtime_connected),
+        );
+        if self.fuse_active.load(Ordering::Relaxed) {
+            family(
+                &mut out,
+                "mountd_fuse_request_latency_seconds",
+                "histogram",
+                "Latency of FUSE requests by operation.",
+            );
+            for (i, op) in FUSE_OPS.iter().enumerate() {
+                self.fuse_latency[i].render(
+                    "mountd_fuse_request_latency_seconds",
+                    &format!("op=\"{op}\""),
+                    &mut out,
+                );
+            }
+            family(
+                &mut out,
+                "mountd_fuse_request_errors_total",
+                "counter",
+                "FUSE requests answered with an error by operation (a lookup of a missing name is not an error).",
+            );
+            for (i, op) in FUSE_OPS.iter().enumerate() {
+                out.push_str(&format!(
+                    "mountd_fuse_request_errors_total{{op=\"{op}\"}} {}\n",
+                    self.fuse_errors[i].load(Ordering::Relaxed)
+                ));
+            }
+        }
         out
+    }
+
+    /// Write [`Metrics::render`] to `path` atomically (a temp file in the same directory, then rename),
+    /// so a textfile collector never reads half a file.
+    pub fn write_file(&self, path: &Path) -> std::io::Result<()> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = std::path::PathBuf::from(tmp);
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(self.render().as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        let r = write();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> Metrics {
+        Metrics {
+            sync_passes: AtomicU64::new(0),
+            sync_failures: AtomicU64::new(0),
+            sync_pass_seconds: Histogram::new(),
+            fuse_latency: [const { Histogram::new() }; FUSE_OPS.len()],
+            fuse_errors: [const { AtomicU64::new(0) }; FUSE_OPS.len()],
+            last_success_unix: AtomicU64::new(0),
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            quarantined: AtomicU64::new(0),
+            bootstrap_complete: AtomicBool::new(false),
+            consecutive_failures: AtomicU64::new(0),
+            realtime_connected: AtomicBool::new(false),
+            fuse_active: AtomicBool::new(false),
+        }
+    }
+
+    /// Every sample belongs to a family announced with `# HELP` and `# TYPE` before it.
+    fn check_exposition(text: &str) {
+        let mut help = std::collections::HashSet::new();
+        let mut typed = std::collections::HashMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                help.insert(rest.split(' ').next().unwrap().to_string());
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut it = rest.split(' ');
+                typed.insert(
+                    it.next().unwrap().to_string(),
+                    it.next().unwrap().to_string(),
+                );
+            } else {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let fam = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| {
+                        name.strip_suffix(s)
+                            .filter(|f| typed.get(*f).map(String::as_str) == Some("histogram"))
+                    })
+                    .unwrap_or(name);
+                assert!(help.contains(fam), "no HELP for {name}");
+                assert!(typed.contains_key(fam), "no TYPE for {name}");
+                let v = line.rsplit(' ').next().unwrap();
+                assert!(v.parse::<f64>().is_ok(), "bad value in {line:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_series_has_help_and_type_and_fuse_only_when_mounted() {
+        let m = fresh();
+        m.observe_pass(Duration::from_millis(3), false);
+        let text = m.render();
+        check_exposition(&text);
+        assert!(!text.contains("mountd_fuse"), "{text}");
+        assert!(text.contains("mountd_last_success_timestamp_seconds 0\n"));
+        assert!(text.contains("mountd_realtime_connected 0\n"));
+        assert!(
+            !text.contains("\nmountd_events_lag_seconds "),
+            "no lag before a success"
+        );
+        m.set_fuse_active(true);
+        m.set_realtime_connected(true);
+        m.set_mirror(7, 700, 1, true);
+        m.set_last_success(unix_now() - 5);
+        m.observe_fuse("lookup", Duration::from_micros(30), true);
+        let text = m.render();
+        check_exposition(&text);
+        for want in [
+            "mountd_fuse_request_latency_seconds_bucket{op=\"lookup\",le=\"0.00005\"} 1\n",
+            "mountd_realtime_connected 1\n",
+            "mountd_files 7\n",
+            "mountd_bytes 700\n",
+            "mountd_quarantined_files 1\n",
+            "mountd_bootstrap_complete 1\n",
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
+        let lag: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("mountd_events_lag_seconds "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((5..60).contains(&lag), "{lag}");
+    }
+
+    #[test]
+    fn the_metrics_file_is_replaced_atomically() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("mountd.prom");
+        std::fs::write(&p, "old").unwrap();
+        let m = fresh();
+        m.write_file(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        check_exposition(&text);
+        assert!(text.contains("mountd_sync_passes_total 0"));
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 }

@@ -154,7 +154,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print where a mirror stands (phase, counts, cursor, quarantined files) from its state DB.
+    /// Print where a mirror stands (health, daemon, last success, last error, counts, quarantined files).
+    #[command(after_help = crate::cli::status::EXIT_CODES_HELP)]
     Status(StatusArgs),
     /// Validate a configuration (flags, environment, paths, token source) and exit: 0 when a run
     /// would start. No network request, nothing written.
@@ -536,6 +537,11 @@ pub struct RunArgs {
         help_heading = "Output"
     )]
     pub progress: ProgressMode,
+
+    /// Write the metrics (Prometheus text) to this file, atomically, for node-exporter's textfile
+    /// collector: at the end of a --once run (failed runs included), after every pass of the service.
+    #[arg(long, env = "MOUNTD_METRICS_FILE", help_heading = "Output")]
+    pub metrics_file: Option<PathBuf>,
 
     /// relayfile-mount's settings that mountd accepts (see docs/COMPATIBILITY.md).
     #[command(flatten)]

@@ -1,4 +1,5 @@
-//! `--metrics-addr`: the metrics in Prometheus text format over HTTP/1.1 (`GET /metrics`).
+//! `--metrics-addr`: the metrics in Prometheus text format over HTTP/1.1 (`GET /metrics`) on any address
+//! the operator gives; `--metrics-file`: the same text written to a file.
 
 /// Serve `/metrics` on `addr` in the background (HTTP/1.1, plain text exposition format).
 pub async fn serve(addr: std::net::SocketAddr) -> std::io::Result<()> {
@@ -30,4 +31,11 @@ pub async fn serve(addr: std::net::SocketAddr) -> std::io::Result<()> {
         }
     });
     Ok(())
+}
+
+/// `--metrics-file`: write the metrics to `path` atomically; a failure is reported, never fatal.
+pub fn write_file(path: &std::path::Path) {
+    if let Err(e) = crate::metrics::Metrics::global().write_file(path) {
+        tracing::error!(path = %path.display(), error = %e, "cannot write the metrics file");
+    }
 }

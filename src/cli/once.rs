@@ -21,6 +21,9 @@ pub async fn run_once(a: &RunArgs) -> i32 {
         }
     };
     let r = attempt(&s).await;
+    if let Some(p) = &a.metrics_file {
+        crate::cli::metrics_server::write_file(p);
+    }
     let e = &s.engine;
     e.progress().finish_bar();
     let secs = e.progress().elapsed().as_secs_f64();

@@ -1,12 +1,22 @@
 //! The long-running service: bootstrap if needed, then serve (FUSE or plain directory) and apply the
 //! events feed every interval (±20% jitter) until SIGTERM/SIGINT.
+//!
+//! It stays up whatever the remote does. A failed attempt or pass is retried with capped exponential
+//! backoff ([`backoff`]: 1 s doubling up to the poll interval, at most 5 min, ±20 % jitter), forever
+//! when the remote is unavailable (transport errors, 429, 5xx); only a 401/403 (exit 3), a refused
+//! mass deletion during the bootstrap (exit 6), and the stall guard for a bootstrap that gets answers but
+//! no progress (exit 4, see [`crate::sync::attempt`]) stop it. Failures are logged at a bounded rate
+//! ([`Failures`]: the first, then one reminder a minute, and a line when it recovers) and recorded in the
+//! state DB for `mountd status`. systemd's watchdog is fed by a task of the runtime that also runs the
+//! sync, whatever the remote does, and `STATUS=` says the phase and the current error.
 use crate::cli::args::RunArgs;
 use crate::cli::exit;
 use crate::cli::once as app;
 use crate::cli::setup::{self, Setup};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use crate::sync::attempt::{is_unavailable, Health};
+use crate::sync::engine::{Engine, SyncError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Why the serve loop ended.
@@ -19,10 +29,187 @@ fn notify(states: &[sd_notify::NotifyState]) {
     let _ = sd_notify::notify(states);
 }
 
-/// ±20% jitter around the poll interval.
+/// ±20% jitter.
 fn jittered(d: Duration) -> Duration {
     let f = 0.8 + rand::random::<f64>() * 0.4;
     d.mul_f64(f)
+}
+
+/// Longest wait between retries of a failing sync, whatever the poll interval.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// First wait after a failure.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// While failing, one reminder log line per this period (every attempt is logged at debug level).
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The wait before retry number `failures` (1 after the first failure): 1 s doubling, capped at the
+/// poll interval and at 5 minutes, ±20 % jitter.
+pub fn backoff(failures: u32, interval: Duration) -> Duration {
+    let cap = interval.min(MAX_BACKOFF);
+    let exp = FIRST_BACKOFF.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    jittered(exp.min(cap))
+}
+
+/// `12s`, `5m`, `3h`: a coarse age for `STATUS=`.
+fn age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The current run of failures, and the log lines about it at a bounded rate.
+#[derive(Default)]
+struct Failures {
+    /// When the run began (wall clock, for humans) and how long ago (monotonic).
+    since: Option<(SystemTime, Instant)>,
+    count: u32,
+    last_log: Option<Instant>,
+    error: String,
+    unavailable: bool,
+}
+
+impl Failures {
+    /// Note one failure of `what` ("bootstrap" or "sync"); `retry_in` is the wait before the next try.
+    fn failed(&mut self, what: &str, e: &SyncError, retry_in: Duration) {
+        let now = Instant::now();
+        let first = self.since.is_none();
+        if first {
+            self.since = Some((SystemTime::now(), now));
+        }
+        self.count += 1;
+        self.error = e.to_string();
+        self.unavailable = is_unavailable(e);
+        let retry_in_ms = retry_in.as_millis() as u64;
+        let due = self.last_log.is_none_or(|t| now - t >= LOG_EVERY);
+        if !due {
+            tracing::debug!(error = %e, attempts = self.count, retry_in_ms, "{what} failed again");
+            return;
+        }
+        self.last_log = Some(now);
+        let since = self.since.map_or(String::new(), |(t, _)| rfc3339(t));
+        let serving = if what == "bootstrap" {
+            "nothing is served until the bootstrap completes"
+        } else {
+            "serving the last good state"
+        };
+        match (first, self.unavailable) {
+            (true, true) => tracing::warn!(error = %e, retry_in_ms,
+                "remote unavailable ({what}); {serving}; retrying with backoff (next reminder in 1 min)"),
+            (true, false) => tracing::warn!(error = %e, retry_in_ms,
+                "{what} failed; {serving}; retrying with backoff (next reminder in 1 min)"),
+            (false, true) => tracing::warn!(error = %e, since = %since, attempts = self.count,
+                "remote still unavailable ({what})"),
+            (false, false) => tracing::warn!(error = %e, since = %since, attempts = self.count,
+                "{what} still failing"),
+        }
+    }
+
+    /// A success: one line if it ends a run of failures.
+    fn recovered(&mut self, what: &str) {
+        if let Some((since, t)) = self.since.take() {
+            let down_for = humantime::format_duration(Duration::from_secs(t.elapsed().as_secs()));
+            if self.unavailable {
+                tracing::info!(since = %rfc3339(since), attempts = self.count, down_for = %down_for,
+                    "remote reachable again ({what} succeeded)");
+            } else {
+                tracing::info!(since = %rfc3339(since), attempts = self.count, down_for = %down_for,
+                    "{what} recovered");
+            }
+        }
+        *self = Failures::default();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Bootstrapping,
+    Serving,
+}
+
+/// What `STATUS=` says; shared by the loops and the notifier task.
+struct Shown {
+    phase: Phase,
+    /// The current failure: since when, whether the remote is unavailable, the error.
+    failure: Option<(SystemTime, bool, String)>,
+    last_success: Option<SystemTime>,
+}
+
+fn status_text(s: &Shown, engine: &Engine) -> String {
+    let phase = match s.phase {
+        Phase::Bootstrapping => {
+            let p = engine.progress();
+            match p.total() {
+                Some(t) => format!("bootstrapping {}/{t} files", p.files()),
+                None => format!("bootstrapping {} files", p.files()),
+            }
+        }
+        Phase::Serving => match s.last_success.and_then(|t| t.elapsed().ok()) {
+            Some(d) => format!("serving; last sync {} ago", age(d)),
+            None => "serving".to_string(),
+        },
+    };
+    match &s.failure {
+        None => phase,
+        Some((since, unavailable, err)) => {
+            let mut err = err.replace('\n', " ");
+            if err.len() > 200 {
+                let mut cut = 200;
+                while !err.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                err.truncate(cut);
+                err.push('…');
+            }
+            let what = if *unavailable {
+                "remote unavailable"
+            } else {
+                "sync failing"
+            };
+            let serving = match s.phase {
+                Phase::Serving => "serving last good state",
+                Phase::Bootstrapping => "nothing served until the bootstrap completes",
+            };
+            format!(
+                "{what} since {}: {err}; {serving}; {phase}",
+                rfc3339(*since)
+            )
+        }
+    }
+}
+
+/// Feed systemd's watchdog (when `WATCHDOG_USEC` asks for it) and keep `STATUS=` current, from a task of
+/// the runtime that also runs the sync: it pings while the process is alive and responsive, whatever the
+/// remote does.
+fn spawn_notifier(shown: Arc<Mutex<Shown>>, engine: Engine) {
+    let watchdog = sd_notify::watchdog_enabled();
+    let tick = watchdog.map_or(Duration::from_secs(1), |p| {
+        (p / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    });
+    tokio::spawn(async move {
+        let mut last = String::new();
+        loop {
+            if watchdog.is_some() {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            let text = status_text(&shown.lock().unwrap(), &engine);
+            if text != last {
+                notify(&[sd_notify::NotifyState::Status(&text)]);
+                last = text;
+            }
+            tokio::time::sleep(tick).await;
+        }
+    });
+}
+
+fn parse_time(t: Option<&str>) -> Option<SystemTime> {
+    humantime::parse_rfc3339(t?).ok()
 }
 
 /// `mountd` without `--once`: the long-running service.
@@ -43,23 +230,35 @@ pub fn run(a: &RunArgs, rt: &tokio::runtime::Runtime) -> i32 {
     code
 }
 
+/// After an attempt or pass was recorded: the metrics file (when asked for) and what `STATUS=` shows.
+fn after_record(a: &RunArgs, shown: &Mutex<Shown>, health: Option<Health>) {
+    if let Some(p) = &a.metrics_file {
+        crate::cli::metrics_server::write_file(p);
+    }
+    if let Some(h) = health {
+        if let Some(t) = parse_time(h.last_success_at.as_deref()) {
+            shown.lock().unwrap().last_success = Some(t);
+        }
+    }
+}
+
+fn show_failure(shown: &Mutex<Shown>, f: &Failures) {
+    shown.lock().unwrap().failure = f.since.map(|(t, _)| (t, f.unavailable, f.error.clone()));
+}
+
 async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    let healthy = Arc::new(AtomicBool::new(true));
-    if let Some(period) = sd_notify::watchdog_enabled() {
-        let h = healthy.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(period / 2).await;
-                if h.load(Ordering::Relaxed) {
-                    notify(&[sd_notify::NotifyState::Watchdog]);
-                }
-            }
-        });
-    }
-    let metrics = crate::metrics::Metrics::global();
+    let start_health = crate::sync::attempt::refresh_metrics(&s.engine).await;
+    let shown = Arc::new(Mutex::new(Shown {
+        phase: Phase::Bootstrapping,
+        failure: None,
+        last_success: start_health
+            .ok()
+            .and_then(|h| parse_time(h.last_success_at.as_deref())),
+    }));
+    spawn_notifier(shown.clone(), s.engine.clone());
     if let Some(addr) = a.metrics_addr {
         if let Err(e) = crate::cli::metrics_server::serve(addr).await {
             eprintln!("mountd: error: cannot serve metrics on {addr}: {e}");
@@ -68,8 +267,7 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
     }
 
     // 1. Bootstrap (or catch up) until complete; the mount is not served before that.
-    notify(&[sd_notify::NotifyState::Status("bootstrapping")]);
-    let mut failures = 0u32;
+    let mut failures = Failures::default();
     // A complete mirror is served at once (even if the server is down); catch-up happens in the loop.
     loop {
         match s.engine.read(|st| st.is_complete()).await {
@@ -85,8 +283,10 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
             _ = term.recv() => return stopped("SIGTERM during bootstrap"),
             _ = int.recv() => return stopped("SIGINT during bootstrap"),
         };
+        after_record(a, &shown, None);
         match r {
             Ok(at) => {
+                failures.recovered("bootstrap");
                 tracing::info!(path = at.path, "mirror complete");
                 break;
             }
@@ -94,21 +294,26 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
                 let code = exit::code_for(&e);
                 if code == exit::AUTH
                     || code == exit::MASS_DELETE
-                    || matches!(e, crate::sync::engine::SyncError::GaveUp(_))
+                    || matches!(e, SyncError::GaveUp(_))
                 {
                     eprintln!("mountd: error: {e}\nmountd: hint: {}", exit::hint_for(&e));
                     return code;
                 }
-                failures += 1;
-                let wait = jittered(a.interval.min(Duration::from_secs(5) * failures));
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "bootstrap attempt failed; resuming from the checkpoint");
+                let wait = backoff(failures.count + 1, a.interval);
+                failures.failed("bootstrap", &e, wait);
+                show_failure(&shown, &failures);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
+                    _ = hup.recv() => tracing::info!("SIGHUP: retrying now"),
                     _ = term.recv() => return stopped("SIGTERM"),
                     _ = int.recv() => return stopped("SIGINT"),
                 }
             }
         }
+    }
+    show_failure(&shown, &failures);
+    if let Ok(h) = crate::sync::attempt::refresh_metrics(&s.engine).await {
+        after_record(a, &shown, Some(h));
     }
 
     // 2. Serve.
@@ -145,14 +350,16 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
             None
         }
     };
+    shown.lock().unwrap().phase = Phase::Serving;
+    let text = status_text(&shown.lock().unwrap(), &s.engine);
     notify(&[
         sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status("serving"),
+        sd_notify::NotifyState::Status(&text),
     ]);
 
-    // 3. Incremental sync every interval (±20%), audit by listing every audit interval.
+    // 3. Incremental sync every interval (±20%), audit by listing every audit interval; a failed pass
+    // is retried with backoff, forever.
     let mut last_audit = Instant::now();
-    let mut consecutive_failures = 0u32;
     // The first pass runs at once: a restarted service catches up without waiting an interval.
     let mut wait = Duration::ZERO;
     let stop = loop {
@@ -162,7 +369,6 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
             _ = term.recv() => break Stop::Signal,
             _ = int.recv() => break Stop::Signal,
         }
-        wait = jittered(a.interval);
         let audit_due = !a.audit_interval.is_zero() && last_audit.elapsed() >= a.audit_interval;
         let e = s.engine.clone();
         let progress = e.progress().clone();
@@ -184,27 +390,31 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
             _ = term.recv() => break Stop::Signal,
             _ = int.recv() => break Stop::Signal,
         };
-        metrics.observe_pass(started.elapsed(), r.is_ok());
+        let health =
+            crate::sync::attempt::record_pass(&s.engine, started.elapsed(), r.as_ref().map(|_| ()))
+                .await;
+        if let Err(db) = &health {
+            tracing::error!(error = %db, "cannot record the sync outcome in the state database");
+        }
+        after_record(a, &shown, health.ok());
         match r {
             Ok(()) => {
                 if audit_due {
                     last_audit = Instant::now();
                 }
-                consecutive_failures = 0;
-                healthy.store(true, Ordering::Relaxed);
+                failures.recovered("sync");
+                wait = jittered(a.interval);
             }
             Err(e) => {
-                consecutive_failures += 1;
-                tracing::warn!(error = %e, consecutive_failures, "sync pass failed; retrying next interval");
                 if exit::code_for(&e) == exit::AUTH {
                     eprintln!("mountd: error: {e}\nmountd: hint: {}", exit::hint_for(&e));
                     break Stop::Fatal(exit::AUTH);
                 }
-                if consecutive_failures >= s.limits.stall_limit {
-                    healthy.store(false, Ordering::Relaxed);
-                }
+                wait = backoff(failures.count + 1, a.interval);
+                failures.failed("sync", &e, wait);
             }
         }
+        show_failure(&shown, &failures);
         if mount.as_ref().is_some_and(|m| !m.is_alive()) {
             eprintln!("mountd: error: the FUSE session ended (unmounted from outside?)");
             break Stop::Fatal(exit::FAILED);
@@ -225,4 +435,33 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
 fn stopped(why: &str) -> i32 {
     tracing::info!(why, "stopping: state persisted");
     exit::OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_the_interval_and_at_most_five_minutes() {
+        let s = Duration::from_secs;
+        let within = |d: Duration, want: Duration| d >= want.mul_f64(0.8) && d <= want.mul_f64(1.2);
+        for (n, want) in [
+            (1, s(1)),
+            (2, s(2)),
+            (3, s(4)),
+            (5, s(16)),
+            (6, s(30)),
+            (40, s(30)),
+        ] {
+            let d = backoff(n, s(30));
+            assert!(within(d, want), "failure {n}: {d:?}, want {want:?} ±20%");
+        }
+        assert!(within(backoff(30, s(3600)), s(300)), "capped at 5 min");
+        assert!(within(
+            backoff(1, Duration::from_millis(300)),
+            Duration::from_millis(300)
+        ));
+        let spread: std::collections::HashSet<_> = (0..20).map(|_| backoff(3, s(30))).collect();
+        assert!(spread.len() > 1, "jittered");
+    }
 }

@@ -1,8 +1,23 @@
-//! `mountd status`: where a mirror stands, read from its state database.
+//! `mountd status`: where a mirror stands, read from its state database, and whether a daemon holds it.
 use crate::cli::args::StatusArgs;
 use crate::cli::exit;
 use crate::store::db::{MetaKey, State, StateError};
 use serde::Serialize;
+use std::time::SystemTime;
+
+/// `mountd status` exits 7 when the mirror is complete but degraded: the last sync failed (the
+/// remote is unavailable or failing) and the mirror holds the last good state.
+pub const DEGRADED: i32 = 7;
+
+/// The exit codes of `mountd status` (its `--help`).
+pub const EXIT_CODES_HELP: &str = "EXIT CODES:\n  \
+    0  healthy: bootstrap complete, the last sync succeeded, nothing quarantined\n  \
+    1  the bootstrap is not complete (no usable mirror yet)\n  \
+    2  usage error, or no usable state database\n  \
+    5  healthy except for quarantined files (listed)\n  \
+    7  degraded: complete, but the last sync failed (remote unavailable or failing); the mirror holds the\n     \
+    last good state. `lastError`, `errorSince` and `failedAttempts` say what and since when\n\n\
+    Whether a daemon holds the mirror (and its pid) is reported, not reflected in the exit code.";
 
 /// `mountd status`.
 pub fn command(s: &StatusArgs) -> i32 {
@@ -14,9 +29,26 @@ pub fn command(s: &StatusArgs) -> i32 {
             return exit::USAGE;
         }
     };
+    // A starting mountd creates the file empty, then switches it to WAL (which writes its first page):
+    // opening it in between would race that switch and could make the daemon fail. Not yet usable.
+    if std::fs::metadata(&db).is_ok_and(|m| m.len() == 0) {
+        eprintln!(
+            "mountd status: state database {} is being created (a mountd is starting); try again in a moment",
+            db.display()
+        );
+        return exit::USAGE;
+    }
     let status = State::open_existing(&db).and_then(|st| read(&st));
     match status {
-        Ok(status) => {
+        Ok(mut status) => {
+            match crate::cli::lock::probe(&db) {
+                Ok(crate::cli::lock::Holder::Held(pid)) => {
+                    status.daemon_running = true;
+                    status.daemon_pid = pid;
+                }
+                Ok(crate::cli::lock::Holder::Free) => {}
+                Err(e) => eprintln!("mountd status: cannot check the mirror lock: {e}"),
+            }
             if s.json {
                 println!(
                     "{}",
@@ -25,18 +57,25 @@ pub fn command(s: &StatusArgs) -> i32 {
             } else {
                 print!("{}", render(&status));
             }
-            if status.bootstrap_complete && status.quarantined.is_empty() {
-                exit::OK
-            } else if status.bootstrap_complete {
-                exit::QUARANTINED
-            } else {
-                exit::FAILED
-            }
+            exit_code(&status)
         }
         Err(e) => {
             eprintln!("mountd status: {e}");
             exit::USAGE
         }
+    }
+}
+
+/// See [`EXIT_CODES_HELP`].
+pub fn exit_code(s: &Status) -> i32 {
+    if !s.bootstrap_complete {
+        exit::FAILED
+    } else if s.degraded {
+        DEGRADED
+    } else if !s.quarantined.is_empty() {
+        exit::QUARANTINED
+    } else {
+        exit::OK
     }
 }
 
@@ -51,11 +90,26 @@ pub struct Status {
     pub events_cursor: Option<String>,
     pub events_feed: bool,
     pub last_path: Option<String>,
+    /// "healthy", "degraded" or "incomplete" (see [`EXIT_CODES_HELP`]).
+    pub health: String,
+    pub degraded: bool,
+    /// A process holds the mirror's lock (a service, or a `--once` run).
+    pub daemon_running: bool,
+    pub daemon_pid: Option<u32>,
+    /// When the engine last finished a sync (bootstrap completion or events pass).
     pub last_sync_at: Option<String>,
-    /// Seconds since the last successful sync (bootstrap completion or events pass).
+    /// When an attempt or sync pass last succeeded end to end.
+    pub last_success_at: Option<String>,
+    /// Seconds since the last successful sync (`lastSuccessAt`, else `lastSyncAt`).
     pub lag_seconds: Option<u64>,
     pub last_audit_at: Option<String>,
+    /// The error of the last attempt or pass, `null` once one succeeded.
     pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    /// When the current run of failures began.
+    pub error_since: Option<String>,
+    /// Consecutive failed attempts or passes since the last success.
+    pub failed_attempts: u64,
     pub no_progress_runs: u64,
     pub traversal: Option<Traversal>,
     pub quarantined: Vec<crate::store::db::Quarantined>,
@@ -91,7 +145,13 @@ pub fn read(st: &State) -> Result<Status, StateError> {
         (Some(_), false) => "bootstrapping",
         (None, false) => "not started",
     };
-    let last_sync_at = st.meta(MetaKey::LastSyncAt)?;
+    let nonempty = |k: MetaKey| -> Result<Option<String>, StateError> {
+        Ok(st.meta(k)?.filter(|s| !s.is_empty()))
+    };
+    let last_sync_at = nonempty(MetaKey::LastSyncAt)?;
+    let last_success_at = nonempty(MetaKey::LastSuccessAt)?;
+    let last_error = nonempty(MetaKey::LastError)?;
+    let degraded = complete && last_error.is_some();
     let traversal = match ck {
         Some(c) => Some(Traversal {
             phase: format!("{:?}", c.phase).to_lowercase(),
@@ -112,14 +172,25 @@ pub fn read(st: &State) -> Result<Status, StateError> {
         events_cursor: st.events_cursor()?,
         events_feed: st.has_feed()?,
         last_path: st.meta(MetaKey::LastPath)?,
-        lag_seconds: last_sync_at
-            .as_deref()
-            .and_then(|t| humantime::parse_rfc3339(t).ok())
-            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
-            .map(|d| d.as_secs()),
+        health: match (complete, degraded) {
+            (false, _) => "incomplete",
+            (true, true) => "degraded",
+            (true, false) => "healthy",
+        }
+        .into(),
+        degraded,
+        daemon_running: false,
+        daemon_pid: None,
+        lag_seconds: age(last_success_at.as_deref().or(last_sync_at.as_deref())),
         last_sync_at,
+        last_success_at,
         last_audit_at: st.meta(MetaKey::LastAuditAt)?,
-        last_error: st.meta(MetaKey::LastError)?.filter(|s| !s.is_empty()),
+        last_error,
+        last_error_at: nonempty(MetaKey::LastErrorAt)?,
+        error_since: nonempty(MetaKey::ErrorSince)?,
+        failed_attempts: nonempty(MetaKey::FailedAttempts)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
         no_progress_runs: st.no_progress_runs()?,
         traversal,
         quarantined: st.quarantined()?,
@@ -132,6 +203,22 @@ pub fn read(st: &State) -> Result<Status, StateError> {
     })
 }
 
+/// Seconds since an RFC 3339 time.
+fn age(t: Option<&str>) -> Option<u64> {
+    let t = humantime::parse_rfc3339(t?).ok()?;
+    Some(SystemTime::now().duration_since(t).ok()?.as_secs())
+}
+
+/// `12s ago`, `5m ago`, `3h ago`, `2d ago`.
+fn ago(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 2 * 3600 => format!("{}m ago", s / 60),
+        s if s < 2 * 86400 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86400),
+    }
+}
+
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
     let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
@@ -142,6 +229,24 @@ pub fn render(s: &Status) -> String {
         opt(&s.remote.remote_root)
     ));
     out.push_str(&format!("local dir:     {}\n", opt(&s.remote.local_dir)));
+    out.push_str(&format!(
+        "daemon:        {}\n",
+        match (s.daemon_running, s.daemon_pid) {
+            (true, Some(pid)) => format!("running (pid {pid})"),
+            (true, None) => "running (pid unknown)".to_string(),
+            (false, _) => "not running".to_string(),
+        }
+    ));
+    let health = match (&s.error_since, s.failed_attempts) {
+        (Some(since), n) if s.last_error.is_some() => format!(
+            "{} (failing since {since}{}, {n} failed attempt{})",
+            s.health,
+            age(Some(since)).map_or(String::new(), |a| format!(", {}", ago(a))),
+            if n == 1 { "" } else { "s" }
+        ),
+        _ => s.health.clone(),
+    };
+    out.push_str(&format!("health:        {health}\n"));
     out.push_str(&format!("phase:         {}\n", s.phase));
     out.push_str(&format!("files:         {} ({} bytes)\n", s.files, s.bytes));
     out.push_str(&format!(
@@ -154,11 +259,15 @@ pub fn render(s: &Status) -> String {
         }
     ));
     out.push_str(&format!(
-        "last sync:     {} (via {}){}\n",
+        "last success:  {}{}\n",
+        opt(&s.last_success_at.clone().or_else(|| s.last_sync_at.clone())),
+        s.lag_seconds
+            .map_or(String::new(), |l| format!(" ({})", ago(l)))
+    ));
+    out.push_str(&format!(
+        "last sync:     {} (via {})\n",
         opt(&s.last_sync_at),
         opt(&s.last_path),
-        s.lag_seconds
-            .map_or(String::new(), |l| format!(", {l}s ago"))
     ));
     if let Some(t) = &s.traversal {
         out.push_str(&format!(
@@ -172,7 +281,12 @@ pub fn render(s: &Status) -> String {
         ));
     }
     if let Some(e) = &s.last_error {
-        out.push_str(&format!("last error:    {e}\n"));
+        out.push_str(&format!(
+            "last error:    {e}{}\n",
+            s.last_error_at
+                .as_deref()
+                .map_or(String::new(), |t| format!(" (at {t})"))
+        ));
     }
     if s.no_progress_runs > 0 {
         out.push_str(&format!(

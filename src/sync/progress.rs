@@ -49,6 +49,36 @@ struct Inner {
     bar: Option<indicatif::ProgressBar>,
 }
 
+/// The bar while the total is unknown: a spinner with the count and the rate (never `4096/0`); the
+/// phase takes what is left of the line and is cut to the terminal's width.
+const SPINNER_TEMPLATE: &str = "{spinner} {human_pos} files {rate} {elapsed} {wide_msg}";
+/// The bar once the total is known: the bar takes what is left of the terminal's width.
+const BAR_TEMPLATE: &str =
+    "{spinner} {msg} [{wide_bar}] {human_pos}/{human_len} files {rate} eta {eta}";
+
+fn style(template: &str) -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{}", rate(s.per_sec()));
+            },
+        )
+        .progress_chars("=> ")
+}
+
+/// Files per second, short: `0.4/s`, `37/s`, `12,345/s`.
+fn rate(per_sec: f64) -> String {
+    if !per_sec.is_finite() || per_sec <= 0.0 {
+        "0/s".into()
+    } else if per_sec < 10.0 {
+        format!("{per_sec:.1}/s")
+    } else {
+        format!("{}/s", indicatif::HumanCount(per_sec.round() as u64))
+    }
+}
+
 /// Spacing of the plain progress log lines shown instead of a bar.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -61,6 +91,10 @@ impl Progress {
         mount_kind: &str,
         bar: Option<indicatif::ProgressBar>,
     ) -> Progress {
+        if let Some(bar) = &bar {
+            bar.unset_length();
+            bar.set_style(style(SPINNER_TEMPLATE));
+        }
         let content = StateFileContent {
             phase: "starting".into(),
             mount_kind: mount_kind.into(),
@@ -185,9 +219,28 @@ impl Progress {
 
     pub fn set_total(&self, total: Option<u64>) {
         self.inner.content.lock().unwrap().files_total = total;
-        if let (Some(bar), Some(t)) = (&self.inner.bar, total) {
-            bar.set_length(t);
+        if let Some(bar) = &self.inner.bar {
+            match total {
+                Some(t) => {
+                    bar.set_length(t);
+                    bar.set_style(style(BAR_TEMPLATE));
+                }
+                None => {
+                    bar.unset_length();
+                    bar.set_style(style(SPINNER_TEMPLATE));
+                }
+            }
         }
+    }
+
+    /// The total number of files, when the listing told it.
+    pub fn total(&self) -> Option<u64> {
+        self.inner.content.lock().unwrap().files_total
+    }
+
+    /// The current phase (as in the state file).
+    pub fn phase(&self) -> String {
+        self.inner.content.lock().unwrap().phase.clone()
     }
 
     /// Record the last error for the state file; written with the next checkpoint (no progress, no write).
@@ -221,5 +274,137 @@ impl Progress {
     pub fn final_write(&self, phase: &str) {
         self.set_phase(phase);
         self.flush_content();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use indicatif::{ProgressBar, ProgressDrawTarget, TermLike};
+    use std::sync::Mutex;
+
+    /// A terminal of a fixed width that records every line drawn.
+    #[derive(Debug, Clone)]
+    struct Term {
+        width: u16,
+        lines: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl TermLike for Term {
+        fn width(&self) -> u16 {
+            self.width
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.lines.lock().unwrap().push(s.to_string());
+            Ok(())
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            if !s.is_empty() {
+                self.lines.lock().unwrap().push(s.to_string());
+            }
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A progress with a bar built like the CLI's (length 0), drawing on a `width`-column terminal.
+    fn with_bar(width: u16) -> (Progress, ProgressBar, Term) {
+        let term = Term {
+            width,
+            lines: Arc::default(),
+        };
+        let bar = ProgressBar::with_draw_target(
+            Some(0),
+            ProgressDrawTarget::term_like(Box::new(term.clone())),
+        );
+        let p = Progress::new(None, "daemon", Some(bar.clone()));
+        p.set_phase("tree");
+        (p, bar, term)
+    }
+
+    /// The last non-empty line drawn.
+    fn last_line(term: &Term) -> String {
+        let lines = term.lines.lock().unwrap();
+        let last = lines.iter().rev().find(|l| !l.trim().is_empty());
+        last.map(|l| l.trim_end().to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn unknown_total_shows_count_and_rate_not_a_bar_of_zero() {
+        for width in [60u16, 100, 160] {
+            let (p, bar, term) = with_bar(width);
+            for i in 0..4096 {
+                p.file_done(&format!("/f{i}"), 1);
+            }
+            bar.abandon();
+            let line = last_line(&term);
+            assert!(
+                line.contains("4,096 files") || line.contains("4096 files"),
+                "{line:?}"
+            );
+            assert!(line.contains("/s"), "a rate: {line:?}");
+            let r = line.split(' ').find(|w| w.ends_with("/s")).unwrap();
+            assert!(!r.contains('.') || r.len() <= 5, "a short rate: {line:?}");
+            assert!(
+                !line.contains("/0"),
+                "no bar against a zero total: {line:?}"
+            );
+            assert!(
+                !line.contains('['),
+                "no bar while the total is unknown: {line:?}"
+            );
+            for l in term.lines.lock().unwrap().iter() {
+                assert!(
+                    l.chars().count() <= width as usize,
+                    "{} > {width}: {l:?}",
+                    l.chars().count()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_known_total_switches_to_a_bar_that_fits_the_width() {
+        for width in [60u16, 100, 160] {
+            let (p, bar, term) = with_bar(width);
+            p.set_total(Some(5000));
+            for i in 0..1200 {
+                p.file_done(&format!("/f{i}"), 1);
+            }
+            assert_eq!(p.total(), Some(5000));
+            bar.abandon();
+            let line = last_line(&term);
+            assert!(
+                line.contains("1,200/5,000 files") || line.contains("1200/5000 files"),
+                "{line:?}"
+            );
+            assert!(line.contains('[') && line.contains('='), "a bar: {line:?}");
+            assert!(
+                line.chars().count() <= width as usize,
+                "{line:?} wider than {width}"
+            );
+            // The bar uses the width it has.
+            assert!(
+                line.chars().count() + 3 >= width as usize,
+                "{line:?} narrower than {width}"
+            );
+        }
     }
 }

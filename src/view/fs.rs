@@ -609,18 +609,22 @@ impl MirrorFs {
         Ok(out)
     }
 
-    /// File count and sizes of the mirror.
+    /// The numbers of the file system holding the local mirror (`statvfs` of its root): size, free and
+    /// available blocks, inodes, block size. The view stays read-only whatever they say.
     pub fn statfs(&self) -> Result<StatFs, Errno> {
-        let t = self.db(|r| r.totals())?;
+        let v = nix::sys::statvfs::statvfs(&self.root).map_err(|e| {
+            tracing::warn!(root = %self.root.display(), error = %e, "statfs: statvfs of the mirror failed");
+            e as Errno
+        })?;
         Ok(StatFs {
-            blocks: t.bytes.div_ceil(BLKSIZE as u64),
-            bfree: 0,
-            bavail: 0,
-            files: t.files,
-            ffree: 0,
-            bsize: BLKSIZE,
-            namelen: 255,
-            frsize: BLKSIZE,
+            blocks: v.blocks(),
+            bfree: v.blocks_free(),
+            bavail: v.blocks_available(),
+            files: v.files(),
+            ffree: v.files_free(),
+            bsize: v.block_size() as u32,
+            namelen: v.name_max().min(255) as u32,
+            frsize: v.fragment_size() as u32,
         })
     }
 }
@@ -703,7 +707,16 @@ mod tests {
         assert_eq!(fs.access(b.ino, libc::W_OK).unwrap_err(), libc::EROFS);
         fs.access(b.ino, libc::R_OK).unwrap();
         let s = fs.statfs().unwrap();
-        assert_eq!((s.files, s.blocks), (2, 1));
+        let v = nix::sys::statvfs::statvfs(&fs.root).unwrap();
+        assert_eq!((s.blocks, s.files), (v.blocks(), v.files()));
+        assert_eq!(
+            (s.bsize, s.frsize),
+            (v.block_size() as u32, v.fragment_size() as u32)
+        );
+        assert!(
+            s.blocks > 0 && s.bavail <= s.bfree && s.bfree <= s.blocks,
+            "{s:?}"
+        );
     }
 
     #[test]

@@ -299,3 +299,162 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A loopback address nothing listens on (bound, then released).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `GET http://addr/path` over a plain TCP connection: (status, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// `mountd status --json` of a mirror: (exit code, parsed output; `null` when there is none, as
+/// before the state DB exists).
+pub fn status_of(local: &Path) -> (i32, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mountd"))
+        .args(["status", "--json", "--local-dir"])
+        .arg(local)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// `mountd status` (text) of a mirror: (exit code, stdout).
+pub fn status_text_of(local: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mountd"))
+        .args(["status", "--local-dir"])
+        .arg(local)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Lines read from a child's pipe by a background thread.
+#[derive(Clone, Default)]
+pub struct Lines(pub std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Lines {
+    pub fn collect(r: impl std::io::Read + Send + 'static) -> Lines {
+        let lines = Lines::default();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                l.0.lock().unwrap().push(line);
+            }
+        });
+        lines
+    }
+
+    pub fn count(&self, pat: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(pat))
+            .count()
+    }
+
+    pub fn all(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+}
+
+/// A Unix datagram socket standing in for systemd's `NOTIFY_SOCKET`, every message kept.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    msgs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl NotifySocket {
+    pub fn bind(path: PathBuf) -> NotifySocket {
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let msgs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (m, s) = (msgs.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    m.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+        });
+        NotifySocket { path, msgs, stop }
+    }
+
+    /// Every `KEY=value` line received so far, in order.
+    pub fn lines(&self) -> Vec<String> {
+        self.msgs
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|m| m.lines().map(str::to_string).collect::<Vec<_>>())
+            .collect()
+    }
+
+    pub fn count(&self, line: &str) -> usize {
+        self.lines().iter().filter(|l| *l == line).count()
+    }
+
+    pub fn statuses(&self) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter_map(|l| l.strip_prefix("STATUS=").map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Run `c` through `sh` so that `WATCHDOG_PID` is the pid of the process itself (`exec` keeps the
+/// shell's pid), as systemd sets it.
+pub fn with_watchdog_pid(c: &Command) -> Command {
+    let mut w = Command::new("sh");
+    w.arg("-c")
+        .arg("WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$0\" \"$@\"")
+        .arg(c.get_program())
+        .args(c.get_args());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => w.env(k, v),
+            None => w.env_remove(k),
+        };
+    }
+    w
+}

@@ -19,6 +19,14 @@ pub enum MetaKey {
     LastSyncAt,
     LastAuditAt,
     LastError,
+    /// When the last attempt or sync pass failed (RFC 3339; empty after a success).
+    LastErrorAt,
+    /// When the current run of failures began (RFC 3339; empty while healthy).
+    ErrorSince,
+    /// When an attempt or sync pass last succeeded end to end (RFC 3339).
+    LastSuccessAt,
+    /// Consecutive failed attempts or sync passes since the last success (any cause).
+    FailedAttempts,
     /// Consecutive attempts without checkpoint progress (the stall guard).
     NoProgressRuns,
     /// Local files the remote does not have, found by the last full listing (reported, kept).
@@ -41,6 +49,10 @@ impl MetaKey {
             MetaKey::LastSyncAt => "last_sync_at",
             MetaKey::LastAuditAt => "last_audit_at",
             MetaKey::LastError => "last_error",
+            MetaKey::LastErrorAt => "last_error_at",
+            MetaKey::ErrorSince => "error_since",
+            MetaKey::LastSuccessAt => "last_success_at",
+            MetaKey::FailedAttempts => "failed_attempts",
             MetaKey::NoProgressRuns => "no_progress_runs",
             MetaKey::ExtraFiles => "extra_files",
             MetaKey::IdentityBaseUrl => "identity.base_url",

@@ -178,7 +178,13 @@ impl Filesystem for FuseAdapter {
             Self::add_cap(config, InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         }
         m.init_finished();
+        // The FUSE series are exported only while a mount is served.
+        crate::metrics::Metrics::global().set_fuse_active(true);
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        crate::metrics::Metrics::global().set_fuse_active(false);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
