@@ -209,7 +209,7 @@ fn shrunk_export_with_tracked_files_falls_through() {
     h.remote.reset_counts();
     let r = h.run(&[]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(r.stderr.contains("less than half"), "{}", r.all());
+    assert!(r.stderr.contains("less than 50% of the"), "{}", r.all());
     assert!(r.stdout.contains("via tree"), "{}", r.all());
     h.assert_mirror_exact();
     assert_eq!(h.remote.counts().file, 0, "everything verified by hash");

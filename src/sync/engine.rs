@@ -51,8 +51,8 @@ fn space_of(path: &Path) -> Option<(u64, u64)> {
     let mut p = path;
     loop {
         if let Ok(s) = nix::sys::statvfs::statvfs(p) {
-            let f = s.fragment_size() as u64;
-            return Some((s.blocks_available() as u64 * f, s.blocks() as u64 * f));
+            let f = s.fragment_size();
+            return Some((s.blocks_available() * f, s.blocks() * f));
         }
         p = p.parent()?;
     }
