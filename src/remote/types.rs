@@ -67,20 +67,9 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// Numeric part of an event id (`evt_41` → 41), used so a cursor never moves backwards.
-pub fn event_seq(id: &str) -> Option<u64> {
-    id.rsplit('_').next()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn event_ids() {
-        assert_eq!(event_seq("evt_41"), Some(41));
-        assert_eq!(event_seq("garbage"), None);
-    }
 
     #[test]
     fn tolerant_tree_page() {

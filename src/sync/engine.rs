@@ -290,6 +290,8 @@ pub struct Pending {
     pub unlisted: Vec<(String, Option<String>, String)>,
     /// Directories listed to their end.
     pub listed: Vec<String>,
+    /// Move the events cursor here (never backwards), in the same transaction as the records.
+    pub cursor: Option<String>,
     /// Pending writes that turned out to be orphans (removed from disk): forget them.
     pub orphans: Vec<String>,
     /// The traversal is over: drop the checkpoint and the queue in the same transaction.
@@ -597,6 +599,9 @@ impl Engine {
                 }
                 if let Some(ck) = &ck {
                     b.set_checkpoint(ck)?;
+                }
+                if let Some(c) = &p.cursor {
+                    b.advance_cursor(c)?;
                 }
                 if p.finish {
                     b.finish_traversal()?;

@@ -1,6 +1,6 @@
 //! Incremental sync after the bootstrap: apply the events feed page by page (changes collapsed per
 //! path, cursor committed with the records), retry quarantined files, and audit by listing.
-use crate::remote::types::event_seq;
+use crate::remote::types::Event;
 use crate::store::db::{Kind, MetaKey, Phase, State};
 use crate::store::paths;
 use crate::sync::engine::{Engine, FetchJob, Fetched, Pending, SyncError};
@@ -29,8 +29,7 @@ impl Engine {
             return self.audit().await;
         }
         self.progress().set_phase("sync");
-        let root = self.config().remote_root.clone();
-        let mut cursor = stored.clone();
+        let mut cursor = stored;
         loop {
             let page = match self.remote().events(cursor.as_deref(), EVENTS_PAGE).await {
                 Ok(p) => p,
@@ -48,67 +47,8 @@ impl Engine {
             let Some(last) = page.events.last().map(|e| e.event_id.clone()) else {
                 break;
             };
-            // Collapse per path: the last event of a path decides.
-            let mut actions: BTreeMap<String, Action> = BTreeMap::new();
-            for ev in &page.events {
-                let Some(path) = ev.path.clone() else {
-                    continue;
-                };
-                match ev.kind.as_str() {
-                    "file.created" | "file.updated" => {
-                        actions.insert(
-                            path,
-                            Action::Fetch {
-                                hash: ev.content_hash.clone(),
-                                revision: ev.revision.clone(),
-                            },
-                        );
-                    }
-                    "file.deleted" => {
-                        actions.insert(path, Action::Delete);
-                    }
-                    _ => {}
-                }
-            }
-            let mut p = Pending::default();
-            let mut to_fetch = Vec::new();
-            let mut deletes = Vec::new();
-            for (remote, action) in actions {
-                let rel = match paths::to_local(&root, &remote) {
-                    Ok(r) => r,
-                    Err(_) if !paths::is_under(&root, &remote) => continue,
-                    Err(why) => {
-                        self.note_hostile(&mut p, remote, &why);
-                        continue;
-                    }
-                };
-                match action {
-                    Action::Delete => deletes.push((rel, remote)),
-                    Action::Fetch { hash, revision } => to_fetch.push(FetchJob {
-                        rel,
-                        remote,
-                        listed_hash: hash,
-                        revision,
-                    }),
-                }
-            }
-            self.remove_files(deletes, &mut p).await?;
-            self.fetch_all(to_fetch, &mut p).await?;
-            // Never move the stored cursor backwards (an unknown cursor replays the feed from the start).
             let next = page.next_cursor.clone().unwrap_or_else(|| last.clone());
-            let advance = match (&stored, event_seq(&next)) {
-                (Some(s), Some(n)) => event_seq(s).is_none_or(|s| n >= s),
-                _ => true,
-            };
-            let meta = if advance {
-                vec![(MetaKey::EventsCursor, next.clone())]
-            } else {
-                vec![]
-            };
-            let deleted = p.deletes.clone();
-            let seen = self.read(|st| st.current_seen()).await?;
-            self.commit(p, seen, None, meta).await?;
-            self.prune_empty_dirs(deleted).await?;
+            self.apply_events(&page.events, &next).await?;
             if page.next_cursor.is_none() {
                 break;
             }
@@ -119,6 +59,73 @@ impl Engine {
             crate::sync::engine::now_rfc3339(),
         )])
         .await
+    }
+
+    /// Apply a batch of feed events (from `/fs/events` or the realtime stream) and move the cursor to
+    /// `next` in the same transaction — never backwards: an unknown cursor replays the feed from the
+    /// start, so applying is idempotent. Changes are collapsed per path (the last event of a path
+    /// decides); unknown event types are skipped and the cursor still moves past them.
+    pub async fn apply_events(&self, events: &[Event], next: &str) -> Result<(), SyncError> {
+        let root = self.config().remote_root.clone();
+        let mut actions: BTreeMap<String, Action> = BTreeMap::new();
+        for ev in events {
+            let Some(path) = ev.path.clone() else {
+                continue;
+            };
+            match ev.kind.as_str() {
+                "file.created" | "file.updated" => {
+                    actions.insert(
+                        path,
+                        Action::Fetch {
+                            hash: ev.content_hash.clone(),
+                            revision: ev.revision.clone(),
+                        },
+                    );
+                }
+                "file.deleted" => {
+                    actions.insert(path, Action::Delete);
+                }
+                _ => {}
+            }
+        }
+        let mut p = Pending::default();
+        let mut to_fetch = Vec::new();
+        let mut deletes = Vec::new();
+        for (remote, action) in actions {
+            let rel = match paths::to_local(&root, &remote) {
+                Ok(r) => r,
+                Err(_) if !paths::is_under(&root, &remote) => continue,
+                Err(why) => {
+                    self.note_hostile(&mut p, remote, &why);
+                    continue;
+                }
+            };
+            match action {
+                Action::Delete => deletes.push((rel, remote)),
+                Action::Fetch { hash, revision } => to_fetch.push(FetchJob {
+                    rel,
+                    remote,
+                    listed_hash: hash,
+                    revision,
+                }),
+            }
+        }
+        let (changed, removed) = (to_fetch.len(), deletes.len());
+        self.remove_files(deletes, &mut p).await?;
+        self.fetch_all(to_fetch, &mut p).await?;
+        let deleted = p.deletes.clone();
+        let seen = self.read(|st| st.current_seen()).await?;
+        p.cursor = Some(next.to_string());
+        self.commit(p, seen, None, vec![]).await?;
+        self.prune_empty_dirs(deleted).await?;
+        tracing::info!(
+            events = events.len(),
+            fetched = changed,
+            deleted = removed,
+            cursor = next,
+            "applied a batch of changes"
+        );
+        Ok(())
     }
 
     /// Remove the local files of `file.deleted` events (what is recorded as a file) and note the deletes.

@@ -54,6 +54,28 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
+    /// Move the events cursor to `next` unless that would move it backwards (`evt_<n>` compares by
+    /// `n`; a cursor that is not of that form always moves).
+    pub fn advance_cursor(&mut self, next: &str) -> Result<(), StateError> {
+        let current: Option<String> = self
+            .tx
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+            .and_then(|mut s| {
+                s.query_row([MetaKey::EventsCursor.as_str()], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        let seq = super::meta::event_seq;
+        let forward = match (current.as_deref().and_then(seq), seq(next)) {
+            (Some(cur), Some(n)) => n >= cur,
+            _ => true,
+        };
+        if forward {
+            self.set_meta(MetaKey::EventsCursor, next)?;
+        }
+        Ok(())
+    }
+
     pub fn set_checkpoint(&mut self, c: &Checkpoint) -> Result<(), StateError> {
         self.set_meta(
             MetaKey::Checkpoint,

@@ -62,3 +62,17 @@ impl MetaKey {
         }
     }
 }
+
+/// Numeric part of an event id (`evt_41` → 41): a cursor never moves backwards.
+pub fn event_seq(id: &str) -> Option<u64> {
+    id.rsplit('_').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn event_ids() {
+        assert_eq!(super::event_seq("evt_41"), Some(41));
+        assert_eq!(super::event_seq("garbage"), None);
+    }
+}

@@ -12,7 +12,7 @@ mod schema;
 mod thread;
 
 pub use batch::Batch;
-pub use meta::MetaKey;
+pub use meta::{event_seq, MetaKey};
 pub use reader::{Entry, StateReader};
 pub use thread::Db;
 
