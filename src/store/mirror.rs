@@ -83,6 +83,25 @@ impl LocalStore {
         Ok(hash_file(&path)?.eq_ignore_ascii_case(hash))
     }
 
+    /// The identity of the local file (inode, change time, size): it changes whenever the file's bytes
+    /// or metadata change or the file is replaced. `None` when it is missing or not a regular file.
+    pub fn stat_key(&self, rel: &str) -> io::Result<Option<String>> {
+        use std::os::unix::fs::MetadataExt;
+        match fs::symlink_metadata(self.abs(rel)) {
+            Ok(m) if m.is_file() => Ok(Some(format!(
+                "{}:{}.{}:{}",
+                m.ino(),
+                m.ctime(),
+                m.ctime_nsec(),
+                m.size()
+            ))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Size of the local file, if it is a regular file (`None` when missing or not a file).
     pub fn file_size(&self, rel: &str) -> io::Result<Option<u64>> {
         match fs::symlink_metadata(self.abs(rel)) {

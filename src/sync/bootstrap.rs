@@ -408,14 +408,24 @@ impl Engine {
                         to_fetch.push(job);
                         continue;
                     };
+                    // The record says these bytes, and the local file is still the one it was written
+                    // as (same inode, change time and size): skip. Anything else (a local file
+                    // changed, even at the same size, or removed) is fetched — after a hash check
+                    // that avoids the download when the bytes still match.
                     let size = match st.file(&job.rel)? {
                         Some(rec)
                             if rec.kind == Kind::File && rec.content_hash.as_deref() == Some(h) =>
                         {
-                            let on_disk = store
-                                .file_size(&job.rel)
+                            let now = store
+                                .stat_key(&job.rel)
                                 .map_err(|e| SyncError::local(&store.abs(&job.rel), &e))?;
-                            (on_disk == Some(rec.size)).then_some(rec.size)
+                            let same = match (&rec.local_stat, &now) {
+                                (Some(was), Some(is)) => was == is,
+                                // A record from before local identities were kept: the size decides.
+                                (None, Some(is)) => is.ends_with(&format!(":{}", rec.size)),
+                                _ => false,
+                            };
+                            same.then_some(rec.size)
                         }
                         _ => None,
                     };
@@ -436,6 +446,7 @@ impl Engine {
                     revision: job.revision,
                     content_hash: job.listed_hash,
                     content_type: None,
+                    local_stat: None,
                 },
             });
         }
@@ -667,6 +678,7 @@ fn apply_export_entry(
             revision: meta.revision,
             content_hash: Some(decoded.sha256),
             content_type: meta.content_type,
+            local_stat: None,
         },
     }
 }

@@ -452,6 +452,7 @@ impl Engine {
                     revision: job.revision.clone(),
                     content_hash: job.listed_hash.clone(),
                     content_type: None,
+                    local_stat: None,
                 };
                 return Ok(Fetched::Done {
                     job,
@@ -510,6 +511,7 @@ impl Engine {
                         revision: meta.revision.or_else(|| job.revision.clone()),
                         content_hash: Some(decoded.sha256),
                         content_type: meta.content_type,
+                        local_stat: None,
                     };
                     return Ok(Fetched::Done {
                         job,
@@ -571,7 +573,11 @@ impl Engine {
                     b.ensure_dir(d, seen)?;
                 }
                 for r in &p.files {
-                    b.upsert_file(&r.rel, &r.meta, seen)?;
+                    let mut meta = r.meta.clone();
+                    meta.local_stat = store
+                        .stat_key(&r.rel)
+                        .map_err(|e| SyncError::local(&store.abs(&r.rel), &e))?;
+                    b.upsert_file(&r.rel, &meta, seen)?;
                 }
                 for rel in &p.orphans {
                     b.pending_clear(rel)?;

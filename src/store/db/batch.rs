@@ -178,9 +178,10 @@ impl<'a> Batch<'a> {
                 // Same content: same inode; only the bookkeeping columns move.
                 self.tx
                     .prepare_cached(
-                        "UPDATE entries SET revision = ?2, content_type = ?3, seen = ?4 WHERE ino = ?1",
+                        "UPDATE entries SET revision = ?2, content_type = coalesce(?3, content_type), seen = ?4,
+                         local_stat = coalesce(?5, local_stat) WHERE ino = ?1",
                     )
-                    .and_then(|mut s| s.execute(params![ino, m.revision, m.content_type, seen]))
+                    .and_then(|mut s| s.execute(params![ino, m.revision, m.content_type, seen, m.local_stat]))
                     .map_err(|e| self.err(e))?;
                 return Ok(ino as u64);
             }
@@ -205,11 +206,11 @@ impl<'a> Batch<'a> {
         }
         self.tx
             .prepare_cached(
-                "INSERT INTO entries(parent, name, path, kind, size, revision, content_hash, content_type, mtime, seen)
-                 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO entries(parent, name, path, kind, size, revision, content_hash, content_type, mtime, seen, local_stat)
+                 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .and_then(|mut s| {
-                s.execute(params![parent as i64, name, rel, m.size as i64, m.revision, m.content_hash, m.content_type, now_secs(), seen])
+                s.execute(params![parent as i64, name, rel, m.size as i64, m.revision, m.content_hash, m.content_type, now_secs(), seen, m.local_stat])
             })
             .map_err(|e| self.err(e))?;
         let ino = self.tx.last_insert_rowid() as u64;

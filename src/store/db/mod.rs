@@ -127,6 +127,8 @@ pub struct FileRecord {
     pub size: u64,
     pub revision: Option<String>,
     pub content_hash: Option<String>,
+    /// The local file's identity when the record was written (see [`crate::store::LocalStore::stat_key`]).
+    pub local_stat: Option<String>,
 }
 
 /// Metadata of a file just written or verified.
@@ -136,6 +138,8 @@ pub struct FileMeta {
     pub revision: Option<String>,
     pub content_hash: Option<String>,
     pub content_type: Option<String>,
+    /// The local file's identity after writing or verifying it.
+    pub local_stat: Option<String>,
 }
 
 /// A file (or directory) that keeps failing, with its reason.
@@ -393,7 +397,7 @@ impl State {
     pub fn file(&self, rel: &str) -> Result<Option<FileRecord>, StateError> {
         self.conn
             .prepare_cached(
-                "SELECT ino, kind, size, revision, content_hash FROM entries WHERE path = ?1",
+                "SELECT ino, kind, size, revision, content_hash, local_stat FROM entries WHERE path = ?1",
             )
             .and_then(|mut s| {
                 s.query_row([rel], |r| {
@@ -403,6 +407,7 @@ impl State {
                         size: r.get::<_, i64>(2)? as u64,
                         revision: r.get(3)?,
                         content_hash: r.get(4)?,
+                        local_stat: r.get(5)?,
                     })
                 })
                 .optional()
