@@ -543,7 +543,11 @@ fn warm_reads_page_cache_cost_nothing() {
 fn warm_reads_passthrough_only_open() {
     let (calls, reads) = warm_reads_cost(DataMode::Passthrough);
     assert_eq!(reads, 0, "passthrough reads never reach the daemon");
-    assert_eq!(calls, 40, "one open per open(2)");
+    // One open per open(2); a loaded machine may also evict a dentry and cost a lookup or two.
+    assert!(
+        (40..48).contains(&calls),
+        "one open per open(2) and little else: {calls} calls for 40 opens"
+    );
 }
 
 #[test]

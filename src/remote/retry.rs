@@ -102,7 +102,8 @@ where
         d.map(|d| e.retry_after().map_or(d, |ra| ra.min(cap)))
     })
     .notify(|e: &RemoteError, d: Duration| {
-        tracing::warn!(error = %e, wait_ms = d.as_millis() as u64, "retrying");
+        // Info, not a warning: the caller reports the outcome (an outage is logged at its own rate).
+        tracing::info!(error = %e, wait_ms = d.as_millis() as u64, "retrying");
     })
     .await
 }

@@ -660,6 +660,7 @@ impl Engine {
 
     /// Record a file written or verified in `p` (a progress unit; clears any earlier quarantine).
     pub fn note_done(&self, p: &mut Pending, remote: String, rel: String, meta: FileMeta) {
+        tracing::debug!(path = %remote, size = meta.size, "file written or verified");
         self.progress.file_done(&remote, meta.size);
         p.cleared.push(remote);
         p.files.push(Recorded { rel, meta });

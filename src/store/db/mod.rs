@@ -250,8 +250,23 @@ impl State {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(sq)?;
         if !read_only {
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(sq)?;
+            // Switching to WAL needs a moment alone with the file: another process opening a brand-new
+            // database at the same instant (a `mountd status` probe) makes it report "locked" at once,
+            // whatever the busy timeout. Retry briefly.
+            let mut tries = 0;
+            loop {
+                match conn.pragma_update(None, "journal_mode", "WAL") {
+                    Ok(()) => break,
+                    Err(e)
+                        if tries < 100
+                            && e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) =>
+                    {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(sq(e)),
+                }
+            }
             conn.pragma_update(None, "synchronous", "NORMAL")
                 .map_err(sq)?;
         }

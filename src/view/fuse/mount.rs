@@ -356,27 +356,17 @@ fn probe_passthrough(conn: &OwnedFd, root: &Path) -> Result<(), String> {
 /// How many versions may stay pinned for handle-less reads: half of the file descriptors (after
 /// raising the soft limit to the hard one), within [256, 65536].
 fn pin_budget() -> usize {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain rlimit syscalls on a local struct.
-    let soft = unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            1024
-        } else if r.rlim_cur < r.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: r.rlim_max,
-                rlim_max: r.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                r.rlim_max
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Err(_) => 1024,
+        Ok((cur, max)) if cur < max => {
+            if setrlimit(Resource::RLIMIT_NOFILE, max, max).is_ok() {
+                max
             } else {
-                r.rlim_cur
+                cur
             }
-        } else {
-            r.rlim_cur
         }
+        Ok((cur, _)) => cur,
     };
     ((soft.saturating_sub(512) / 2).min(65536) as usize).max(256)
 }
