@@ -128,10 +128,15 @@ impl Engine {
         Ok(ck)
     }
 
+    /// Start listing from the top of the checkpoint's scope (the whole remote root by default).
     async fn start_traversal(&self, ck: &mut Checkpoint) -> Result<(), SyncError> {
         ck.current_dir = None;
         ck.cursor = None;
-        let (ck2, root) = (ck.clone(), self.config().remote_root.clone());
+        let root = ck
+            .scope
+            .clone()
+            .unwrap_or_else(|| self.config().remote_root.clone());
+        let ck2 = ck.clone();
         self.db()
             .run(move |st: &mut State| {
                 let mut b = st.batch()?;
@@ -620,17 +625,7 @@ impl Engine {
                 pages_done: 0,
                 scope: Some(d.path.clone()),
             };
-            let (ck2, dir) = (ck.clone(), d.path.clone());
-            self.db()
-                .run(move |st: &mut State| -> Result<(), SyncError> {
-                    let mut b = st.batch()?;
-                    b.queue_clear()?;
-                    b.queue_push(&dir)?;
-                    b.set_checkpoint(&ck2)?;
-                    b.commit()?;
-                    Ok(())
-                })
-                .await?;
+            self.start_traversal(&mut ck).await?;
             self.tree_pull(&mut ck).await?;
             self.complete(&ck, PathUsed::Tree).await?;
         }
