@@ -77,7 +77,8 @@ impl LocalStore {
         match fs::symlink_metadata(&path) {
             Ok(m) if m.is_file() => {}
             Ok(_) => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            // Missing, or a parent is a file (the remote replaced that file by a directory).
+            Err(e) if is_absent(&e) => return Ok(false),
             Err(e) => return Err(e),
         }
         Ok(hash_file(&path)?.eq_ignore_ascii_case(hash))
@@ -107,7 +108,7 @@ impl LocalStore {
         match fs::symlink_metadata(self.abs(rel)) {
             Ok(m) if m.is_file() => Ok(Some(m.len())),
             Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if is_absent(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -373,6 +374,12 @@ impl Drop for TempFile {
             let _ = fs::remove_file(p);
         }
     }
+}
+
+/// A lookup error that means "no such file here": missing, or a path component is a file (ENOTDIR), as
+/// when the remote replaced that file by a directory and the mirror has not caught up yet.
+fn is_absent(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
 }
 
 pub fn hash_file(path: &Path) -> io::Result<String> {

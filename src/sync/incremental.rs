@@ -259,7 +259,14 @@ impl Engine {
     /// files whose hash differs, then the usual guarded sweep. The mirror stays served meanwhile.
     pub async fn audit(&self) -> Result<(), SyncError> {
         let mut ck = match self.read(|st| st.checkpoint()).await? {
-            Some(ck) if ck.phase == Phase::Tree => ck,
+            Some(ck) if ck.phase == Phase::Tree => {
+                // Resuming an interrupted audit: files quarantined by an earlier attempt are tried
+                // again first (as a resumed bootstrap does). The completion's systemic rule counts the
+                // stored quarantine, so without this an audit that once failed systemically (every
+                // file 404 for a while) would fail the same way on every later run, healed server or not.
+                self.retry_quarantine().await?;
+                ck
+            }
             _ => self.new_checkpoint(Phase::Tree).await?,
         };
         self.tree_pull(&mut ck).await?;
