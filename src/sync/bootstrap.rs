@@ -484,7 +484,7 @@ impl Engine {
                     unseen,
                     st.tracked_files()?,
                     orphans,
-                    st.quarantine_classes()?,
+                    st.quarantine_classes(snapshot)?,
                     st.unlisted()?.len(),
                 ))
             })
@@ -545,8 +545,18 @@ impl Engine {
                 "removed local files absent from the remote listing"
             );
         }
-        if ck.scope.is_some() {
-            return self.commit(p, ck.snapshot, None, vec![]).await;
+        if let Some(dir) = ck.scope.clone() {
+            self.commit(p, ck.snapshot, None, vec![]).await?;
+            let snapshot = ck.snapshot;
+            return self
+                .db()
+                .run(move |st: &mut State| -> Result<(), SyncError> {
+                    let mut b = st.batch()?;
+                    b.forget_quarantine_before(snapshot, Some(&dir))?;
+                    b.commit()?;
+                    Ok(())
+                })
+                .await;
         }
         self.report_extra_files().await?;
         if unlisted > 0 {
@@ -571,6 +581,7 @@ impl Engine {
             .run(move |st: &mut State| -> Result<(), SyncError> {
                 let mut b = st.batch()?;
                 b.forget_unlisted_before(snapshot)?;
+                b.forget_quarantine_before(snapshot, None)?;
                 b.commit()?;
                 Ok(())
             })

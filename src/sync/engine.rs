@@ -589,7 +589,7 @@ impl Engine {
                     b.listed(dir)?;
                 }
                 for q in &p.quarantine {
-                    b.quarantine(&q.remote, &q.reason, &q.class, q.permanent)?;
+                    b.quarantine(&q.remote, &q.reason, &q.class, q.permanent, seen)?;
                     if let Some(rel) = &q.keep {
                         b.touch_seen(rel, seen)?;
                     }

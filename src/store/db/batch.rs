@@ -302,21 +302,48 @@ impl<'a> Batch<'a> {
     }
 
     /// Quarantine a file: `class` groups failures of the same cause (e.g. "HTTP 403 forbidden").
+    /// (`snapshot`: the listing or pass that noted it; a complete listing forgets what it did not note
+    /// again, since the remote no longer has it.)
     pub fn quarantine(
         &mut self,
         remote_path: &str,
         reason: &str,
         class: &str,
         permanent: bool,
+        snapshot: i64,
     ) -> Result<(), StateError> {
         self.tx
             .prepare_cached(
-                "INSERT INTO quarantine(path, reason, attempts, permanent, updated_at, class) VALUES (?1, ?2, 1, ?3, ?4, ?5)
+                "INSERT INTO quarantine(path, reason, attempts, permanent, updated_at, class, snapshot) VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6)
                  ON CONFLICT(path) DO UPDATE SET reason = excluded.reason, attempts = attempts + 1,
-                 permanent = excluded.permanent, updated_at = excluded.updated_at, class = excluded.class",
+                 permanent = excluded.permanent, updated_at = excluded.updated_at, class = excluded.class,
+                 snapshot = excluded.snapshot",
             )
-            .and_then(|mut s| s.execute(params![remote_path, reason, permanent as i64, now_secs(), class]))
+            .and_then(|mut s| s.execute(params![remote_path, reason, permanent as i64, now_secs(), class, snapshot]))
             .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A complete listing (`snapshot`) of the remote subtree `under` (`None`: everything) is over:
+    /// quarantined paths it did not meet again are gone from the remote.
+    pub fn forget_quarantine_before(
+        &mut self,
+        snapshot: i64,
+        under: Option<&str>,
+    ) -> Result<(), StateError> {
+        match under {
+            None => self
+                .tx
+                .execute("DELETE FROM quarantine WHERE snapshot != ?1", [snapshot]),
+            Some(dir) => {
+                let dir = dir.trim_end_matches('/');
+                self.tx.execute(
+                    "DELETE FROM quarantine WHERE snapshot != ?1 AND path >= ?2 AND path < ?3",
+                    params![snapshot, format!("{dir}/"), format!("{dir}0")],
+                )
+            }
+        }
+        .map_err(|e| self.err(e))?;
         Ok(())
     }
 

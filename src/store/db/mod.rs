@@ -514,16 +514,17 @@ impl State {
         rows.map_err(|e| self.err(e))
     }
 
-    /// Retryable quarantined files per failure class, most common first.
-    pub fn quarantine_classes(&self) -> Result<Vec<(String, u64)>, StateError> {
+    /// Retryable files quarantined by `snapshot`, per failure class, most common first.
+    pub fn quarantine_classes(&self, snapshot: i64) -> Result<Vec<(String, u64)>, StateError> {
         let mut s = self
             .conn
             .prepare(
-                "SELECT class, count(*) FROM quarantine WHERE permanent = 0 GROUP BY class ORDER BY count(*) DESC",
+                "SELECT class, count(*) FROM quarantine WHERE permanent = 0 AND snapshot = ?1
+                 GROUP BY class ORDER BY count(*) DESC",
             )
             .map_err(|e| self.err(e))?;
         let rows = s
-            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .query_map([snapshot], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
         rows.map_err(|e| self.err(e))
     }

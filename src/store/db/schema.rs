@@ -41,6 +41,7 @@ pub const MIGRATIONS: &[&str] = &[
      CREATE TABLE unlisted(path TEXT PRIMARY KEY, reason TEXT NOT NULL, snapshot INTEGER NOT NULL,
         attempts INTEGER NOT NULL, updated_at INTEGER NOT NULL);
      ALTER TABLE quarantine ADD COLUMN class TEXT NOT NULL DEFAULT '';
+     ALTER TABLE quarantine ADD COLUMN snapshot INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX entries_parent_ino ON entries(parent, ino);
      ALTER TABLE entries ADD COLUMN local_stat TEXT;",
 ];
