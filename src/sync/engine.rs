@@ -434,7 +434,16 @@ impl Engine {
     /// Fetch one file unless the local bytes already match the listed hash; its body is decoded as it
     /// streams in (memory, then a temp file), verified, and moved into place.
     pub async fn fetch_one(&self, job: FetchJob) -> Result<Fetched, SyncError> {
-        if let Some(h) = job.listed_hash.clone() {
+        // A file not on disk (most of a bootstrap) is known from one lstat, without a blocking task.
+        let on_disk = match job.listed_hash {
+            Some(_) => self
+                .store
+                .file_size(&job.rel)
+                .map_err(|e| SyncError::local(&self.store.abs(&job.rel), &e))?
+                .is_some(),
+            None => false,
+        };
+        if let (Some(h), true) = (job.listed_hash.clone(), on_disk) {
             let (s, r) = (self.store.clone(), job.rel.clone());
             let size = tokio::task::spawn_blocking(move || -> std::io::Result<Option<u64>> {
                 if s.matches_hash(&r, &h)? {
@@ -476,7 +485,12 @@ impl Engine {
             };
             let cid = body.correlation_id.clone();
             let share = self.cfg.budget().share();
-            let reader = body::reader(self.counted(body.chunks), share, None);
+            // A body within the share is read here and scanned from memory; a larger one streams.
+            let (whole, reader) = match body::collect_small(self.counted(body.chunks), share).await
+            {
+                body::Collected::Whole(b) => (Some(b), None),
+                body::Collected::Stream(s) => (None, Some(body::reader(s, share, None))),
+            };
             let (store, rel) = (self.store.clone(), job.rel.clone());
             type Scanned = Result<
                 (crate::remote::scan::Meta, crate::remote::scan::Decoded),
@@ -485,7 +499,16 @@ impl Engine {
             let scanned = tokio::task::spawn_blocking(
                 move || -> Result<Result<Scanned, BodyError>, WriteError> {
                     let mut stager = crate::sync::content::Stager::new(store.clone(), share);
-                    match read_file_object(reader, &mut stager, || store.scratch_file()) {
+                    let scanned = match (whole, reader) {
+                        (Some(b), _) => {
+                            read_file_object(&b[..], &mut stager, || store.scratch_file())
+                        }
+                        (None, Some(r)) => {
+                            read_file_object(r, &mut stager, || store.scratch_file())
+                        }
+                        (None, None) => unreachable!("a body is either whole or a stream"),
+                    };
+                    match scanned {
                         Ok(EntryOutcome::Ok { meta, decoded, out }) => {
                             crate::sync::content::place(&store, &rel, out, &decoded, false)?;
                             Ok(Ok(Ok((meta, decoded))))
