@@ -305,6 +305,13 @@ async fn retryable_quarantine(r: &mut Rig) -> Vec<String> {
 }
 
 async fn run_case(c: Case) -> Result<(), String> {
+    if std::env::var_os("MODEL_TRACE").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_test_writer()
+            .try_init();
+        eprintln!("CASE {c:?}");
+    }
     let mut r = Rig::new(c.page_size);
     r.cfg.tree_depth = c.depth;
     r.cfg.use_export = c.use_export;

@@ -246,7 +246,7 @@ impl Engine {
                         let remote = meta.path.unwrap_or_else(|| "<export entry without a path>".into());
                         let error = FileError::BadData { kind, detail: reason };
                         let keep = self.to_local(&remote).ok();
-                        self.note_failure(&mut pending, QuarantineNote { reason: error.to_string(), class: error.class(), remote, permanent: false, keep });
+                        self.note_failure(&mut pending, QuarantineNote { reason: error.to_string(), class: error.class(), remote, permanent: false, retry: false, keep });
                     }
                     Ok(Some(ExportItem::End(Ok(_)))) => ended = Some(None),
                     Ok(Some(ExportItem::End(Err(BodyError::Local(e))))) => {
@@ -359,7 +359,7 @@ impl Engine {
                         self.note_done(&mut p, job.remote, job.rel, meta)
                     }
                     Ok(Fetched::Failed { job, error }) => {
-                        self.note_file_failure(&mut p, job, &error)
+                        self.note_file_failure(&mut p, job, &error, false)
                     }
                     Err(e) => {
                         fatal = Some(e);

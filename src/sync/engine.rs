@@ -266,6 +266,9 @@ pub struct QuarantineNote {
     /// The cause without the file's specifics (see [`FileError::class`]).
     pub class: String,
     pub permanent: bool,
+    /// A retry of an earlier quarantine: the row keeps the snapshot that noted it (a retry is not a
+    /// listing meeting the path again).
+    pub retry: bool,
     pub keep: Option<String>,
 }
 
@@ -593,6 +596,11 @@ impl Engine {
                     b.pending_clear(rel)?;
                 }
                 for d in &p.dirs {
+                    // The disk first: a file the remote replaced by this directory goes now, not
+                    // when something is written below it (its record is about to become a directory's).
+                    store
+                        .ensure_dir(d)
+                        .map_err(|e| SyncError::local(&store.abs(d), &e))?;
                     b.ensure_dir(d, seen)?;
                 }
                 for r in &p.files {
@@ -612,7 +620,8 @@ impl Engine {
                     b.listed(dir)?;
                 }
                 for q in &p.quarantine {
-                    b.quarantine(&q.remote, &q.reason, &q.class, q.permanent, seen)?;
+                    let stamp = (!q.retry).then_some(seen);
+                    b.quarantine(&q.remote, &q.reason, &q.class, q.permanent, stamp)?;
                     if let Some(rel) = &q.keep {
                         b.touch_seen(rel, seen)?;
                     }
@@ -638,7 +647,15 @@ impl Engine {
                 for (k, v) in &meta {
                     b.set_meta(*k, v)?;
                 }
-                Ok(b.commit()?)
+                let (changes, removed) = b.commit_with_removed()?;
+                // Records that went with a directory (or a file replaced by a directory): their local
+                // files go too. A path that is now a directory (or below a file) is left alone.
+                for rel in &removed {
+                    store
+                        .remove_file(rel)
+                        .map_err(|e| SyncError::local(&store.abs(rel), &e))?;
+                }
+                Ok(changes)
             })
             .await?;
         self.progress.checkpoint();
@@ -702,7 +719,13 @@ impl Engine {
     }
 
     /// A file that failed on its own.
-    pub fn note_file_failure(&self, p: &mut Pending, job: FetchJob, error: &FileError) {
+    pub fn note_file_failure(
+        &self,
+        p: &mut Pending,
+        job: FetchJob,
+        error: &FileError,
+        retry: bool,
+    ) {
         self.note_failure(
             p,
             QuarantineNote {
@@ -710,6 +733,7 @@ impl Engine {
                 class: error.class(),
                 remote: job.remote,
                 permanent: false,
+                retry,
                 keep: Some(job.rel),
             },
         );
@@ -724,6 +748,7 @@ impl Engine {
                 class: "hostile path".into(),
                 remote,
                 permanent: true,
+                retry: false,
                 keep: None,
             },
         );

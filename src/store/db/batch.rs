@@ -14,6 +14,8 @@ pub struct Batch<'a> {
     new_dirs: HashMap<String, (u64, i64)>,
     dropped_dirs: bool,
     changes: Vec<Change>,
+    /// Files whose records this batch deleted (directly or with a directory above them).
+    removed_files: Vec<String>,
 }
 
 impl<'a> Batch<'a> {
@@ -29,6 +31,7 @@ impl<'a> Batch<'a> {
             new_dirs: HashMap::new(),
             dropped_dirs: false,
             changes: Vec::new(),
+            removed_files: Vec::new(),
         }
     }
 
@@ -264,6 +267,17 @@ impl<'a> Batch<'a> {
         };
         let lo = format!("{rel}/");
         let hi = format!("{rel}0"); // '0' is the byte after '/'
+        let files: Vec<String> = self
+            .tx
+            .prepare_cached(
+                "SELECT path FROM entries WHERE kind = 1 AND (path = ?1 OR (path >= ?2 AND path < ?3))",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![rel, lo, hi], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .map_err(|e| self.err(e))?;
+        self.removed_files.extend(files);
         self.tx
             .prepare_cached("DELETE FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3)")
             .and_then(|mut s| s.execute(params![rel, lo, hi]))
@@ -302,22 +316,22 @@ impl<'a> Batch<'a> {
     }
 
     /// Quarantine a file: `class` groups failures of the same cause (e.g. "HTTP 403 forbidden").
-    /// (`snapshot`: the listing or pass that noted it; a complete listing forgets what it did not note
-    /// again, since the remote no longer has it.)
+    /// (`snapshot`: the listing or pass that noted it — `None` keeps the one already recorded, for a
+    /// retry; a complete listing forgets what it did not note again, since the remote no longer has it.)
     pub fn quarantine(
         &mut self,
         remote_path: &str,
         reason: &str,
         class: &str,
         permanent: bool,
-        snapshot: i64,
+        snapshot: Option<i64>,
     ) -> Result<(), StateError> {
         self.tx
             .prepare_cached(
-                "INSERT INTO quarantine(path, reason, attempts, permanent, updated_at, class, snapshot) VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6)
+                "INSERT INTO quarantine(path, reason, attempts, permanent, updated_at, class, snapshot) VALUES (?1, ?2, 1, ?3, ?4, ?5, coalesce(?6, 0))
                  ON CONFLICT(path) DO UPDATE SET reason = excluded.reason, attempts = attempts + 1,
                  permanent = excluded.permanent, updated_at = excluded.updated_at, class = excluded.class,
-                 snapshot = excluded.snapshot",
+                 snapshot = coalesce(?6, snapshot)",
             )
             .and_then(|mut s| s.execute(params![remote_path, reason, permanent as i64, now_secs(), class, snapshot]))
             .map_err(|e| self.err(e))?;
@@ -405,6 +419,25 @@ impl<'a> Batch<'a> {
 
     /// Commit; returns what changed (empty when nothing visible did).
     pub fn commit(self) -> Result<Vec<Change>, StateError> {
+        self.commit_with_removed().map(|(changes, _)| changes)
+    }
+
+    /// Commit; returns what changed and the files whose records are gone (their local copies must go
+    /// too, so the disk never holds a file the state does not know).
+    pub fn commit_with_removed(mut self) -> Result<(Vec<Change>, Vec<String>), StateError> {
+        // A file recorded again later in this batch stays.
+        let mut gone = Vec::with_capacity(self.removed_files.len());
+        for rel in std::mem::take(&mut self.removed_files) {
+            let again: Option<i64> = self
+                .tx
+                .prepare_cached("SELECT ino FROM entries WHERE path = ?1")
+                .and_then(|mut s| s.query_row([&rel], |r| r.get(0)).optional())
+                .map_err(|e| self.err(e))?;
+            if again.is_none() {
+                gone.push(rel);
+            }
+        }
+        self.removed_files = gone;
         let Batch {
             tx,
             path,
@@ -412,6 +445,7 @@ impl<'a> Batch<'a> {
             new_dirs,
             dropped_dirs,
             changes,
+            removed_files,
         } = self;
         tx.commit()
             .map_err(|e| StateError::Sqlite { path, source: e })?;
@@ -419,6 +453,6 @@ impl<'a> Batch<'a> {
             cache.clear();
         }
         cache.extend(new_dirs);
-        Ok(changes)
+        Ok((changes, removed_files))
     }
 }
