@@ -11,9 +11,13 @@
 # startup on N files + one large file, find/cat/dd/4 KiB random reads/ls -l/du on the mirror vs the
 # FUSE mount in each data mode vs `rclone mount` of the mirror (cold and warm), and
 # remote-write-to-visible latency at --interval 1s and 200ms.
+# With --memory: only the memory benchmarks (scripts/bench-memory.sh): peak RSS of one 256 MiB and one
+# 1 GiB file via the tree pull and via the export, sixteen 256 MiB files at once, 10k and 100k small
+# files, and a 1 GiB file over a 5 MB/s link under the default and a 10 s idle timeout.
 #
 #   scripts/bench.sh [--files N] [--file-size BYTES] [--dirs D]     (default 20000 x 1024 B in 50 dirs)
-#                    [--mount | --no-mount] [--mount-files N] [--big-file-mib M]
+#                    [--mount | --no-mount | --memory [--no-slow] [--only CASES]]
+#                    [--mount-files N] [--big-file-mib M]
 #     --mount: only the mount benchmarks; --no-mount: only the bootstrap ones (default: both)
 #     --mount-files N (default 100000, 1000 per dir), --big-file-mib M (default 1024; 0 = none);
 #     --modes "page-cache passthrough", --no-latency, --no-rclone, --random-reads R go to bench-mount.sh
@@ -23,7 +27,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 files=20000 file_size=1024 dirs=50
-run_bootstrap=1 run_mount=1 mount_args=()
+run_bootstrap=1 run_mount=1 run_memory=0 mount_args=() memory_args=()
 while (($#)); do
     case $1 in
     --files) files=$2; shift 2 ;;
@@ -31,10 +35,13 @@ while (($#)); do
     --dirs) dirs=$2; shift 2 ;;
     --mount) run_bootstrap=0 run_mount=1; shift ;;
     --no-mount) run_mount=0; shift ;;
+    --memory) run_memory=1; shift ;;
+    --no-slow | --big-base64) memory_args+=("$1"); shift ;;
+    --only) memory_args+=("$1" "$2"); shift 2 ;;
     --mount-files | --big-file-mib | --modes | --random-reads) mount_args+=("$1" "$2"); shift 2 ;;
     --no-latency | --no-rclone) mount_args+=("$1"); shift ;;
     -h | --help)
-        sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -69,6 +76,10 @@ command -v curl >/dev/null || {
     echo "bench.sh: curl is needed" >&2
     exit 1
 }
+
+if [[ $run_memory == 1 ]]; then
+    exec "$ROOT/scripts/bench-memory.sh" "${memory_args[@]}"
+fi
 
 echo "bench.sh: building the release binaries" >&2
 cargo build --workspace --release --bins --quiet

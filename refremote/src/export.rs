@@ -1,5 +1,6 @@
-//! `GET /fs/export?format=json` bodies: a JSON array streamed in chunks from a snapshot, plus the
-//! truncated (complete response, cut JSON) and reset (chunked body that errors) fault variants.
+//! `GET /fs/export?format=json` bodies: a JSON array streamed in pieces from a snapshot (see
+//! `stream.rs`), optionally throttled, plus the truncated (complete response, cut JSON) and reset
+//! (chunked body that errors) fault variants.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -12,9 +13,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use serde::Serialize;
 
 use super::store::{sha256_hex, FileRec};
-
-/// Files serialized per body chunk.
-const CHUNK_FILES: usize = 256;
+use super::stream::{export_body, throttle};
 
 /// The `/fs/file` object shape (also the export element).
 #[derive(Serialize)]
@@ -26,7 +25,7 @@ pub(crate) struct FileJson<'a> {
     content_type: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     encoding: Option<&'static str>,
-    content: &'a str,
+    pub(crate) content: &'a str,
     last_edited_at: &'a str,
 }
 
@@ -48,38 +47,8 @@ impl<'a> FileJson<'a> {
     }
 }
 
-fn render_chunk(files: &[Arc<FileRec>], bad: &BTreeSet<String>, c: usize, chunks: usize) -> Bytes {
-    let start = c * CHUNK_FILES;
-    let end = (start + CHUNK_FILES).min(files.len());
-    let mut buf = Vec::with_capacity(64 * (end - start) + 2);
-    if c == 0 {
-        buf.push(b'[');
-    }
-    for (i, rec) in files[start..end].iter().enumerate() {
-        if start + i > 0 {
-            buf.push(b',');
-        }
-        serde_json::to_writer(&mut buf, &FileJson::new(rec, bad.contains(&rec.path)))
-            .expect("serializing to a Vec cannot fail");
-    }
-    if c + 1 == chunks {
-        buf.push(b']');
-    }
-    Bytes::from(buf)
-}
-
-fn body_stream(
-    files: Vec<Arc<FileRec>>,
-    bad: BTreeSet<String>,
-) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
-    let chunks = files.len().div_ceil(CHUNK_FILES).max(1);
-    stream::iter(0..chunks)
-        .map(move |c| Ok(render_chunk(&files, &bad, c, chunks)))
-        .boxed()
-}
-
 /// Passes the first `n` bytes of `s`, then fails (hyper aborts the connection).
-fn cut_then_fail(
+pub(crate) fn cut_then_fail(
     s: BoxStream<'static, Result<Bytes, std::io::Error>>,
     n: usize,
 ) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
@@ -112,28 +81,30 @@ fn cut_then_fail(
 fn reset_error() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::ConnectionReset,
-        "injected export reset (reference remote)",
+        "injected body reset (reference remote)",
     )
 }
 
-/// The export response for a snapshot, applying the body faults.
+/// The export response for a snapshot, applying the body faults (`rate`: bytes per second).
 pub(crate) fn export_response(
     files: Vec<Arc<FileRec>>,
     bad: BTreeSet<String>,
     truncate_at: Option<usize>,
     reset_at: Option<usize>,
+    rate: Option<u64>,
 ) -> Response {
     let json = [(header::CONTENT_TYPE, "application/json")];
     if let Some(n) = truncate_at {
-        let chunks = files.len().div_ceil(CHUNK_FILES).max(1);
-        let mut all = Vec::new();
-        for c in 0..chunks {
-            all.extend_from_slice(&render_chunk(&files, &bad, c, chunks));
-        }
+        let mut all: Vec<u8> = export_body(files, bad).flat_map(|b| b.to_vec()).collect();
         all.truncate(n);
         return (json, all).into_response();
     }
-    let s = body_stream(files, bad);
+    let s: BoxStream<'static, Result<Bytes, std::io::Error>> =
+        stream::iter(export_body(files, bad).map(Ok)).boxed();
+    let s = match rate {
+        Some(r) => throttle(s, r),
+        None => s,
+    };
     let s = match reset_at {
         Some(n) => cut_then_fail(s, n),
         None => s,

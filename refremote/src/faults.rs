@@ -24,6 +24,8 @@ pub struct Faults {
     pub export_reset_at: Option<usize>,
     /// Export only the first N files (a shrunk but valid array).
     pub export_drop: Option<usize>,
+    /// Send the export body at this many bytes per second (a slow link).
+    pub export_rate_bytes_per_sec: Option<u64>,
     /// N errors then normal service, per route.
     pub fail_next: Vec<FailNext>,
     /// Sleep before each /fs/tree page.
@@ -34,6 +36,14 @@ pub struct Faults {
     pub file_delay_ms: u64,
     /// Every /fs/file hangs.
     pub file_hang: bool,
+    /// Send /fs/file bodies at this many bytes per second (a slow link): the body streams in slices
+    /// of a twentieth of a second's worth.
+    pub file_rate_bytes_per_sec: Option<u64>,
+    /// /fs/file bodies: 200 + the first N bytes of a chunked body, then abort the connection (every
+    /// request; for "N cuts then whole bodies" see `file_reset_count`).
+    pub file_reset_at: Option<usize>,
+    /// With `file_reset_at`: cut only this many /fs/file bodies, then send them whole (0 = every one).
+    pub file_reset_count: u32,
     /// Per remote path faults on /fs/file (`BadHash` also applies to the export).
     pub path_faults: BTreeMap<String, PathFault>,
     /// /fs/events answers 404 not_found.

@@ -44,6 +44,7 @@ mod faults;
 mod routes;
 mod seed;
 mod store;
+mod stream;
 mod ws;
 
 use std::collections::BTreeMap;
@@ -396,6 +397,13 @@ impl RemoteHandle {
     /// `/dNNN/fNNNNNNN.txt`.
     pub fn generate(&self, n: usize, file_size: usize, dirs: usize) {
         seed::generate(&self.shared, n, file_size, dirs);
+    }
+
+    /// Adds a large file of `size` bytes with deterministic content (text lines, or pseudo-random bytes
+    /// stored as base64), built in place; returns the hex SHA-256 of its bytes. The store holds the
+    /// content string (`size` bytes, or 4/3 of it as base64); bodies are sent from it piece by piece.
+    pub fn put_big(&self, path: &str, size: usize, base64: bool) -> String {
+        seed::big_file(&self.shared, path, size, base64)
     }
 
     /// Stops serving: hung requests are released, open connections are closed (2 s grace).

@@ -52,6 +52,53 @@ struct Args {
     /// Number of directories the generated files are spread over.
     #[arg(long, default_value_t = 50)]
     dirs: usize,
+    /// Add a large file with deterministic content at PATH, SIZE bytes (suffixes K, M, G: powers of
+    /// 1024), e.g. `/big/one.txt:1G`. Repeatable. The server holds its content in memory.
+    #[arg(long, value_name = "PATH:SIZE", value_parser = parse_big)]
+    big_file: Vec<(String, usize)>,
+    /// Add N large files of SIZE bytes each, `/big/bNNN.dat` (e.g. `16:256M`).
+    #[arg(long, value_name = "N:SIZE", value_parser = parse_generate_big)]
+    generate_big: Option<(usize, usize)>,
+    /// Store the large files as base64 (pseudo-random bytes) instead of text lines.
+    #[arg(long)]
+    big_base64: bool,
+}
+
+/// `1024`, `64K`, `256M`, `1G` (powers of 1024; an optional trailing `iB`/`B`).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1usize << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("invalid size {s:?} (e.g. 1048576, 256M, 1G)"))
+}
+
+fn parse_big(s: &str) -> Result<(String, usize), String> {
+    let (path, size) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected PATH:SIZE, got {s:?}"))?;
+    if path.is_empty() {
+        return Err("empty path".into());
+    }
+    Ok((path.to_string(), parse_size(size)?))
+}
+
+fn parse_generate_big(s: &str) -> Result<(usize, usize), String> {
+    let (n, size) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected N:SIZE, got {s:?}"))?;
+    let n = n.parse().map_err(|_| format!("invalid count {n:?}"))?;
+    Ok((n, parse_size(size)?))
 }
 
 fn fail(msg: String) -> ! {
@@ -91,6 +138,14 @@ async fn main() {
     };
     if args.generate > 0 {
         remote.generate(args.generate, args.file_size, args.dirs);
+    }
+    for (path, size) in &args.big_file {
+        remote.put_big(path, *size, args.big_base64);
+    }
+    if let Some((n, size)) = args.generate_big {
+        for i in 0..n {
+            remote.put_big(&format!("/big/b{i:03}.dat"), size, args.big_base64);
+        }
     }
     if let Some(f) = faults {
         remote.set_faults(f);

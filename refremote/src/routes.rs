@@ -13,6 +13,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::export::{export_response, FileJson};
@@ -22,6 +23,9 @@ use super::{LoggedRequest, Shared};
 
 type S = State<Arc<Shared>>;
 type Q = Query<HashMap<String, String>>;
+
+/// File bodies with more content than this are streamed in pieces.
+const STREAM_OVER: usize = 1 << 20;
 
 /// Largest accepted write body.
 const MAX_WRITE_BODY: usize = 1 << 20;
@@ -237,12 +241,26 @@ async fn get_file(State(s): S, headers: HeaderMap, Query(q): Q) -> Response {
     let Some(path) = path else {
         return bad_request("missing path", &corr);
     };
-    let (delay, hang_all, pf) = {
-        let f = s.faults();
+    let (delay, hang_all, pf, rate, reset_at) = {
+        let mut f = s.faults();
+        // A counted reset: consumed here, so "N cuts then whole bodies" holds across requests.
+        let reset_at = match f.file_reset_at {
+            Some(n) if f.file_reset_count == 0 => Some(n),
+            Some(n) => {
+                f.file_reset_count -= 1;
+                if f.file_reset_count == 0 {
+                    f.file_reset_at = None;
+                }
+                Some(n)
+            }
+            None => None,
+        };
         (
             f.file_delay_ms,
             f.file_hang,
             f.path_faults.get(&path).cloned(),
+            f.file_rate_bytes_per_sec,
+            reset_at,
         )
     };
     sleep_ms(delay).await;
@@ -258,15 +276,27 @@ async fn get_file(State(s): S, headers: HeaderMap, Query(q): Q) -> Response {
     let Some(rec) = rec else {
         return error_response(404, "not_found", "file not found", &corr);
     };
-    let body = serde_json::to_vec(&FileJson::new(&rec, bad_hash)).expect("serialize file");
-    (
-        [
-            (header::CONTENT_TYPE, "application/json".to_string()),
-            (header::ETAG, format!("rev_{}", rec.revision)),
-        ],
-        body,
-    )
-        .into_response()
+    let headers = [
+        (header::CONTENT_TYPE, "application/json".to_string()),
+        (header::ETAG, format!("rev_{}", rec.revision)),
+    ];
+    if rec.content.len() <= STREAM_OVER && rate.is_none() && reset_at.is_none() {
+        let body = serde_json::to_vec(&FileJson::new(&rec, bad_hash)).expect("serialize file");
+        return (headers, body).into_response();
+    }
+    // A large body is sent from the stored string piece by piece (never copied whole).
+    let body = super::stream::file_body(rec, bad_hash)
+        .map(Ok::<_, std::io::Error>)
+        .boxed();
+    let body = match rate {
+        Some(r) => super::stream::throttle(body, r),
+        None => body,
+    };
+    let body = match reset_at {
+        Some(n) => super::export::cut_then_fail(body, n),
+        None => body,
+    };
+    (headers, axum::body::Body::from_stream(body)).into_response()
 }
 
 async fn export(State(s): S, headers: HeaderMap, Query(q): Q) -> Response {
@@ -297,7 +327,13 @@ async fn export(State(s): S, headers: HeaderMap, Query(q): Q) -> Response {
         .filter(|(_, v)| matches!(v, PathFault::BadHash))
         .map(|(k, _)| k.clone())
         .collect();
-    export_response(files, bad, f.export_truncate_at, f.export_reset_at)
+    export_response(
+        files,
+        bad,
+        f.export_truncate_at,
+        f.export_reset_at,
+        f.export_rate_bytes_per_sec,
+    )
 }
 
 async fn events(State(s): S, headers: HeaderMap, Query(q): Q) -> Response {

@@ -13,10 +13,15 @@
 //!   is hashed (SHA-256) and passed to [`ContentTarget::write`] when full.
 //!   Large text runs bypass the buffer (hashed and written in place).
 //!
-//! If `content` arrives before `encoding` has been seen, the raw (unescaped)
-//! bytes are spooled: first into a 64 KiB memory buffer, then (only if larger)
-//! into a file obtained from the caller's `spool` callback. At the end of the
-//! object the spool is replayed through the same decoder. Memory therefore
+//! If `content` arrives before `encoding` has been seen, it is decoded as text
+//! into the target as it arrives (no `encoding` key at all means text), and
+//! while every byte so far is in the base64 alphabet its raw (unescaped) bytes
+//! are also spooled: first into a 64 KiB memory buffer, then (only if larger)
+//! into a file obtained from the caller's `spool` callback. If the object then
+//! says `base64`, the text reading is dropped and the spool replayed through
+//! the base64 decoder (a second `begin`); content with any byte outside the
+//! alphabet cannot be base64, so its spool is dropped at once and a text file
+//! is written once, as it streams, with no pause after its last byte. Memory therefore
 //! stays flat (~200 KiB of buffers plus the caller's `BufRead` buffer) whatever
 //! the content size. Callers should give the reader a large buffer, e.g.
 //! `BufReader::with_capacity(256 << 10, body)`.
@@ -79,8 +84,10 @@ pub trait ContentTarget {
     /// E.g. a temp file handle. Dropped by the scanner if the entry turns out `Bad`.
     type Out;
     /// Called once per object when its content starts (or at object end for
-    /// absent/null content, or when the content had to be spooled), with the
-    /// metadata seen so far. Not called for entries already known to be bad.
+    /// absent/null content), with the metadata seen so far; called a second
+    /// time (the first `Out` dropped) when content that arrived before its
+    /// encoding turns out to be base64. Not called for entries already known
+    /// to be bad.
     fn begin(&mut self, meta_so_far: &Meta) -> io::Result<Self::Out>;
     /// Decoded bytes, in order, in chunks of any size.
     fn write(&mut self, out: &mut Self::Out, decoded: &[u8]) -> io::Result<()>;
@@ -829,6 +836,52 @@ impl<F: FnMut() -> io::Result<File>> Sink for SpoolSink<'_, F> {
     }
 }
 
+/// The bytes of the base64 alphabet (and its padding): content holding any other byte cannot be
+/// valid base64.
+const B64_ALPHABET: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=';
+        c += 1;
+    }
+    t
+};
+
+/// Content that arrives before its encoding is known: decoded as text into the target as it streams
+/// (the usual case is no `encoding` key at all, i.e. text), with a raw copy spooled only while the
+/// content could still be valid base64 (every byte so far in the base64 alphabet). A text file is
+/// thus written once, as it arrives, with no replay after its last byte.
+struct SpecSink<'a, T: ContentTarget, F> {
+    text: DirectSink<'a, T>,
+    raw: Option<SpoolSink<'a, F>>,
+}
+
+impl<T: ContentTarget, F: FnMut() -> io::Result<File>> Sink for SpecSink<'_, T, F> {
+    fn bytes(&mut self, b: &[u8]) -> Result<(), ScanError> {
+        self.text.bytes(b)?;
+        if let Some(raw) = &mut self.raw {
+            if b.iter().all(|&c| B64_ALPHABET[c as usize]) {
+                raw.bytes(b)?;
+            } else {
+                // Not base64: text is the only valid reading; the spool (if any) is dropped.
+                raw.mem.clear();
+                self.raw = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The raw copy of content spooled before its encoding was known.
+enum Raw {
+    /// In the scanner's memory spool.
+    Mem,
+    /// In a spool file.
+    File(File),
+}
+
 // ---------------------------------------------------------------------------
 // Objects
 
@@ -837,10 +890,13 @@ enum Content<O> {
     Absent,
     /// Decoded directly while streaming.
     Direct { out: O, decoded: Decoded },
-    /// Raw bytes in the scanner's memory spool.
-    SpooledMem,
-    /// Raw bytes in a spool file.
-    SpooledFile(File),
+    /// Decoded as text while streaming, before the encoding was known; `raw` holds the raw bytes for
+    /// a replay when they may still be base64.
+    Speculative {
+        out: O,
+        decoded: Decoded,
+        raw: Option<Raw>,
+    },
     /// Skipped (entry already bad).
     Skipped,
 }
@@ -1094,20 +1150,28 @@ impl<R: BufRead, F: FnMut() -> io::Result<File>> Scanner<R, F> {
                 e.content = Content::Direct { out, decoded };
             }
             None => {
+                let mut out = target.begin(&e.meta).map_err(ScanError::Local)?;
                 self.spool_mem.clear();
-                let mut sink = SpoolSink {
-                    mem: &mut self.spool_mem,
-                    file: None,
-                    spool_fn: &mut self.spool_fn,
+                let mut sink = SpecSink {
+                    text: DirectSink::new(Enc::Text, &mut self.out, target, &mut out),
+                    raw: Some(SpoolSink {
+                        mem: &mut self.spool_mem,
+                        file: None,
+                        spool_fn: &mut self.spool_fn,
+                    }),
                 };
                 self.lx.string(&mut sink)?;
-                e.content = match sink.file {
-                    None => Content::SpooledMem,
-                    Some(w) => Content::SpooledFile(
+                let SpecSink { text, raw } = sink;
+                let (decoded, _) = text.finish()?;
+                let raw = match raw {
+                    None => None,
+                    Some(SpoolSink { file: None, .. }) => Some(Raw::Mem),
+                    Some(SpoolSink { file: Some(w), .. }) => Some(Raw::File(
                         w.into_inner()
                             .map_err(|e| ScanError::Local(e.into_error()))?,
-                    ),
+                    )),
                 };
+                e.content = Content::Speculative { out, decoded, raw };
             }
         }
         Ok(())
@@ -1138,48 +1202,54 @@ impl<R: BufRead, F: FnMut() -> io::Result<File>> Scanner<R, F> {
                     DirectSink::new(Enc::Text, &mut self.out, target, &mut out).finish()?;
                 (out, decoded)
             }
-            Content::SpooledMem => {
-                let mut out = target.begin(&e.meta).map_err(ScanError::Local)?;
-                let mut sink = DirectSink::new(enc, &mut self.out, target, &mut out);
-                sink.bytes(&self.spool_mem)?;
-                let (decoded, bad) = sink.finish()?;
-                self.spool_mem.clear();
-                if let Some(reason) = bad {
+            Content::Speculative { out, decoded, raw } => match (enc, raw) {
+                (Enc::Text, _) => {
+                    self.spool_mem.clear();
+                    (out, decoded)
+                }
+                (Enc::Base64, None) => {
+                    self.spool_mem.clear();
                     return Ok(EntryOutcome::Bad {
                         meta: e.meta,
-                        reason: reason.to_string(),
+                        reason: "invalid base64 content".into(),
                         kind: BadKind::Content,
                     });
                 }
-                (out, decoded)
-            }
-            Content::SpooledFile(mut f) => {
-                f.seek(SeekFrom::Start(0)).map_err(ScanError::Local)?;
-                let mut out = target.begin(&e.meta).map_err(ScanError::Local)?;
-                let mut sink = DirectSink::new(enc, &mut self.out, target, &mut out);
-                let buf = &mut self.spool_mem;
-                buf.clear();
-                buf.resize(SPOOL_IO_CAP, 0);
-                loop {
-                    let n = match f.read(buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(err) => return Err(ScanError::Local(err)),
-                    };
-                    sink.bytes(&buf[..n])?;
+                (Enc::Base64, Some(raw)) => {
+                    // Base64 after all: the text reading is dropped, the raw copy decoded.
+                    drop(out);
+                    let mut out = target.begin(&e.meta).map_err(ScanError::Local)?;
+                    let mut sink = DirectSink::new(enc, &mut self.out, target, &mut out);
+                    match raw {
+                        Raw::Mem => sink.bytes(&self.spool_mem)?,
+                        Raw::File(mut f) => {
+                            f.seek(SeekFrom::Start(0)).map_err(ScanError::Local)?;
+                            let mut buf = vec![0u8; SPOOL_IO_CAP];
+                            loop {
+                                let n = match f.read(&mut buf) {
+                                    Ok(0) => break,
+                                    Ok(n) => n,
+                                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {
+                                        continue
+                                    }
+                                    Err(err) => return Err(ScanError::Local(err)),
+                                };
+                                sink.bytes(&buf[..n])?;
+                            }
+                        }
+                    }
+                    let (decoded, bad) = sink.finish()?;
+                    self.spool_mem.clear();
+                    if let Some(reason) = bad {
+                        return Ok(EntryOutcome::Bad {
+                            meta: e.meta,
+                            reason: reason.to_string(),
+                            kind: BadKind::Content,
+                        });
+                    }
+                    (out, decoded)
                 }
-                buf.clear();
-                let (decoded, bad) = sink.finish()?;
-                if let Some(reason) = bad {
-                    return Ok(EntryOutcome::Bad {
-                        meta: e.meta,
-                        reason: reason.to_string(),
-                        kind: BadKind::Content,
-                    });
-                }
-                (out, decoded)
-            }
+            },
         };
         let mismatch = e
             .meta

@@ -303,6 +303,23 @@ impl LocalStore {
     /// Relative paths of the regular files in the mirror (outside the reserved dir), up to `limit`.
     pub fn list_files(&self, limit: usize) -> io::Result<Vec<String>> {
         let mut out = Vec::new();
+        self.walk_files(|rel| {
+            out.push(rel);
+            if out.len() >= limit {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Each regular file of the mirror (outside the reserved dir), by relative path, until `each`
+    /// breaks; memory is the walk's stack of directories, whatever the number of files.
+    pub fn walk_files(
+        &self,
+        mut each: impl FnMut(String) -> std::ops::ControlFlow<()>,
+    ) -> io::Result<()> {
         let mut stack = vec![(self.root.clone(), String::new())];
         while let Some((dir, rel)) = stack.pop() {
             let rd = match fs::read_dir(&dir) {
@@ -326,15 +343,12 @@ impl LocalStore {
                 let ft = e.file_type()?;
                 if ft.is_dir() {
                     stack.push((e.path(), child));
-                } else if ft.is_file() {
-                    out.push(child);
-                    if out.len() >= limit {
-                        return Ok(out);
-                    }
+                } else if ft.is_file() && each(child).is_break() {
+                    return Ok(());
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Durability barrier before a checkpoint commit: flush the root's file system.

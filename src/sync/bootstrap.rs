@@ -591,31 +591,54 @@ impl Engine {
     /// Local files the remote does not have and mountd did not write (an adopted directory's own
     /// files, or files put into a plain-directory mirror): reported, never deleted.
     async fn report_extra_files(&self) -> Result<(), SyncError> {
+        // The local files are walked in batches checked against the records as they come, so the
+        // memory does not grow with the tree.
+        const BATCH: usize = 4096;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<String>>(2);
         let store = self.store().clone();
-        let local = tokio::task::spawn_blocking(move || store.list_files(1_000_000))
+        let walker = tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            store.walk_files(|rel| {
+                batch.push(rel);
+                if batch.len() >= BATCH && tx.blocking_send(std::mem::take(&mut batch)).is_err() {
+                    return std::ops::ControlFlow::Break(());
+                }
+                std::ops::ControlFlow::Continue(())
+            })?;
+            if !batch.is_empty() {
+                let _ = tx.blocking_send(batch);
+            }
+            Ok::<(), std::io::Error>(())
+        });
+        let (mut count, mut extra) = (0usize, Vec::new());
+        while let Some(batch) = rx.recv().await {
+            let found = self
+                .read(move |st| {
+                    let mut found = Vec::new();
+                    for rel in batch {
+                        if st.file(&rel)?.is_none() {
+                            found.push(rel);
+                        }
+                    }
+                    Ok(found)
+                })
+                .await?;
+            count += found.len();
+            let room = 10usize.saturating_sub(extra.len());
+            extra.extend(found.into_iter().take(room));
+        }
+        walker
             .await
             .map_err(|e| SyncError::Internal(format!("listing local files: {e}")))?
             .map_err(|e| SyncError::local(self.store().root(), &e))?;
-        let extra = self
-            .read(move |st| {
-                let mut extra = Vec::new();
-                for rel in local {
-                    if st.file(&rel)?.is_none() {
-                        extra.push(rel);
-                    }
-                }
-                Ok(extra)
-            })
-            .await?;
-        if !extra.is_empty() {
-            let shown: Vec<&str> = extra.iter().take(10).map(String::as_str).collect();
+        if count > 0 {
             tracing::warn!(
-                count = extra.len(),
-                first = ?shown,
+                count,
+                first = ?extra,
                 "local files the remote does not have (left in place, not mirrored)"
             );
         }
-        self.set_meta(vec![(MetaKey::ExtraFiles, extra.len().to_string())])
+        self.set_meta(vec![(MetaKey::ExtraFiles, count.to_string())])
             .await
     }
 
