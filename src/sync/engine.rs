@@ -395,6 +395,9 @@ impl Engine {
             .await?;
         let how = if !complete {
             let used = self.bootstrap().await?;
+            // Directories that could not be listed (in this or an interrupted earlier attempt of the
+            // bootstrap) are listed once more before the run reports.
+            self.relist_unlisted().await?;
             // Replay the events since the tip taken before the snapshot, in the same run: a completed
             // run means the mirror is current as of its end (writes during a long or interrupted
             // bootstrap included). Without a feed the listing is as current as it gets.
