@@ -441,9 +441,7 @@ pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
     let c = &a.compat;
     let cm = m;
     let o = |id: &str, flag: &str, env: &str| origin(cm, id, flag, env);
-    if c.websocket == Some(true) && explicit(m, "websocket") {
-        w.push(format!("{}: mountd does not use the /fs/ws stream; it polls /fs/events every --interval ({}, ±{:.0}%), so this has no effect", o("websocket", "--websocket", "RELAYFILE_MOUNT_WEBSOCKET"), fmt(a.interval), a.interval_jitter * 100.0));
-    }
+    // --websocket is honoured (the realtime stream, on by default): nothing to warn about.
     if let Some(d) = c.cursor_timeout {
         w.push(format!("{} {}: no separate effect in mountd: resolving the events tip is one ordinary request under the per-read timeout ({}) and retries", o("cursor_timeout", "--cursor-timeout", "RELAYFILE_CURSOR_TIMEOUT"), fmt(d), fmt(read)));
     }

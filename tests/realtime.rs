@@ -1,0 +1,291 @@
+//! The realtime stream (`/fs/ws`) end to end: the real `mountd` service against the reference
+//! remote, in plain-directory mode (`--no-fuse`) and through a FUSE mount. Every wait is on a
+//! condition (a file's bytes, a metric, a counter, a log line), bounded by a timeout; nothing
+//! sleeps to synchronize.
+mod common;
+use common::*;
+use mountd_remote::{ErrorFault, FailNext, Faults};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A running service with its stderr collected and its metrics endpoint.
+struct Svc {
+    child: KillOnDrop,
+    logs: Lines,
+    metrics: std::net::SocketAddr,
+    mnt: Option<PathBuf>,
+}
+
+impl Svc {
+    /// `--no-fuse` unless `mnt` is given; `extra` after the harness's settings.
+    fn start(h: &Harness, mnt: Option<&Path>, extra: &[&str], env: &[(&str, &str)]) -> Svc {
+        let metrics = free_addr();
+        let mut c = h.service_cmd();
+        match mnt {
+            Some(m) => {
+                std::fs::create_dir_all(m).unwrap();
+                c.arg("--mountpoint").arg(m);
+            }
+            None => {
+                c.arg("--no-fuse");
+            }
+        }
+        c.arg("--metrics-addr")
+            .arg(metrics.to_string())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().expect("service starts");
+        let logs = Lines::collect(child.stderr.take().unwrap());
+        Svc {
+            child: KillOnDrop(child),
+            logs,
+            metrics,
+            mnt: mnt.map(Path::to_path_buf),
+        }
+    }
+
+    /// A metric's value (`None` while the endpoint is not up or the series is absent).
+    fn metric(&self, name: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+    }
+
+    fn connected(&self) -> bool {
+        self.metric("mountd_realtime_connected") == Some(1.0)
+    }
+
+    fn wait_connected(&self) {
+        wait_for("the realtime stream to connect", WAIT, || self.connected());
+    }
+
+    fn wait_disconnected(&self) {
+        wait_for("the realtime stream to go down", WAIT, || {
+            self.metric("mountd_realtime_connected") == Some(0.0)
+        });
+    }
+
+    fn stop(mut self) -> (i32, String) {
+        unsafe { libc::kill(self.child.0.id() as i32, libc::SIGTERM) };
+        let st = self.child.0.wait().unwrap();
+        if let Some(m) = &self.mnt {
+            assert!(!is_mounted(m), "unmounted on SIGTERM");
+        }
+        (st.code().unwrap_or(-1), self.logs.all())
+    }
+}
+
+fn wait_bytes(path: &Path, want: &[u8]) {
+    wait_for(
+        &format!("{} to hold the new bytes", path.display()),
+        WAIT,
+        || std::fs::read(path).ok().as_deref() == Some(want),
+    );
+}
+
+/// The events tip of the remote (`evt_N`), from its feed.
+fn tip(h: &Harness) -> Option<String> {
+    h.rt.block_on(async {
+        let v: serde_json::Value = reqwest::Client::new()
+            .get(format!(
+                "{}/v1/workspaces/ws_test/fs/events?direction=desc&limit=1",
+                h.remote.base_url()
+            ))
+            .bearer_auth(TOKEN)
+            .header("X-Correlation-Id", "test_tip_0001")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["events"][0]["eventId"].as_str().map(str::to_string)
+    })
+}
+
+fn cursor(h: &Harness) -> Option<String> {
+    h.state().events_cursor().unwrap()
+}
+
+/// A complete mirror of a small tree, made by `--once`, so the service starts serving at once.
+fn bootstrapped(n: usize) -> Harness {
+    let mut h = Harness::new();
+    h.sample_tree(n);
+    let r = h.run(&[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    h
+}
+
+/// `(number of "applied a batch of changes" lines, sum of their events)` in `logs`.
+fn batches(logs: &str) -> (usize, u64) {
+    let mut n = 0;
+    let mut events = 0;
+    for l in logs
+        .lines()
+        .filter(|l| l.contains("applied a batch of changes"))
+    {
+        n += 1;
+        events += l
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("events="))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no events= in {l}"));
+    }
+    (n, events)
+}
+
+fn seq(id: &str) -> u64 {
+    id.rsplit('_').next().unwrap().parse().unwrap()
+}
+
+/// Wait until the stored cursor is the remote's tip (everything applied and committed).
+fn wait_caught_up(h: &Harness) {
+    let want = tip(h);
+    wait_for("the cursor to reach the tip", WAIT, || cursor(h) == want);
+}
+
+#[test]
+fn lone_writes_arrive_from_the_stream_in_milliseconds_without_polling_or_fetching() {
+    let mut h = bootstrapped(3);
+    // 30 s poll interval: anything visible within the bound below came from the stream.
+    let svc = Svc::start(&h, None, &["--interval", "30s"], &[]);
+    svc.wait_connected();
+    h.remote.reset_counts();
+    let local = h.local();
+    let mut slowest = Duration::ZERO;
+    let mut timed = |what: &str, f: &mut dyn FnMut(), done: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        f();
+        wait_for(what, WAIT, done);
+        slowest = slowest.max(start.elapsed());
+    };
+    timed(
+        "a new file",
+        &mut || h.remote.put("/rt/lone.txt", b"lone write\n"),
+        &|| std::fs::read(local.join("rt/lone.txt")).ok().as_deref() == Some(b"lone write\n"),
+    );
+    timed(
+        "an update",
+        &mut || h.remote.put("/README.md", b"# changed\n"),
+        &|| std::fs::read(local.join("README.md")).ok().as_deref() == Some(b"# changed\n"),
+    );
+    let bin = [0u8, 159, 146, 150, 255, 10];
+    timed(
+        "a binary (base64) file",
+        &mut || h.remote.put_base64("/rt/deep/er/x.bin", &bin),
+        &|| {
+            std::fs::read(local.join("rt/deep/er/x.bin"))
+                .ok()
+                .as_deref()
+                == Some(&bin[..])
+        },
+    );
+    timed("a delete", &mut || h.remote.delete("/empty.txt"), &|| {
+        !local.join("empty.txt").exists()
+    });
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a lone write took {slowest:?} to show up"
+    );
+    h.expected
+        .insert("/rt/lone.txt".into(), b"lone write\n".to_vec());
+    h.expected
+        .insert("/README.md".into(), b"# changed\n".to_vec());
+    h.expected.insert("/rt/deep/er/x.bin".into(), bin.to_vec());
+    h.expected.remove("/empty.txt");
+    // (Before the test's own feed requests below.)
+    let c = h.remote.counts();
+    wait_caught_up(&h);
+    h.assert_mirror_exact();
+    assert_eq!(
+        c.file, 0,
+        "inline content is used, nothing fetched: {:?}",
+        c.file_paths
+    );
+    assert_eq!(c.events, 0, "no poll was needed");
+    assert_eq!(c.ws, 0, "no reconnect");
+    // Status and metrics say connected, with the last event and its lag.
+    let st = h.status_json();
+    assert_eq!(st["realtime"]["state"], "connected", "{st}");
+    assert_eq!(st["realtimeConnected"], true, "{st}");
+    wait_for("the stream's state to be recorded", WAIT, || {
+        h.status_json()["realtime"]["lastEventId"].as_str() == tip(&h).as_deref()
+    });
+    assert!(h.status_json()["realtime"]["lagMs"].is_u64());
+    let (_, text) = status_text_of(&h.local());
+    assert!(text.contains("realtime:      connected since"), "{text}");
+    assert!(svc.metric("mountd_realtime_lag_seconds").is_some());
+    assert_eq!(svc.metric("mountd_realtime_events_total"), Some(4.0));
+    let (code, logs) = svc.stop();
+    assert_eq!(code, 0, "{logs}");
+    assert!(!logs.contains(TOKEN), "the token leaked into the logs");
+    assert_eq!(h.status_json()["realtime"]["state"], "stopped");
+}
+
+#[test]
+fn through_the_fuse_mount_changes_show_up_at_once() {
+    let mut h = bootstrapped(3);
+    let mnt = h.tmp.path().join("mnt");
+    // Long kernel cache TTLs: only the invalidation of each applied change can make it visible.
+    let svc = Svc::start(
+        &h,
+        Some(&mnt),
+        &["--interval", "30s", "--metadata-ttl", "1h"],
+        &[],
+    );
+    wait_for("the mount", WAIT, || is_mounted(&mnt));
+    svc.wait_connected();
+    assert_eq!(std::fs::read(mnt.join("README.md")).unwrap(), b"# sample\n");
+    assert!(!mnt.join("rt").exists(), "negative entry cached");
+    let timed = |what: &str, cond: &dyn Fn() -> bool, start: Instant| {
+        wait_for(what, WAIT, cond);
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(2), "{what} took {took:?}");
+    };
+    let t = Instant::now();
+    h.put("/README.md", b"# changed through the stream\n");
+    timed(
+        "the update through the mount",
+        &|| {
+            std::fs::read(mnt.join("README.md")).ok().as_deref()
+                == Some(b"# changed through the stream\n")
+        },
+        t,
+    );
+    let t = Instant::now();
+    h.put("/rt/new/file.txt", b"new\n");
+    timed(
+        "a new file through the mount",
+        &|| std::fs::read(mnt.join("rt/new/file.txt")).ok().as_deref() == Some(b"new\n"),
+        t,
+    );
+    let t = Instant::now();
+    h.delete("/empty.txt");
+    timed(
+        "a delete through the mount",
+        &|| !mnt.join("empty.txt").exists(),
+        t,
+    );
+    wait_caught_up(&h);
+    h.assert_mirror_exact();
+    assert_eq!(h.remote.counts().file, 0, "inline content used");
+    let (code, logs) = svc.stop();
+    assert_eq!(code, 0, "{logs}");
+}
