@@ -289,3 +289,305 @@ fn through_the_fuse_mount_changes_show_up_at_once() {
     let (code, logs) = svc.stop();
     assert_eq!(code, 0, "{logs}");
 }
+
+/// Polling is made to fail (`/fs/events` answers 503): a write that shows up now came from the
+/// stream.
+fn polling_broken() -> Faults {
+    Faults {
+        fail_next: vec![FailNext {
+            route: "events".into(),
+            count: 1_000_000,
+            error: ErrorFault::new(503, "unavailable"),
+        }],
+        ..Default::default()
+    }
+}
+
+fn status_reason(h: &Harness) -> (String, String) {
+    let st = h.status_json();
+    (
+        st["realtime"]["state"].as_str().unwrap_or("").to_string(),
+        st["realtime"]["reason"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// Every way the stream fails ends in polling (status and metrics say so, and a write made while it
+/// is down shows up by polling alone); once the stream is back the service uses it again (a write
+/// shows up while polling is broken). A `Retry-After` on a 429 handshake is waited out.
+#[test]
+fn each_fallback_ends_in_polling_and_the_stream_comes_back() {
+    let mut h = bootstrapped(3);
+    let svc = Svc::start(
+        &h,
+        None,
+        &["--interval", "1s"],
+        &[
+            ("MOUNTD_WS_PING_INTERVAL", "200ms"),
+            // Everything mountd logs, even at trace level, is checked for the token below.
+            ("MOUNTD_LOG", "trace"),
+        ],
+    );
+    svc.wait_connected();
+    let handshake = |status: u16, code: &str| Faults {
+        ws_handshake: Some(ErrorFault::new(status, code)),
+        // The open connection drops at its next event; the handshakes after it are refused.
+        ws_drop_after: Some(0),
+        ..Default::default()
+    };
+    let cases: Vec<(&str, Faults, &str)> = vec![
+        ("handshake 404", handshake(404, "not_found"), "HTTP 404"),
+        ("handshake 401", handshake(401, "unauthorized"), "HTTP 401"),
+        ("handshake 403", handshake(403, "forbidden"), "HTTP 403"),
+        (
+            "handshake 429 with Retry-After",
+            Faults {
+                ws_handshake: Some(ErrorFault::new(429, "rate_limited").with_retry_after("2")),
+                ws_drop_after: Some(0),
+                ..Default::default()
+            },
+            "HTTP 429",
+        ),
+        (
+            "close 1013",
+            Faults {
+                ws_close_after: Some(0),
+                ..Default::default()
+            },
+            "code 1013",
+        ),
+        (
+            "stall past the ping deadline",
+            Faults {
+                ws_stall_after: Some(0),
+                ..Default::default()
+            },
+            "silent for",
+        ),
+        (
+            "dropped connection",
+            Faults {
+                ws_drop_after: Some(0),
+                ..Default::default()
+            },
+            "connection dropped",
+        ),
+        (
+            "malformed message",
+            Faults {
+                ws_malformed_after: Some(0),
+                ..Default::default()
+            },
+            "malformed message",
+        ),
+    ];
+    for (i, (name, faults, reason)) in cases.into_iter().enumerate() {
+        svc.wait_connected();
+        let applied = svc.metric("mountd_realtime_events_total").unwrap();
+        h.remote.set_faults(faults);
+        // This write meets the fault: it can only arrive by polling.
+        let down = format!("/fb/{i}/while-down.txt");
+        h.put(&down, name.as_bytes());
+        wait_for(&format!("{name}: status to say polling"), WAIT, || {
+            let (state, why) = status_reason(&h);
+            state == "polling" && why.contains(reason)
+        });
+        if reason.starts_with("HTTP") {
+            // (The other faults let the handshake through: connected flickers on and off.)
+            svc.wait_disconnected();
+        }
+        wait_bytes(&h.local().join(&down[1..]), name.as_bytes());
+        if reason == "HTTP 429" {
+            // Refused handshakes come no faster than Retry-After (2 s), though the backoff is
+            // capped at the 1 s interval.
+            let n = h.remote.counts().ws;
+            wait_for("a refused handshake", WAIT, || h.remote.counts().ws > n);
+            let t = Instant::now();
+            wait_for("another refused handshake", WAIT, || {
+                h.remote.counts().ws > n + 1
+            });
+            assert!(
+                t.elapsed() >= Duration::from_millis(1900),
+                "Retry-After ignored: {:?}",
+                t.elapsed()
+            );
+        }
+        assert_eq!(
+            svc.metric("mountd_realtime_events_total").unwrap(),
+            applied,
+            "{name}: nothing came from the stream while it was failing"
+        );
+        // Back: the stream again, with polling broken to prove it.
+        h.remote.set_faults(polling_broken());
+        svc.wait_connected();
+        let up = format!("/fb/{i}/after.txt");
+        h.put(&up, b"back");
+        wait_bytes(&h.local().join(&up[1..]), b"back");
+        wait_for(
+            &format!("{name}: the stream to apply the write after recovering"),
+            WAIT,
+            || svc.metric("mountd_realtime_events_total").unwrap() > applied,
+        );
+        h.remote.set_faults(Faults::default());
+    }
+    wait_caught_up(&h);
+    h.assert_mirror_exact();
+    let (code, logs) = svc.stop();
+    assert_eq!(code, 0);
+    assert!(!logs.contains(TOKEN), "the token leaked into the logs");
+    assert!(
+        !logs.contains("fs/ws?"),
+        "the stream URL leaked into the logs"
+    );
+    assert!(logs.contains("realtime stream unavailable; polling every 1s"));
+    assert!(logs.contains("realtime stream connected again"));
+}
+
+/// Writes keep coming while the stream is dropped, closed, stalled, fed junk, refused and overflowed
+/// again and again: in the end the mirror is exact, the cursor is the tip, and every event was
+/// applied exactly once (by the stream or by polling: the applied batches add up to the events
+/// written) with at most one `GET /fs/file` per file.
+#[test]
+fn no_event_is_lost_or_applied_twice_across_reconnects() {
+    let mut h = bootstrapped(3);
+    let start_tip = seq(&tip(&h).unwrap());
+    let svc = Svc::start(
+        &h,
+        None,
+        &["--interval", "1s"],
+        &[("MOUNTD_WS_PING_INTERVAL", "200ms")],
+    );
+    svc.wait_connected();
+    h.remote.reset_counts();
+    let rounds: Vec<Faults> = vec![
+        Faults {
+            ws_drop_after: Some(3),
+            ..Default::default()
+        },
+        Faults {
+            ws_close_after: Some(2),
+            ..Default::default()
+        },
+        Faults {
+            ws_malformed_after: Some(1),
+            ..Default::default()
+        },
+        Faults {
+            ws_stall_after: Some(4),
+            ..Default::default()
+        },
+        Faults {
+            fail_next: vec![FailNext {
+                route: "ws".into(),
+                count: 2,
+                error: ErrorFault::new(503, "unavailable"),
+            }],
+            ws_drop_after: Some(1),
+            ..Default::default()
+        },
+        // A tiny server-side queue: a burst overflows it (close 1013), the rest comes from the
+        // cursor.
+        Faults {
+            ws_buffer: Some(2),
+            ws_close_after: Some(5),
+            ..Default::default()
+        },
+    ];
+    let mut once: Vec<String> = Vec::new();
+    for (r, faults) in rounds.into_iter().enumerate() {
+        h.remote.set_faults(faults);
+        for i in 0..25 {
+            let p = format!("/loss/r{r}/f{i:02}.txt");
+            h.put(&p, format!("round {r} file {i}\n").as_bytes());
+            once.push(p);
+        }
+        // A few paths changed more than once, and deletes.
+        h.put(&format!("/loss/r{r}/f00.txt"), b"rewritten\n");
+        h.delete(&format!("/loss/r{r}/f01.txt"));
+        once.retain(|p| !p.ends_with("/f00.txt") && !p.ends_with("/f01.txt"));
+        let last = format!("/loss/r{r}/f24.txt");
+        wait_bytes(
+            &h.local().join(&last[1..]),
+            format!("round {r} file 24\n").as_bytes(),
+        );
+    }
+    h.remote.set_faults(Faults::default());
+    svc.wait_connected();
+    // A last write through the healthy stream.
+    h.put("/loss/end.txt", b"end\n");
+    wait_bytes(&h.local().join("loss/end.txt"), b"end\n");
+    let c = h.remote.counts();
+    wait_caught_up(&h);
+    h.assert_mirror_exact();
+    let end_tip = seq(&tip(&h).unwrap());
+    assert_eq!(cursor(&h), tip(&h), "the cursor is the tip");
+    for p in &once {
+        let n = c.file_paths.get(p).copied().unwrap_or(0);
+        assert!(n <= 1, "{p} fetched {n} times");
+    }
+    assert!(c.ws >= 8, "the stream reconnected many times: {}", c.ws);
+    let (code, logs) = svc.stop();
+    assert_eq!(code, 0);
+    let (_, applied) = batches(&logs);
+    assert_eq!(
+        applied,
+        end_tip - start_tip,
+        "every event applied exactly once (stream and polling together)"
+    );
+}
+
+/// 10,000 events in a burst: gathered into a handful of transactions, not 10,000; inline content
+/// means no file is fetched.
+#[test]
+fn a_burst_of_10000_events_is_applied_in_few_transactions() {
+    let mut h = bootstrapped(3);
+    let start_tip = seq(&tip(&h).unwrap());
+    // A server queue big enough for the whole burst (overflow has its own test above).
+    h.remote.update_faults(|f| f.ws_buffer = Some(1 << 20));
+    let svc = Svc::start(&h, None, &["--interval", "30s"], &[]);
+    svc.wait_connected();
+    h.remote.reset_counts();
+    let before = batches(&svc.logs.all());
+    for i in 0..10_000 {
+        h.put(
+            &format!("/burst/d{}/f{i:05}.txt", i % 10),
+            format!("burst {i}\n").as_bytes(),
+        );
+    }
+    let c0 = h.remote.counts();
+    wait_caught_up(&h);
+    let end_tip = seq(&tip(&h).unwrap());
+    assert_eq!(end_tip - start_tip, 10_000);
+    h.assert_mirror_exact();
+    let c = h.remote.counts();
+    assert_eq!(c.file, 0, "all inline");
+    assert_eq!(c0.events, 0, "no poll during the burst");
+    assert_eq!(c.ws, 0, "one connection throughout");
+    let (code, logs) = svc.stop();
+    assert_eq!(code, 0);
+    let after = batches(&logs);
+    let (n, events) = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(events, 10_000, "{logs}");
+    assert!(
+        n <= 100,
+        "10,000 events took {n} transactions (expected a handful)"
+    );
+    eprintln!("10,000 events applied in {n} batches");
+}
+
+/// `--websocket=false`: no stream at all, polling only, and status says so.
+#[test]
+fn websocket_false_polls_only() {
+    let mut h = bootstrapped(3);
+    let svc = Svc::start(&h, None, &["--interval", "300ms", "--websocket=false"], &[]);
+    h.put("/polled.txt", b"polled\n");
+    wait_bytes(&h.local().join("polled.txt"), b"polled\n");
+    assert_eq!(h.remote.counts().ws, 0, "no handshake");
+    wait_for("the state to be recorded", WAIT, || {
+        h.status_json()["realtime"]["state"] == "off"
+    });
+    assert_eq!(svc.metric("mountd_realtime_connected"), Some(0.0));
+    let (code, logs) = svc.stop();
+    assert_eq!(code, 0);
+    assert!(!logs.contains("no effect"), "{logs}");
+    assert!(logs.contains("realtime stream off"), "{logs}");
+}
