@@ -592,6 +592,20 @@ mod tests {
     }
 
     #[test]
+    fn websocket_is_honoured_not_warned() {
+        for flag in ["--websocket", "--websocket=true", "--websocket=false"] {
+            let (_, r) = resolved(&[flag]);
+            assert!(
+                !r.warnings.iter().any(|w| w.contains("websocket")),
+                "{flag}: {:?}",
+                r.warnings
+            );
+        }
+        let (a, _) = resolved(&["--websocket"]);
+        assert_eq!(a.compat.websocket, Some(true));
+    }
+
+    #[test]
     fn concurrency_is_capped() {
         let (a, r) = resolved(&["--read-concurrency", "200"]);
         assert_eq!(a.read_concurrency, 64);

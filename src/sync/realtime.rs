@@ -134,6 +134,8 @@ struct Queued {
     conn: u64,
     /// Its share of [`QUEUE_BYTES`], released once it is applied or dropped.
     _permit: OwnedSemaphorePermit,
+    /// When its message arrived.
+    received: Instant,
 }
 
 struct Shared {
@@ -345,7 +347,8 @@ async fn pump(
                     let Ok(permit) = budget.clone().acquire_many_owned(cost).await else {
                         return (Ended::ApplyFailed("the queue closed".into()), delivered);
                     };
-                    if tx.send(Queued { event, conn, _permit: permit }).is_err() {
+                    let q = Queued { event, conn, _permit: permit, received: Instant::now() };
+                    if tx.send(q).is_err() {
                         return (Ended::ApplyFailed("the apply task ended".into()), delivered);
                     }
                 }
@@ -453,7 +456,10 @@ struct Applied {
 /// Apply queued events: drop those the cursor already covers, write verified inline content, then
 /// [`Engine::apply_events`] (one transaction, cursor included). `None`: nothing was new.
 async fn apply_batch(engine: &Engine, batch: Vec<Queued>) -> Result<Option<Applied>, SyncError> {
+    let started = Instant::now();
+    let oldest = batch.first().map(|q| q.received);
     let _exclusive = engine.exclusive().await;
+    let locked = started.elapsed();
     let stored = engine.read(|st| st.events_cursor()).await?;
     let floor = stored.as_deref().and_then(event_seq);
     // The permits stay alive (the queue's memory accounting) until the batch is done.
@@ -472,14 +478,26 @@ async fn apply_batch(engine: &Engine, batch: Vec<Queued>) -> Result<Option<Appli
     let last_event_id = last.event_id.clone();
     let last_ts = last.timestamp.clone();
     let inline = take_inline(engine, &mut events);
+    let n_inline = inline.len();
+    let t_write = Instant::now();
     if !inline.is_empty() {
         let store = engine.store().clone();
         tokio::task::spawn_blocking(move || write_inline(&store, inline))
             .await
             .map_err(|e| SyncError::Internal(format!("inline content worker: {e}")))??;
     }
+    let t_apply = Instant::now();
     engine.apply_events(&events, &last_event_id).await?;
     drop(permits);
+    tracing::debug!(
+        events = events.len(),
+        inline = n_inline,
+        queued_us = oldest.map_or(0, |t| (started - t).as_micros() as u64),
+        lock_us = locked.as_micros() as u64,
+        write_us = (t_apply - t_write).as_micros() as u64,
+        apply_us = t_apply.elapsed().as_micros() as u64,
+        "realtime batch applied"
+    );
     let lag = last_ts
         .as_deref()
         .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
@@ -596,6 +614,49 @@ mod tests {
         assert_eq!(decode_inline("aGk=", Some("base64")).unwrap(), b"hi");
         assert!(decode_inline("a*b", Some("base64")).is_err());
         assert!(decode_inline("x", Some("gzip")).is_err());
+    }
+
+    #[test]
+    fn inline_content_is_written_only_when_its_hash_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&dir.path().join("m")).unwrap();
+        let file = |rel: &str, content: &str, encoding: Option<&str>, hash: String| InlineFile {
+            rel: rel.into(),
+            remote: format!("/{rel}"),
+            content: content.into(),
+            encoding: encoding.map(str::to_string),
+            hash,
+        };
+        let h = |b: &[u8]| crate::remote::types::sha256_hex(b);
+        write_inline(
+            &store,
+            vec![
+                file("ok.txt", "right", None, h(b"right")),
+                file(
+                    "d/bin",
+                    "AJ+Wlv8",
+                    Some("base64"),
+                    h(&[0, 159, 150, 150, 255]),
+                ),
+                file(
+                    "d/bin2",
+                    "AJ+Wlv8",
+                    Some("base64"),
+                    h(&[0, 159, 146, 150, 255]),
+                ),
+                file("bad.txt", "tampered", None, h(b"original")),
+                file("junk", "!!", Some("base64"), h(b"")),
+            ],
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(store.abs("ok.txt")).unwrap(), b"right");
+        assert_eq!(
+            std::fs::read(store.abs("d/bin")).unwrap(),
+            [0, 159, 150, 150, 255]
+        );
+        assert!(!store.abs("d/bin2").exists(), "hash mismatch: not written");
+        assert!(!store.abs("bad.txt").exists());
+        assert!(!store.abs("junk").exists());
     }
 
     #[test]
