@@ -76,6 +76,15 @@ impl Svc {
         wait_for("the realtime stream to connect", WAIT, || self.connected());
     }
 
+    /// The service's first poll pass runs at start: once it is done (with a 30 s interval), the
+    /// stream is the only path for a while.
+    fn wait_first_pass(&self) {
+        wait_for("the first poll pass", WAIT, || {
+            self.metric("mountd_sync_passes_total")
+                .is_some_and(|n| n >= 1.0)
+        });
+    }
+
     fn wait_disconnected(&self) {
         wait_for("the realtime stream to go down", WAIT, || {
             self.metric("mountd_realtime_connected") == Some(0.0)
@@ -167,6 +176,7 @@ fn lone_writes_arrive_from_the_stream_in_milliseconds_without_polling_or_fetchin
     // 30 s poll interval: anything visible within the bound below came from the stream.
     let svc = Svc::start(&h, None, &["--interval", "30s"], &[]);
     svc.wait_connected();
+    svc.wait_first_pass();
     h.remote.reset_counts();
     let local = h.local();
     let mut slowest = Duration::ZERO;
@@ -252,6 +262,7 @@ fn through_the_fuse_mount_changes_show_up_at_once() {
     );
     wait_for("the mount", WAIT, || is_mounted(&mnt));
     svc.wait_connected();
+    svc.wait_first_pass();
     assert_eq!(std::fs::read(mnt.join("README.md")).unwrap(), b"# sample\n");
     assert!(!mnt.join("rt").exists(), "negative entry cached");
     let timed = |what: &str, cond: &dyn Fn() -> bool, start: Instant| {
@@ -528,6 +539,13 @@ fn no_event_is_lost_or_applied_twice_across_reconnects() {
     let (code, logs) = svc.stop();
     assert_eq!(code, 0);
     let (_, applied) = batches(&logs);
+    if applied != end_tip - start_tip {
+        for l in logs.lines().filter(|l| {
+            l.contains("applied a batch") || l.contains("realtime") || l.contains("WARN")
+        }) {
+            eprintln!("{l}");
+        }
+    }
     assert_eq!(
         applied,
         end_tip - start_tip,
@@ -545,6 +563,7 @@ fn a_burst_of_10000_events_is_applied_in_few_transactions() {
     h.remote.update_faults(|f| f.ws_buffer = Some(1 << 20));
     let svc = Svc::start(&h, None, &["--interval", "30s"], &[]);
     svc.wait_connected();
+    svc.wait_first_pass();
     h.remote.reset_counts();
     let before = batches(&svc.logs.all());
     for i in 0..10_000 {

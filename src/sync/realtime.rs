@@ -8,7 +8,8 @@
 //!   refused handshake: 404, 401/403, 429 with `Retry-After`; a close frame such as 1013 "reconnect
 //!   from cursor"; a drop; a stall; a malformed message) marks the stream down — the service's poll
 //!   loop keeps the mirror in sync meanwhile at its interval — and it reconnects after a capped,
-//!   jittered backoff (at least the server's `Retry-After`).
+//!   jittered backoff (at least the server's `Retry-After`; at once after a 1013 that followed
+//!   delivered events: the server drained a full buffer).
 //! * the **apply** task takes the first queued event and everything already queued behind it (up to
 //!   [`BATCH_CAP`]) and applies them in one [`Engine::apply_events`] call: one transaction that
 //!   records the files and moves the shared events cursor (the polling path's key) to the batch's last
@@ -249,6 +250,8 @@ async fn connection_task(
     let mut failures = 0u32;
     let mut down_since: Option<Instant> = None;
     let mut last_log: Option<(Instant, &'static str)> = None;
+    // The current outage was logged at info or warn level (so its end is too).
+    let mut outage_logged = false;
     sh.persist(true).await;
     loop {
         conn += 1;
@@ -264,11 +267,17 @@ async fn connection_task(
             Ok(stream) => {
                 sh.set_connected();
                 match down_since.take() {
-                    Some(t) => tracing::info!(
+                    Some(t) if outage_logged => tracing::info!(
                         cursor = cursor.as_deref().unwrap_or("-"),
                         correlation_id = %stream.correlation_id,
                         down_for_ms = t.elapsed().as_millis() as u64,
                         "realtime stream connected again; changes are applied as they arrive"
+                    ),
+                    Some(t) => tracing::debug!(
+                        cursor = cursor.as_deref().unwrap_or("-"),
+                        correlation_id = %stream.correlation_id,
+                        down_for_ms = t.elapsed().as_millis() as u64,
+                        "realtime stream connected again"
                     ),
                     None => tracing::info!(
                         cursor = cursor.as_deref().unwrap_or("-"),
@@ -277,7 +286,7 @@ async fn connection_task(
                     ),
                 }
                 sh.persist(true).await;
-                last_log = None;
+                outage_logged = false;
                 pump(&sh, stream, conn, &tx, &mut failed, &budget).await
             }
         };
@@ -289,7 +298,18 @@ async fn connection_task(
             Ended::Stream(e) => e.retry_after(),
             Ended::ApplyFailed(_) => None,
         };
-        let wait = backoff(failures, sh.cfg.poll_interval, retry_after);
+        // A 1013 after the connection delivered events is the server draining a full buffer and
+        // asking to resume from the cursor: at once (the catch-up pages through the feed).
+        let resume_now = delivered
+            && matches!(
+                &ended,
+                Ended::Stream(StreamError::Closed { code: 1013, .. })
+            );
+        let wait = if resume_now {
+            Duration::ZERO
+        } else {
+            backoff(failures, sh.cfg.poll_interval, retry_after)
+        };
         let why = ended.describe();
         let kind = match &ended {
             Ended::Stream(e) => e.kind(),
@@ -299,10 +319,13 @@ async fn connection_task(
         down_since.get_or_insert_with(Instant::now);
         let wait_ms = wait.as_millis() as u64;
         let interval = humantime::format_duration(sh.cfg.poll_interval).to_string();
-        // One line per new kind of failure, a reminder every few minutes, the rest at debug level.
+        // One line per new kind of failure, a reminder every few minutes, the rest at debug level
+        // (a stream that keeps failing the same way, or keeps being closed with 1013 to resume from
+        // the cursor, does not fill the log).
         let due = last_log.is_none_or(|(t, k)| k != kind || t.elapsed() >= LOG_EVERY);
         if due {
             last_log = Some((Instant::now(), kind));
+            outage_logged = true;
             if matches!(
                 &ended,
                 Ended::Stream(StreamError::Closed { code: 1013, .. })
@@ -461,14 +484,20 @@ async fn apply_batch(engine: &Engine, batch: Vec<Queued>) -> Result<Option<Appli
     let _exclusive = engine.exclusive().await;
     let locked = started.elapsed();
     let stored = engine.read(|st| st.events_cursor()).await?;
-    let floor = stored.as_deref().and_then(event_seq);
+    // Keep an event only when it is past the stored cursor and past every event kept before it: a
+    // reconnect replays from the cursor, so a batch can hold the end of one connection and the same
+    // events again from the next (applying them twice would also let an older event of a path win).
+    let mut floor = stored.as_deref().and_then(event_seq);
     // The permits stay alive (the queue's memory accounting) until the batch is done.
     let mut events: Vec<Event> = Vec::with_capacity(batch.len());
     let mut permits = Vec::with_capacity(batch.len());
     for q in batch {
-        let old = matches!((floor, event_seq(&q.event.event_id)), (Some(f), Some(n)) if n <= f);
-        if !old {
-            events.push(*q.event);
+        match (floor, event_seq(&q.event.event_id)) {
+            (Some(f), Some(n)) if n <= f => {}
+            (_, n) => {
+                floor = n.or(floor);
+                events.push(*q.event);
+            }
         }
         permits.push(q._permit);
     }
