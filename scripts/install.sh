@@ -73,8 +73,12 @@ fi
 run install -d -m 0755 "$PREFIX/bin" "$PREFIX/share/doc/mountd"
 run install -m 0755 "$BIN" "$PREFIX/bin/mountd"
 run install -m 0644 README.md docs/INSTALL.md docs/SEMANTICS.md docs/ARCHITECTURE.md "$PREFIX/share/doc/mountd/"
+# The man page is generated from the binary's own clap definitions.
+if [[ $DRY == 0 && -x $BIN ]]; then
+    scripts/gen-man.sh "$BIN" || true
+fi
 man=''
-for m in docs/mountd.1 man/mountd.1 target/man/mountd.1; do
+for m in "$(dirname "$BIN")/../man/mountd.1" target/man/mountd.1; do
     [[ -f $m ]] && man=$m && break
 done
 if [[ -n $man ]]; then

@@ -41,6 +41,9 @@ if [[ $deb == 1 ]]; then
     step "cargo deb -p mountd"
     ensure_cargo_tool deb cargo-deb "$CARGO_DEB_VERSION"
     t0=$SECONDS
+    # The man page and completions come from the clap definitions of the binary being packaged.
+    cargo build --release --locked -p mountd
+    scripts/gen-man.sh "${CARGO_TARGET_DIR:-target}/release/mountd"
     cargo deb -p mountd --locked
     echo "ops-checks.sh: package built in $((SECONDS - t0))s" >&2
     pkg=$(ls -t "${CARGO_TARGET_DIR:-target}"/debian/mountd_*.deb | head -n1)
@@ -50,6 +53,10 @@ if [[ $deb == 1 ]]; then
         echo "ops-checks.sh: $pkg contains mountd-remote" >&2
         exit 1
     fi
+    dpkg-deb --contents "$pkg" | grep -q ' \./usr/share/man/man1/mountd.1' || {
+        echo "ops-checks.sh: $pkg has no man page" >&2
+        exit 1
+    }
     dpkg-deb --contents "$pkg" | grep -q ' \./usr/bin/mountd$' || {
         echo "ops-checks.sh: $pkg has no /usr/bin/mountd" >&2
         exit 1

@@ -291,3 +291,36 @@ async fn a_429_closes_the_gate_for_every_worker_until_retry_after() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_repairs_local_drift_even_at_the_same_size() {
+    let mut r = Rig::new(100);
+    sample(&r, 10);
+    r.attempt().await.unwrap();
+    // The user changes a file in place (same size), removes another, and adds one of their own.
+    let changed = r.local().join("docs/d0/f0000.txt");
+    let len = std::fs::metadata(&changed).unwrap().len() as usize;
+    std::fs::write(&changed, vec![b'X'; len]).unwrap();
+    std::fs::remove_file(r.local().join("README.md")).unwrap();
+    std::fs::write(r.local().join("mine.txt"), b"the user's own").unwrap();
+    r.cfg.force_audit = true;
+    r.kill();
+    r.faults.reset_counts();
+    assert_eq!(r.attempt().await.unwrap(), "tree");
+    assert_eq!(
+        r.faults.count(Op::File),
+        2,
+        "only the two drifted files are fetched"
+    );
+    // The user's own file is reported, not deleted; everything else is exact again.
+    assert_eq!(
+        std::fs::read(r.local().join("mine.txt")).unwrap(),
+        b"the user's own"
+    );
+    std::fs::remove_file(r.local().join("mine.txt")).unwrap();
+    r.assert_exact();
+    assert_eq!(
+        r.state(|st| st.meta(MetaKey::ExtraFiles)).await.as_deref(),
+        Some("1")
+    );
+}

@@ -526,9 +526,12 @@ fn warm_reads_cost(mode: DataMode) -> (u64, u64) {
     let (calls, reads) = (mnt.h().fs().calls(), mnt.h().fs().reads());
     for _ in 0..20 {
         assert_eq!(std::fs::read(&small).unwrap(), b"small file");
+        // RELEASE is asynchronous: an OPEN that arrives before the previous handle's RELEASE shares
+        // its opened version without a database read, which would make the count below vary.
+        wait_released(&mnt);
         assert!(std::fs::read(&bigp).unwrap() == big);
+        wait_released(&mnt);
     }
-    wait_released(&mnt);
     let r = (mnt.h().fs().calls() - calls, mnt.h().fs().reads() - reads);
     mnt.unmount();
     r
@@ -543,7 +546,50 @@ fn warm_reads_page_cache_cost_nothing() {
 fn warm_reads_passthrough_only_open() {
     let (calls, reads) = warm_reads_cost(DataMode::Passthrough);
     assert_eq!(reads, 0, "passthrough reads never reach the daemon");
-    assert_eq!(calls, 40, "one open per open(2)");
+    // One open per open(2); a loaded machine may also evict a dentry and cost a lookup or two.
+    assert!(
+        (40..48).contains(&calls),
+        "one open per open(2) and little else: {calls} calls for 40 opens"
+    );
+}
+
+/// The mount raises the FUSE connection's read-ahead to 1 MiB: a cold sequential read of a large file
+/// reaches the daemon in READs of up to 1 MiB (the kernel's default 128 KiB read-ahead would make it
+/// 64 READs for these 8 MiB).
+#[test]
+fn cold_sequential_read_uses_large_reads() {
+    let mut m = Mirror::new();
+    let big = binary(8 << 20);
+    m.put(&[("big/large.bin", &big)]);
+    let mp = tempfile::tempdir().unwrap();
+    let mnt = m.mount_mode(mp.path(), DataMode::PageCache);
+    let dev = std::fs::metadata(mp.path()).unwrap().dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let ra: u64 = std::fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ra >= 1024, "read_ahead_kb of the mount is {ra}");
+    let before = mnt.h().fs().reads();
+    let mut f = std::fs::File::open(mp.path().join("big/large.bin")).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got == big, "the bytes read back differ");
+    let reads = mnt.h().fs().reads() - before;
+    assert!(
+        (8..=16).contains(&reads),
+        "8 MiB read sequentially took {reads} READs"
+    );
+    drop(f);
+    mnt.unmount();
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Reference-model property test (in the spirit of mountpoint-s3's reftests): random remote trees and
 //! operation sequences (create, update, delete, file↔directory swaps, deep paths, hostile names),
 //! random faults and random interruptions (the engine dropped at a hung call, or everything in memory
-//! lost and reopened from SQLite as after `kill -9`), checked against a simple model — the remote's
+//! lost and reopened from SQLite as after `kill -9`), forced audits (full re-listings), checked against a simple model — the remote's
 //! own file list — after every step:
 //! - an attempt that reports success with nothing quarantined left the mirror exactly equal to the model;
 //! - no local file the remote still has (before and after the step) was deleted;
@@ -70,6 +70,8 @@ struct Step {
     interrupt: Option<u64>,
     /// After the attempt, lose everything in memory (reopen from SQLite).
     kill: bool,
+    /// Restart before the attempt with a forced audit (a full re-listing before the feed).
+    audit: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -120,12 +122,14 @@ fn step() -> impl Strategy<Value = Step> {
         proptest::collection::vec(fault(), 0..3),
         proptest::option::weighted(0.4, 1..60u64),
         proptest::bool::weighted(0.3),
+        proptest::bool::weighted(0.25),
     )
-        .prop_map(|(ops, faults, interrupt, kill)| Step {
+        .prop_map(|(ops, faults, interrupt, kill, audit)| Step {
             ops,
             faults,
             interrupt,
             kill,
+            audit,
         })
 }
 
@@ -301,6 +305,13 @@ async fn retryable_quarantine(r: &mut Rig) -> Vec<String> {
 }
 
 async fn run_case(c: Case) -> Result<(), String> {
+    if std::env::var_os("MODEL_TRACE").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_test_writer()
+            .try_init();
+        eprintln!("CASE {c:?}");
+    }
     let mut r = Rig::new(c.page_size);
     r.cfg.tree_depth = c.depth;
     r.cfg.use_export = c.use_export;
@@ -319,6 +330,10 @@ async fn run_case(c: Case) -> Result<(), String> {
         for f in &s.faults {
             add_fault(&r, f);
         }
+        if s.audit {
+            r.kill();
+            r.cfg.force_audit = true;
+        }
         let result = match s.interrupt {
             Some(at) => {
                 r.faults.hang_at_call(at);
@@ -329,6 +344,7 @@ async fn run_case(c: Case) -> Result<(), String> {
         if s.kill || result.is_none() {
             r.kill();
         }
+        r.cfg.force_audit = false;
         r.faults.clear();
         let want = model(&r);
         let got = r.actual();

@@ -38,6 +38,20 @@ pub struct Faults {
     pub path_faults: BTreeMap<String, PathFault>,
     /// /fs/events answers 404 not_found.
     pub events_404: bool,
+    /// Per directory faults on /fs/tree: a request whose `path` query (absolute, trailing `/`
+    /// trimmed; `/` for the root) is a key answers that error, whatever its cursor. Only a
+    /// listing of that very directory fails: a deep listing of an ancestor still includes its
+    /// entries (list with depth 1 to have every directory listed on its own).
+    pub tree_path_faults: BTreeMap<String, ErrorFault>,
+    /// /fs/events requests whose `cursor` is a key answer that error (a feed refusing a stored
+    /// cursor: 410 `cursor_expired`, 400 `invalid_cursor`...). The key `"*"` matches every
+    /// request that carries a cursor. The tip request (no cursor) is never refused.
+    pub events_cursor_faults: BTreeMap<String, ErrorFault>,
+    /// Rate limit over every `/fs/...` request (the WebSocket handshake excepted): at most N
+    /// requests per one-second window (fixed windows from the first request), the rest answer
+    /// 429 `rate_limited` with `Retry-After` = whole seconds until the window ends (at least 1).
+    /// Counted in [`crate::Counts::rate_limited`].
+    pub rate_limit_per_sec: Option<u32>,
     /// Refuse every `/fs/ws` handshake with this error (e.g. 429 with `Retry-After`, 403, 404)
     /// instead of upgrading. For "N refusals then accept" use `fail_next` with route `"ws"`.
     pub ws_handshake: Option<ErrorFault>,

@@ -51,7 +51,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -104,7 +104,50 @@ pub struct Counts {
     pub file_paths: BTreeMap<String, u64>,
     pub unauthorized: u64,
     pub missing_correlation: u64,
+    /// Requests refused by [`Faults::rate_limit_per_sec`] (429 `rate_limited`).
+    pub rate_limited: u64,
 }
+
+/// One request to the relayfile API (`/v1/...`), as the server saw it: the request log of
+/// [`RemoteHandle::requests`] and `GET /_control/requests` (JSON, camelCase, `at`/`done` as
+/// milliseconds since the server started: `atMs`, `doneMs`).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggedRequest {
+    /// `tree`, `file` (GET), `put`, `delete`, `export`, `events`, `bulk` or `ws`.
+    pub route: String,
+    /// The `path` query parameter, as sent.
+    pub path: Option<String>,
+    /// The `cursor` query parameter, as sent.
+    pub cursor: Option<String>,
+    /// The `X-Correlation-Id` header (mountd's are `mountd_<run>_<n>`: one run per process).
+    pub correlation_id: String,
+    /// Status of the answer (its headers).
+    pub status: u16,
+    /// Arrival, in ms since the server started.
+    pub at_ms: f64,
+    /// Answer headers ready, in ms since the server started.
+    pub done_ms: f64,
+    /// Arrival.
+    #[serde(skip)]
+    pub at: Instant,
+    /// Answer headers ready.
+    #[serde(skip)]
+    pub done: Instant,
+}
+
+impl LoggedRequest {
+    /// The `<run>` of a `mountd_<run>_<n>` correlation id (one per mountd process), else the id.
+    pub fn run(&self) -> &str {
+        let c = self.correlation_id.as_str();
+        c.strip_prefix("mountd_")
+            .and_then(|r| r.rsplit_once('_'))
+            .map_or(c, |(run, _)| run)
+    }
+}
+
+/// Most requests the log keeps (the oldest are dropped beyond).
+const REQUEST_LOG_MAX: usize = 1_000_000;
 
 /// State shared by the handle and the request handlers.
 pub(crate) struct Shared {
@@ -117,6 +160,12 @@ pub(crate) struct Shared {
     /// `/fs/tree` requests since the faults were last set (for `tree_hang_after`).
     tree_since_faults: AtomicU64,
     shutdown: watch::Receiver<bool>,
+    /// When the server started (the origin of the request log's milliseconds).
+    started: Instant,
+    /// The request log (cleared with the counters).
+    log: Mutex<Vec<LoggedRequest>>,
+    /// Rate limit window: its start and the requests admitted in it.
+    rate: Mutex<(Instant, u32)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -133,7 +182,49 @@ impl Shared {
             counts: Mutex::new(Counts::default()),
             tree_since_faults: AtomicU64::new(0),
             shutdown,
+            started: Instant::now(),
+            log: Mutex::new(Vec::new()),
+            rate: Mutex::new((Instant::now(), 0)),
         })
+    }
+
+    /// `Some(Retry-After seconds)` when [`Faults::rate_limit_per_sec`] refuses a request now.
+    pub(crate) fn rate_limited(&self) -> Option<u64> {
+        let limit = self.faults().rate_limit_per_sec?;
+        let now = Instant::now();
+        let mut w = lock(&self.rate);
+        if now.duration_since(w.0) >= Duration::from_secs(1) {
+            // Fixed one-second windows, aligned on the first window's start.
+            let whole = now.duration_since(w.0).as_secs();
+            *w = (w.0 + Duration::from_secs(whole), 0);
+        }
+        if w.1 < limit {
+            w.1 += 1;
+            return None;
+        }
+        let left = (w.0 + Duration::from_secs(1)).saturating_duration_since(now);
+        Some(left.as_secs_f64().ceil().max(1.0) as u64)
+    }
+
+    pub(crate) fn log_request(&self, mut r: LoggedRequest) {
+        r.at_ms = r.at.duration_since(self.started).as_secs_f64() * 1000.0;
+        r.done_ms = r.done.duration_since(self.started).as_secs_f64() * 1000.0;
+        let mut log = lock(&self.log);
+        if log.len() >= REQUEST_LOG_MAX {
+            log.drain(..REQUEST_LOG_MAX / 10);
+        }
+        log.push(r);
+    }
+
+    pub(crate) fn requests(&self) -> Vec<LoggedRequest> {
+        let mut v = lock(&self.log).clone();
+        v.sort_by_key(|r| r.at);
+        v
+    }
+
+    pub(crate) fn clear_counts(&self) {
+        *self.counts() = Counts::default();
+        lock(&self.log).clear();
     }
 
     /// True when `t` is the expected token.
@@ -283,8 +374,14 @@ impl RemoteHandle {
         self.shared.counts().clone()
     }
 
+    /// Clears the counters and the request log.
     pub fn reset_counts(&self) {
-        *self.shared.counts() = Counts::default();
+        self.shared.clear_counts();
+    }
+
+    /// The request log since the counters were last reset, in arrival order (see [`LoggedRequest`]).
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.shared.requests()
     }
 
     pub fn set_page_size(&self, n: usize) {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
@@ -16,9 +16,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::export::{export_response, FileJson};
-use super::faults::{error_response, Faults, PathFault};
+use super::faults::{error_response, ErrorFault, Faults, PathFault};
 use super::store::{absolute, decode_content, sha256_hex};
-use super::Shared;
+use super::{LoggedRequest, Shared};
 
 type S = State<Arc<Shared>>;
 type Q = Query<HashMap<String, String>>;
@@ -43,9 +43,56 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_control/reset-counts", post(ctl_reset_counts))
         .route("/_control/faults", get(ctl_get_faults).put(ctl_put_faults))
         .route("/_control/page-size", put(ctl_page_size))
+        .route("/_control/requests", get(ctl_requests))
         .fallback(|| async { error_response(404, "not_found", "no such route", "") })
         .layer(DefaultBodyLimit::max(64 << 20))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            log_requests,
+        ))
         .with_state(shared)
+}
+
+/// Records every `/v1/...` request in the request log: route, `path` and `cursor` parameters,
+/// correlation id, status, arrival and answer instants.
+async fn log_requests(
+    State(s): S,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let uri = req.uri().clone();
+    if !uri.path().starts_with("/v1/") {
+        return next.run(req).await;
+    }
+    let at = Instant::now();
+    let last = uri.path().rsplit('/').next().unwrap_or("").to_string();
+    let route = match (req.method().as_str(), last.as_str()) {
+        ("PUT", "file") => "put".to_string(),
+        ("DELETE", "file") => "delete".to_string(),
+        _ => last,
+    };
+    let q: HashMap<String, String> = Query::try_from_uri(&uri)
+        .map(|Query(q)| q)
+        .unwrap_or_default();
+    let correlation_id = req
+        .headers()
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let resp = next.run(req).await;
+    s.log_request(LoggedRequest {
+        route,
+        path: q.get("path").cloned(),
+        cursor: q.get("cursor").cloned(),
+        correlation_id,
+        status: resp.status().as_u16(),
+        at_ms: 0.0,
+        done_ms: 0.0,
+        at,
+        done: Instant::now(),
+    });
+    resp
 }
 
 /// Counts the request, checks auth and correlation id, applies `fail_next`.
@@ -99,6 +146,12 @@ fn begin(
     }
     drop(c);
     tracing::debug!(route, correlation_id = %corr, path = ?file_path, "request");
+    if let Some(secs) = s.rate_limited() {
+        s.counts().rate_limited += 1;
+        return Err(ErrorFault::new(429, "rate_limited")
+            .with_retry_after(&secs.to_string())
+            .response(&corr));
+    }
     if let Some(e) = s.faults().take_fail_next(route) {
         return Err(e.response(&corr));
     }
@@ -147,6 +200,18 @@ async fn tree(State(s): S, headers: HeaderMap, Query(q): Q) -> Response {
         return hang(&s, &corr).await;
     }
     let path = q.get("path").map(String::as_str).unwrap_or("/");
+    let dir = {
+        let d = absolute(path);
+        let t = d.trim_end_matches('/');
+        if t.is_empty() {
+            "/".to_string()
+        } else {
+            t.to_string()
+        }
+    };
+    if let Some(e) = s.faults().tree_path_faults.get(&dir).cloned() {
+        return e.response(&corr);
+    }
     let depth = match q.get("depth").filter(|d| !d.is_empty()) {
         None => 10,
         Some(d) => match d.parse::<usize>() {
@@ -239,6 +304,18 @@ async fn events(State(s): S, headers: HeaderMap, Query(q): Q) -> Response {
     let corr = tri!(begin(&s, "events", &headers, None));
     if s.faults().events_404 {
         return error_response(404, "not_found", "no event feed", &corr);
+    }
+    if let Some(c) = q.get("cursor").filter(|c| !c.is_empty()) {
+        let refused = {
+            let f = s.faults();
+            f.events_cursor_faults
+                .get(c)
+                .or_else(|| f.events_cursor_faults.get("*"))
+                .cloned()
+        };
+        if let Some(e) = refused {
+            return e.response(&corr);
+        }
     }
     let limit = match q.get("limit").filter(|l| !l.is_empty()) {
         None => 200,
@@ -411,8 +488,12 @@ async fn ctl_counts(State(s): S) -> Response {
 }
 
 async fn ctl_reset_counts(State(s): S) -> StatusCode {
-    *s.counts() = Default::default();
+    s.clear_counts();
     StatusCode::NO_CONTENT
+}
+
+async fn ctl_requests(State(s): S) -> Response {
+    Json(s.requests()).into_response()
 }
 
 async fn ctl_get_faults(State(s): S) -> Response {

@@ -22,6 +22,49 @@ pub fn reader(
     std::io::BufReader::with_capacity(capacity, bridge)
 }
 
+/// A body read ahead by [`collect_small`].
+pub enum Collected {
+    /// The whole body (it ended within the limit).
+    Whole(bytes::Bytes),
+    /// The body is larger than the limit, or failed while being read: its chunks from the first, the
+    /// failure (if any) in its place, to be read as a stream.
+    Stream(ByteStream),
+}
+
+/// Read `chunks` into memory while the body stays within `limit` bytes. A small body (most files)
+/// is then scanned from memory on one blocking thread, without a buffer of `limit` bytes and without
+/// the bridge's hop back to the runtime per chunk; a larger body is handed back as a stream
+/// (with nothing lost).
+pub async fn collect_small(mut chunks: ByteStream, limit: usize) -> Collected {
+    let mut got: Vec<bytes::Bytes> = Vec::new();
+    let mut len = 0usize;
+    loop {
+        match chunks.next().await {
+            None => {
+                return Collected::Whole(match got.len() {
+                    0 => bytes::Bytes::new(),
+                    1 => got.pop().unwrap_or_default(),
+                    _ => {
+                        let mut all = Vec::with_capacity(len);
+                        for c in &got {
+                            all.extend_from_slice(c);
+                        }
+                        all.into()
+                    }
+                });
+            }
+            Some(Ok(c)) if len + c.len() <= limit => {
+                len += c.len();
+                got.push(c);
+            }
+            Some(item) => {
+                let head = futures_util::stream::iter(got.into_iter().map(Ok).chain(Some(item)));
+                return Collected::Stream(Box::pin(head.chain(chunks)));
+            }
+        }
+    }
+}
+
 /// Why a body could not be read to its end.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {

@@ -98,11 +98,19 @@ where
     )
     .when(|e: &RemoteError| e.is_retryable())
     // `None` means retries are exhausted: keep it `None` (mapping it to a delay would retry forever).
+    // A server's Retry-After is honoured (capped) plus up to a quarter more at random, so clients
+    // told the same instant do not all come back at it together.
     .adjust(move |e: &RemoteError, d: Option<Duration>| {
-        d.map(|d| e.retry_after().map_or(d, |ra| ra.min(cap)))
+        d.map(|d| {
+            e.retry_after().map_or(d, |ra| {
+                let ra = ra.min(cap);
+                (ra + ra.mul_f64(rand::random::<f64>() / 4.0)).min(cap.max(ra))
+            })
+        })
     })
     .notify(|e: &RemoteError, d: Duration| {
-        tracing::warn!(error = %e, wait_ms = d.as_millis() as u64, "retrying");
+        // Info, not a warning: the caller reports the outcome (an outage is logged at its own rate).
+        tracing::info!(error = %e, wait_ms = d.as_millis() as u64, "retrying");
     })
     .await
 }

@@ -922,12 +922,31 @@ struct Scanner<R, F> {
     spool_mem: Vec<u8>,
 }
 
+thread_local! {
+    /// The decoder output buffer of the last scanner that ran on this thread, reused by the next one:
+    /// a file fetch scans one small object, and a fresh zeroed 64 KiB buffer per file cost more than
+    /// the scan itself (zeroing plus page faults after the allocator returned it to the kernel).
+    static OUT_POOL: std::cell::Cell<Option<Box<[u8]>>> = const { std::cell::Cell::new(None) };
+}
+
+impl<R, F> Drop for Scanner<R, F> {
+    fn drop(&mut self) {
+        let out = std::mem::take(&mut self.out);
+        if out.len() == OUT_CAP {
+            OUT_POOL.with(|p| p.set(Some(out)));
+        }
+    }
+}
+
 impl<R: BufRead, F: FnMut() -> io::Result<File>> Scanner<R, F> {
     fn new(r: R, spool_fn: F) -> Self {
+        let out = OUT_POOL
+            .with(|p| p.take())
+            .unwrap_or_else(|| vec![0u8; OUT_CAP].into_boxed_slice());
         Scanner {
             lx: Lexer { r, pos: 0 },
             spool_fn,
-            out: vec![0u8; OUT_CAP].into_boxed_slice(),
+            out,
             spool_mem: Vec::new(),
         }
     }

@@ -77,10 +77,30 @@ impl LocalStore {
         match fs::symlink_metadata(&path) {
             Ok(m) if m.is_file() => {}
             Ok(_) => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            // Missing, or a parent is a file (the remote replaced that file by a directory).
+            Err(e) if is_absent(&e) => return Ok(false),
             Err(e) => return Err(e),
         }
         Ok(hash_file(&path)?.eq_ignore_ascii_case(hash))
+    }
+
+    /// The identity of the local file (inode, change time, size): it changes whenever the file's bytes
+    /// or metadata change or the file is replaced. `None` when it is missing or not a regular file.
+    pub fn stat_key(&self, rel: &str) -> io::Result<Option<String>> {
+        use std::os::unix::fs::MetadataExt;
+        match fs::symlink_metadata(self.abs(rel)) {
+            Ok(m) if m.is_file() => Ok(Some(format!(
+                "{}:{}.{}:{}",
+                m.ino(),
+                m.ctime(),
+                m.ctime_nsec(),
+                m.size()
+            ))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Size of the local file, if it is a regular file (`None` when missing or not a file).
@@ -88,7 +108,7 @@ impl LocalStore {
         match fs::symlink_metadata(self.abs(rel)) {
             Ok(m) if m.is_file() => Ok(Some(m.len())),
             Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if is_absent(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -354,6 +374,12 @@ impl Drop for TempFile {
             let _ = fs::remove_file(p);
         }
     }
+}
+
+/// A lookup error that means "no such file here": missing, or a path component is a file (ENOTDIR), as
+/// when the remote replaced that file by a directory and the mirror has not caught up yet.
+fn is_absent(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
 }
 
 pub fn hash_file(path: &Path) -> io::Result<String> {

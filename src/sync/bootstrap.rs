@@ -128,10 +128,15 @@ impl Engine {
         Ok(ck)
     }
 
+    /// Start listing from the top of the checkpoint's scope (the whole remote root by default).
     async fn start_traversal(&self, ck: &mut Checkpoint) -> Result<(), SyncError> {
         ck.current_dir = None;
         ck.cursor = None;
-        let (ck2, root) = (ck.clone(), self.config().remote_root.clone());
+        let root = ck
+            .scope
+            .clone()
+            .unwrap_or_else(|| self.config().remote_root.clone());
+        let ck2 = ck.clone();
         self.db()
             .run(move |st: &mut State| {
                 let mut b = st.batch()?;
@@ -241,7 +246,7 @@ impl Engine {
                         let remote = meta.path.unwrap_or_else(|| "<export entry without a path>".into());
                         let error = FileError::BadData { kind, detail: reason };
                         let keep = self.to_local(&remote).ok();
-                        self.note_failure(&mut pending, QuarantineNote { reason: error.to_string(), class: error.class(), remote, permanent: false, keep });
+                        self.note_failure(&mut pending, QuarantineNote { reason: error.to_string(), class: error.class(), remote, permanent: false, retry: false, keep });
                     }
                     Ok(Some(ExportItem::End(Ok(_)))) => ended = Some(None),
                     Ok(Some(ExportItem::End(Err(BodyError::Local(e))))) => {
@@ -354,7 +359,7 @@ impl Engine {
                         self.note_done(&mut p, job.remote, job.rel, meta)
                     }
                     Ok(Fetched::Failed { job, error }) => {
-                        self.note_file_failure(&mut p, job, &error)
+                        self.note_file_failure(&mut p, job, &error, false)
                     }
                     Err(e) => {
                         fatal = Some(e);
@@ -408,14 +413,24 @@ impl Engine {
                         to_fetch.push(job);
                         continue;
                     };
+                    // The record says these bytes, and the local file is still the one it was written
+                    // as (same inode, change time and size): skip. Anything else (a local file
+                    // changed, even at the same size, or removed) is fetched — after a hash check
+                    // that avoids the download when the bytes still match.
                     let size = match st.file(&job.rel)? {
                         Some(rec)
                             if rec.kind == Kind::File && rec.content_hash.as_deref() == Some(h) =>
                         {
-                            let on_disk = store
-                                .file_size(&job.rel)
+                            let now = store
+                                .stat_key(&job.rel)
                                 .map_err(|e| SyncError::local(&store.abs(&job.rel), &e))?;
-                            (on_disk == Some(rec.size)).then_some(rec.size)
+                            let same = match (&rec.local_stat, &now) {
+                                (Some(was), Some(is)) => was == is,
+                                // A record from before local identities were kept: the size decides.
+                                (None, Some(is)) => is.ends_with(&format!(":{}", rec.size)),
+                                _ => false,
+                            };
+                            same.then_some(rec.size)
                         }
                         _ => None,
                     };
@@ -436,6 +451,7 @@ impl Engine {
                     revision: job.revision,
                     content_hash: job.listed_hash,
                     content_type: None,
+                    local_stat: None,
                 },
             });
         }
@@ -468,7 +484,7 @@ impl Engine {
                     unseen,
                     st.tracked_files()?,
                     orphans,
-                    st.quarantine_classes()?,
+                    st.quarantine_classes(snapshot)?,
                     st.unlisted()?.len(),
                 ))
             })
@@ -529,8 +545,18 @@ impl Engine {
                 "removed local files absent from the remote listing"
             );
         }
-        if ck.scope.is_some() {
-            return self.commit(p, ck.snapshot, None, vec![]).await;
+        if let Some(dir) = ck.scope.clone() {
+            self.commit(p, ck.snapshot, None, vec![]).await?;
+            let snapshot = ck.snapshot;
+            return self
+                .db()
+                .run(move |st: &mut State| -> Result<(), SyncError> {
+                    let mut b = st.batch()?;
+                    b.forget_quarantine_before(snapshot, Some(&dir))?;
+                    b.commit()?;
+                    Ok(())
+                })
+                .await;
         }
         self.report_extra_files().await?;
         if unlisted > 0 {
@@ -555,6 +581,7 @@ impl Engine {
             .run(move |st: &mut State| -> Result<(), SyncError> {
                 let mut b = st.batch()?;
                 b.forget_unlisted_before(snapshot)?;
+                b.forget_quarantine_before(snapshot, None)?;
                 b.commit()?;
                 Ok(())
             })
@@ -609,17 +636,7 @@ impl Engine {
                 pages_done: 0,
                 scope: Some(d.path.clone()),
             };
-            let (ck2, dir) = (ck.clone(), d.path.clone());
-            self.db()
-                .run(move |st: &mut State| -> Result<(), SyncError> {
-                    let mut b = st.batch()?;
-                    b.queue_clear()?;
-                    b.queue_push(&dir)?;
-                    b.set_checkpoint(&ck2)?;
-                    b.commit()?;
-                    Ok(())
-                })
-                .await?;
+            self.start_traversal(&mut ck).await?;
             self.tree_pull(&mut ck).await?;
             self.complete(&ck, PathUsed::Tree).await?;
         }
@@ -667,6 +684,7 @@ fn apply_export_entry(
             revision: meta.revision,
             content_hash: Some(decoded.sha256),
             content_type: meta.content_type,
+            local_stat: None,
         },
     }
 }

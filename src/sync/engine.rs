@@ -266,6 +266,9 @@ pub struct QuarantineNote {
     /// The cause without the file's specifics (see [`FileError::class`]).
     pub class: String,
     pub permanent: bool,
+    /// A retry of an earlier quarantine: the row keeps the snapshot that noted it (a retry is not a
+    /// listing meeting the path again).
+    pub retry: bool,
     pub keep: Option<String>,
 }
 
@@ -446,7 +449,16 @@ impl Engine {
     /// Fetch one file unless the local bytes already match the listed hash; its body is decoded as it
     /// streams in (memory, then a temp file), verified, and moved into place.
     pub async fn fetch_one(&self, job: FetchJob) -> Result<Fetched, SyncError> {
-        if let Some(h) = job.listed_hash.clone() {
+        // A file not on disk (most of a bootstrap) is known from one lstat, without a blocking task.
+        let on_disk = match job.listed_hash {
+            Some(_) => self
+                .store
+                .file_size(&job.rel)
+                .map_err(|e| SyncError::local(&self.store.abs(&job.rel), &e))?
+                .is_some(),
+            None => false,
+        };
+        if let (Some(h), true) = (job.listed_hash.clone(), on_disk) {
             let (s, r) = (self.store.clone(), job.rel.clone());
             let size = tokio::task::spawn_blocking(move || -> std::io::Result<Option<u64>> {
                 if s.matches_hash(&r, &h)? {
@@ -464,6 +476,7 @@ impl Engine {
                     revision: job.revision.clone(),
                     content_hash: job.listed_hash.clone(),
                     content_type: None,
+                    local_stat: None,
                 };
                 return Ok(Fetched::Done {
                     job,
@@ -487,7 +500,12 @@ impl Engine {
             };
             let cid = body.correlation_id.clone();
             let share = self.cfg.budget().share();
-            let reader = body::reader(self.counted(body.chunks), share, None);
+            // A body within the share is read here and scanned from memory; a larger one streams.
+            let (whole, reader) = match body::collect_small(self.counted(body.chunks), share).await
+            {
+                body::Collected::Whole(b) => (Some(b), None),
+                body::Collected::Stream(s) => (None, Some(body::reader(s, share, None))),
+            };
             let (store, rel) = (self.store.clone(), job.rel.clone());
             type Scanned = Result<
                 (crate::remote::scan::Meta, crate::remote::scan::Decoded),
@@ -496,7 +514,16 @@ impl Engine {
             let scanned = tokio::task::spawn_blocking(
                 move || -> Result<Result<Scanned, BodyError>, WriteError> {
                     let mut stager = crate::sync::content::Stager::new(store.clone(), share);
-                    match read_file_object(reader, &mut stager, || store.scratch_file()) {
+                    let scanned = match (whole, reader) {
+                        (Some(b), _) => {
+                            read_file_object(&b[..], &mut stager, || store.scratch_file())
+                        }
+                        (None, Some(r)) => {
+                            read_file_object(r, &mut stager, || store.scratch_file())
+                        }
+                        (None, None) => unreachable!("a body is either whole or a stream"),
+                    };
+                    match scanned {
                         Ok(EntryOutcome::Ok { meta, decoded, out }) => {
                             crate::sync::content::place(&store, &rel, out, &decoded, false)?;
                             Ok(Ok(Ok((meta, decoded))))
@@ -522,6 +549,7 @@ impl Engine {
                         revision: meta.revision.or_else(|| job.revision.clone()),
                         content_hash: Some(decoded.sha256),
                         content_type: meta.content_type,
+                        local_stat: None,
                     };
                     return Ok(Fetched::Done {
                         job,
@@ -580,10 +608,19 @@ impl Engine {
                     b.pending_clear(rel)?;
                 }
                 for d in &p.dirs {
+                    // The disk first: a file the remote replaced by this directory goes now, not
+                    // when something is written below it (its record is about to become a directory's).
+                    store
+                        .ensure_dir(d)
+                        .map_err(|e| SyncError::local(&store.abs(d), &e))?;
                     b.ensure_dir(d, seen)?;
                 }
                 for r in &p.files {
-                    b.upsert_file(&r.rel, &r.meta, seen)?;
+                    let mut meta = r.meta.clone();
+                    meta.local_stat = store
+                        .stat_key(&r.rel)
+                        .map_err(|e| SyncError::local(&store.abs(&r.rel), &e))?;
+                    b.upsert_file(&r.rel, &meta, seen)?;
                 }
                 for rel in &p.orphans {
                     b.pending_clear(rel)?;
@@ -595,7 +632,8 @@ impl Engine {
                     b.listed(dir)?;
                 }
                 for q in &p.quarantine {
-                    b.quarantine(&q.remote, &q.reason, &q.class, q.permanent)?;
+                    let stamp = (!q.retry).then_some(seen);
+                    b.quarantine(&q.remote, &q.reason, &q.class, q.permanent, stamp)?;
                     if let Some(rel) = &q.keep {
                         b.touch_seen(rel, seen)?;
                     }
@@ -621,7 +659,15 @@ impl Engine {
                 for (k, v) in &meta {
                     b.set_meta(*k, v)?;
                 }
-                Ok(b.commit()?)
+                let (changes, removed) = b.commit_with_removed()?;
+                // Records that went with a directory (or a file replaced by a directory): their local
+                // files go too. A path that is now a directory (or below a file) is left alone.
+                for rel in &removed {
+                    store
+                        .remove_file(rel)
+                        .map_err(|e| SyncError::local(&store.abs(rel), &e))?;
+                }
+                Ok(changes)
             })
             .await?;
         self.progress.checkpoint();
@@ -666,6 +712,7 @@ impl Engine {
 
     /// Record a file written or verified in `p` (a progress unit; clears any earlier quarantine).
     pub fn note_done(&self, p: &mut Pending, remote: String, rel: String, meta: FileMeta) {
+        tracing::debug!(path = %remote, size = meta.size, "file written or verified");
         self.progress.file_done(&remote, meta.size);
         p.cleared.push(remote);
         p.files.push(Recorded { rel, meta });
@@ -684,7 +731,13 @@ impl Engine {
     }
 
     /// A file that failed on its own.
-    pub fn note_file_failure(&self, p: &mut Pending, job: FetchJob, error: &FileError) {
+    pub fn note_file_failure(
+        &self,
+        p: &mut Pending,
+        job: FetchJob,
+        error: &FileError,
+        retry: bool,
+    ) {
         self.note_failure(
             p,
             QuarantineNote {
@@ -692,6 +745,7 @@ impl Engine {
                 class: error.class(),
                 remote: job.remote,
                 permanent: false,
+                retry,
                 keep: Some(job.rel),
             },
         );
@@ -706,6 +760,7 @@ impl Engine {
                 class: "hostile path".into(),
                 remote,
                 permanent: true,
+                retry: false,
                 keep: None,
             },
         );

@@ -112,7 +112,7 @@ impl Engine {
         }
         let (changed, removed) = (to_fetch.len(), deletes.len());
         self.remove_files(deletes, &mut p).await?;
-        self.fetch_all(to_fetch, &mut p).await?;
+        self.fetch_all(to_fetch, &mut p, false).await?;
         let deleted = p.deletes.clone();
         let seen = self.read(|st| st.current_seen()).await?;
         p.cursor = Some(next.to_string());
@@ -141,16 +141,19 @@ impl Engine {
         let deletes = self
             .db()
             .run(move |st: &mut State| -> Result<_, SyncError> {
-                for (rel, _) in &deletes {
+                let mut files = Vec::with_capacity(deletes.len());
+                for (rel, remote) in deletes {
                     // A recorded file, or one written by an interrupted run before its record was
-                    // committed: the remote deleted it. (A directory is not a file.deleted's business.)
-                    if st.file(rel)?.is_none_or(|r| r.kind == Kind::File) {
+                    // committed: the remote deleted it. A directory is not a file.deleted's business
+                    // (the path is a directory by now: a later listing or event says what it holds).
+                    if st.file(&rel)?.is_none_or(|r| r.kind == Kind::File) {
                         store
-                            .remove_file(rel)
-                            .map_err(|e| SyncError::local(&store.abs(rel), &e))?;
+                            .remove_file(&rel)
+                            .map_err(|e| SyncError::local(&store.abs(&rel), &e))?;
+                        files.push((rel, remote));
                     }
                 }
-                Ok(deletes)
+                Ok(files)
             })
             .await?;
         for (rel, remote) in deletes {
@@ -204,7 +207,13 @@ impl Engine {
     }
 
     /// Fetch files with bounded concurrency into `p`; per-file failures are quarantined.
-    async fn fetch_all(&self, list: Vec<FetchJob>, p: &mut Pending) -> Result<u64, SyncError> {
+    /// (`retry`: these are quarantined files tried again.)
+    async fn fetch_all(
+        &self,
+        list: Vec<FetchJob>,
+        p: &mut Pending,
+        retry: bool,
+    ) -> Result<u64, SyncError> {
         self.intend(list.iter().map(|j| j.rel.clone()).collect())
             .await?;
         let mut results = futures_util::stream::iter(list)
@@ -223,7 +232,7 @@ impl Engine {
                 Fetched::Failed { job, error } => {
                     // Even a 404 is not a delete: only a file.deleted event or a fresh listing says
                     // so. The local copy stays; the file is retried (and a later delete event clears it).
-                    self.note_file_failure(p, job, &error);
+                    self.note_file_failure(p, job, &error, retry);
                 }
             }
         }
@@ -249,7 +258,7 @@ impl Engine {
             return Ok(0);
         }
         let mut p = Pending::default();
-        let n = self.fetch_all(list, &mut p).await?;
+        let n = self.fetch_all(list, &mut p, true).await?;
         let seen = self.read(|st| st.current_seen()).await?;
         self.commit(p, seen, None, vec![]).await?;
         Ok(n)
@@ -259,7 +268,14 @@ impl Engine {
     /// files whose hash differs, then the usual guarded sweep. The mirror stays served meanwhile.
     pub async fn audit(&self) -> Result<(), SyncError> {
         let mut ck = match self.read(|st| st.checkpoint()).await? {
-            Some(ck) if ck.phase == Phase::Tree => ck,
+            Some(ck) if ck.phase == Phase::Tree => {
+                // Resuming an interrupted audit: files quarantined by an earlier attempt are tried
+                // again first (as a resumed bootstrap does). The completion's systemic rule counts the
+                // stored quarantine, so without this an audit that once failed systemically (every
+                // file 404 for a while) would fail the same way on every later run, healed server or not.
+                self.retry_quarantine().await?;
+                ck
+            }
             _ => self.new_checkpoint(Phase::Tree).await?,
         };
         self.tree_pull(&mut ck).await?;

@@ -14,6 +14,8 @@ pub struct Batch<'a> {
     new_dirs: HashMap<String, (u64, i64)>,
     dropped_dirs: bool,
     changes: Vec<Change>,
+    /// Files whose records this batch deleted (directly or with a directory above them).
+    removed_files: Vec<String>,
 }
 
 impl<'a> Batch<'a> {
@@ -29,6 +31,7 @@ impl<'a> Batch<'a> {
             new_dirs: HashMap::new(),
             dropped_dirs: false,
             changes: Vec::new(),
+            removed_files: Vec::new(),
         }
     }
 
@@ -178,9 +181,10 @@ impl<'a> Batch<'a> {
                 // Same content: same inode; only the bookkeeping columns move.
                 self.tx
                     .prepare_cached(
-                        "UPDATE entries SET revision = ?2, content_type = ?3, seen = ?4 WHERE ino = ?1",
+                        "UPDATE entries SET revision = ?2, content_type = coalesce(?3, content_type), seen = ?4,
+                         local_stat = coalesce(?5, local_stat) WHERE ino = ?1",
                     )
-                    .and_then(|mut s| s.execute(params![ino, m.revision, m.content_type, seen]))
+                    .and_then(|mut s| s.execute(params![ino, m.revision, m.content_type, seen, m.local_stat]))
                     .map_err(|e| self.err(e))?;
                 return Ok(ino as u64);
             }
@@ -205,11 +209,11 @@ impl<'a> Batch<'a> {
         }
         self.tx
             .prepare_cached(
-                "INSERT INTO entries(parent, name, path, kind, size, revision, content_hash, content_type, mtime, seen)
-                 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO entries(parent, name, path, kind, size, revision, content_hash, content_type, mtime, seen, local_stat)
+                 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .and_then(|mut s| {
-                s.execute(params![parent as i64, name, rel, m.size as i64, m.revision, m.content_hash, m.content_type, now_secs(), seen])
+                s.execute(params![parent as i64, name, rel, m.size as i64, m.revision, m.content_hash, m.content_type, now_secs(), seen, m.local_stat])
             })
             .map_err(|e| self.err(e))?;
         let ino = self.tx.last_insert_rowid() as u64;
@@ -263,6 +267,17 @@ impl<'a> Batch<'a> {
         };
         let lo = format!("{rel}/");
         let hi = format!("{rel}0"); // '0' is the byte after '/'
+        let files: Vec<String> = self
+            .tx
+            .prepare_cached(
+                "SELECT path FROM entries WHERE kind = 1 AND (path = ?1 OR (path >= ?2 AND path < ?3))",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![rel, lo, hi], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .map_err(|e| self.err(e))?;
+        self.removed_files.extend(files);
         self.tx
             .prepare_cached("DELETE FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3)")
             .and_then(|mut s| s.execute(params![rel, lo, hi]))
@@ -301,21 +316,48 @@ impl<'a> Batch<'a> {
     }
 
     /// Quarantine a file: `class` groups failures of the same cause (e.g. "HTTP 403 forbidden").
+    /// (`snapshot`: the listing or pass that noted it — `None` keeps the one already recorded, for a
+    /// retry; a complete listing forgets what it did not note again, since the remote no longer has it.)
     pub fn quarantine(
         &mut self,
         remote_path: &str,
         reason: &str,
         class: &str,
         permanent: bool,
+        snapshot: Option<i64>,
     ) -> Result<(), StateError> {
         self.tx
             .prepare_cached(
-                "INSERT INTO quarantine(path, reason, attempts, permanent, updated_at, class) VALUES (?1, ?2, 1, ?3, ?4, ?5)
+                "INSERT INTO quarantine(path, reason, attempts, permanent, updated_at, class, snapshot) VALUES (?1, ?2, 1, ?3, ?4, ?5, coalesce(?6, 0))
                  ON CONFLICT(path) DO UPDATE SET reason = excluded.reason, attempts = attempts + 1,
-                 permanent = excluded.permanent, updated_at = excluded.updated_at, class = excluded.class",
+                 permanent = excluded.permanent, updated_at = excluded.updated_at, class = excluded.class,
+                 snapshot = coalesce(?6, snapshot)",
             )
-            .and_then(|mut s| s.execute(params![remote_path, reason, permanent as i64, now_secs(), class]))
+            .and_then(|mut s| s.execute(params![remote_path, reason, permanent as i64, now_secs(), class, snapshot]))
             .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A complete listing (`snapshot`) of the remote subtree `under` (`None`: everything) is over:
+    /// quarantined paths it did not meet again are gone from the remote.
+    pub fn forget_quarantine_before(
+        &mut self,
+        snapshot: i64,
+        under: Option<&str>,
+    ) -> Result<(), StateError> {
+        match under {
+            None => self
+                .tx
+                .execute("DELETE FROM quarantine WHERE snapshot != ?1", [snapshot]),
+            Some(dir) => {
+                let dir = dir.trim_end_matches('/');
+                self.tx.execute(
+                    "DELETE FROM quarantine WHERE snapshot != ?1 AND path >= ?2 AND path < ?3",
+                    params![snapshot, format!("{dir}/"), format!("{dir}0")],
+                )
+            }
+        }
+        .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -377,6 +419,25 @@ impl<'a> Batch<'a> {
 
     /// Commit; returns what changed (empty when nothing visible did).
     pub fn commit(self) -> Result<Vec<Change>, StateError> {
+        self.commit_with_removed().map(|(changes, _)| changes)
+    }
+
+    /// Commit; returns what changed and the files whose records are gone (their local copies must go
+    /// too, so the disk never holds a file the state does not know).
+    pub fn commit_with_removed(mut self) -> Result<(Vec<Change>, Vec<String>), StateError> {
+        // A file recorded again later in this batch stays.
+        let mut gone = Vec::with_capacity(self.removed_files.len());
+        for rel in std::mem::take(&mut self.removed_files) {
+            let again: Option<i64> = self
+                .tx
+                .prepare_cached("SELECT ino FROM entries WHERE path = ?1")
+                .and_then(|mut s| s.query_row([&rel], |r| r.get(0)).optional())
+                .map_err(|e| self.err(e))?;
+            if again.is_none() {
+                gone.push(rel);
+            }
+        }
+        self.removed_files = gone;
         let Batch {
             tx,
             path,
@@ -384,6 +445,7 @@ impl<'a> Batch<'a> {
             new_dirs,
             dropped_dirs,
             changes,
+            removed_files,
         } = self;
         tx.commit()
             .map_err(|e| StateError::Sqlite { path, source: e })?;
@@ -391,6 +453,6 @@ impl<'a> Batch<'a> {
             cache.clear();
         }
         cache.extend(new_dirs);
-        Ok(changes)
+        Ok((changes, removed_files))
     }
 }

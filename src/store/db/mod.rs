@@ -127,6 +127,8 @@ pub struct FileRecord {
     pub size: u64,
     pub revision: Option<String>,
     pub content_hash: Option<String>,
+    /// The local file's identity when the record was written (see [`crate::store::LocalStore::stat_key`]).
+    pub local_stat: Option<String>,
 }
 
 /// Metadata of a file just written or verified.
@@ -136,6 +138,8 @@ pub struct FileMeta {
     pub revision: Option<String>,
     pub content_hash: Option<String>,
     pub content_type: Option<String>,
+    /// The local file's identity after writing or verifying it.
+    pub local_stat: Option<String>,
 }
 
 /// A file (or directory) that keeps failing, with its reason.
@@ -246,8 +250,23 @@ impl State {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(sq)?;
         if !read_only {
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(sq)?;
+            // Switching to WAL needs a moment alone with the file: another process opening a brand-new
+            // database at the same instant (a `mountd status` probe) makes it report "locked" at once,
+            // whatever the busy timeout. Retry briefly.
+            let mut tries = 0;
+            loop {
+                match conn.pragma_update(None, "journal_mode", "WAL") {
+                    Ok(()) => break,
+                    Err(e)
+                        if tries < 100
+                            && e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) =>
+                    {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(sq(e)),
+                }
+            }
             conn.pragma_update(None, "synchronous", "NORMAL")
                 .map_err(sq)?;
         }
@@ -393,7 +412,7 @@ impl State {
     pub fn file(&self, rel: &str) -> Result<Option<FileRecord>, StateError> {
         self.conn
             .prepare_cached(
-                "SELECT ino, kind, size, revision, content_hash FROM entries WHERE path = ?1",
+                "SELECT ino, kind, size, revision, content_hash, local_stat FROM entries WHERE path = ?1",
             )
             .and_then(|mut s| {
                 s.query_row([rel], |r| {
@@ -403,6 +422,7 @@ impl State {
                         size: r.get::<_, i64>(2)? as u64,
                         revision: r.get(3)?,
                         content_hash: r.get(4)?,
+                        local_stat: r.get(5)?,
                     })
                 })
                 .optional()
@@ -494,16 +514,17 @@ impl State {
         rows.map_err(|e| self.err(e))
     }
 
-    /// Retryable quarantined files per failure class, most common first.
-    pub fn quarantine_classes(&self) -> Result<Vec<(String, u64)>, StateError> {
+    /// Retryable files quarantined by `snapshot`, per failure class, most common first.
+    pub fn quarantine_classes(&self, snapshot: i64) -> Result<Vec<(String, u64)>, StateError> {
         let mut s = self
             .conn
             .prepare(
-                "SELECT class, count(*) FROM quarantine WHERE permanent = 0 GROUP BY class ORDER BY count(*) DESC",
+                "SELECT class, count(*) FROM quarantine WHERE permanent = 0 AND snapshot = ?1
+                 GROUP BY class ORDER BY count(*) DESC",
             )
             .map_err(|e| self.err(e))?;
         let rows = s
-            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .query_map([snapshot], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
         rows.map_err(|e| self.err(e))
     }

@@ -35,10 +35,13 @@ pub const MIGRATIONS: &[&str] = &[
     // snapshot that last failed to list it). The class of each quarantined file's failure (to tell a
     // systemic cause from stragglers). Directory listings page by inode number (stable offsets without
     // per-handle state, so the kernel can skip OPENDIR); each content version of a file has an inode of
-    // its own.
+    // its own. `local_stat`: the identity of the local file when its record was written (inode, change
+    // time, size), so an audit notices local drift without reading every byte.
     "CREATE TABLE pending(path TEXT PRIMARY KEY);
      CREATE TABLE unlisted(path TEXT PRIMARY KEY, reason TEXT NOT NULL, snapshot INTEGER NOT NULL,
         attempts INTEGER NOT NULL, updated_at INTEGER NOT NULL);
      ALTER TABLE quarantine ADD COLUMN class TEXT NOT NULL DEFAULT '';
-     CREATE INDEX entries_parent_ino ON entries(parent, ino);",
+     ALTER TABLE quarantine ADD COLUMN snapshot INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX entries_parent_ino ON entries(parent, ino);
+     ALTER TABLE entries ADD COLUMN local_stat TEXT;",
 ];

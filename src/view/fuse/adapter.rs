@@ -267,9 +267,17 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match timed("read", || self.fs.read(ino.0, fh.0, offset, size)) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
+        // The reply is sent from the reused per-thread buffer (no copy into a fresh Vec per READ).
+        let mut reply = Some(reply);
+        let r = timed("read", || {
+            self.fs.read_with(ino.0, fh.0, offset, size, |data| {
+                if let Some(r) = reply.take() {
+                    r.data(data);
+                }
+            })
+        });
+        if let (Err(e), Some(r)) = (r, reply) {
+            r.error(errno(e));
         }
     }
 

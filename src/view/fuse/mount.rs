@@ -353,30 +353,43 @@ fn probe_passthrough(conn: &OwnedFd, root: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Read-ahead of the mount's backing device info, in KiB: one READ of the largest size the kernel
+/// allows a FUSE connection by default (`fs.fuse.max_pages_limit` 256 pages = 1 MiB; fuser asks for
+/// the maximum). The kernel gives a new FUSE connection 128 KiB (and INIT can only lower it), so a
+/// cold sequential read would cost one READ round trip per 128 KiB (docs/PERFORMANCE.md).
+const READ_AHEAD_KB: u64 = 1024;
+
+/// Raise `/sys/class/bdi/<major>:<minor>/read_ahead_kb` of the FUSE connection to `kb` (never lower
+/// it: an operator may have set more). Best effort: a failure is logged at debug level.
+fn raise_read_ahead((major, minor): (u32, u32), kb: u64) {
+    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    let current = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    match current {
+        Some(c) if c >= kb => {}
+        Some(_) => match std::fs::write(&path, format!("{kb}\n")) {
+            Ok(()) => tracing::debug!(path, kb, "raised the FUSE read-ahead"),
+            Err(e) => tracing::debug!(path, error = %e, "could not raise the FUSE read-ahead"),
+        },
+        None => tracing::debug!(path, "no read_ahead_kb for the FUSE connection"),
+    }
+}
+
 /// How many versions may stay pinned for handle-less reads: half of the file descriptors (after
 /// raising the soft limit to the hard one), within [256, 65536].
 fn pin_budget() -> usize {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain rlimit syscalls on a local struct.
-    let soft = unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            1024
-        } else if r.rlim_cur < r.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: r.rlim_max,
-                rlim_max: r.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                r.rlim_max
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Err(_) => 1024,
+        Ok((cur, max)) if cur < max => {
+            if setrlimit(Resource::RLIMIT_NOFILE, max, max).is_ok() {
+                max
             } else {
-                r.rlim_cur
+                cur
             }
-        } else {
-            r.rlim_cur
         }
+        Ok((cur, _)) => cur,
     };
     ((soft.saturating_sub(512) / 2).min(65536) as usize).max(256)
 }
@@ -473,6 +486,9 @@ pub fn mount(
             "mounting {}: the kernel's INIT did not arrive within {INIT_TIMEOUT:?}",
             handle.mountpoint.display()
         ));
+    }
+    if let Some((_, dev)) = handle.key {
+        raise_read_ahead(dev, READ_AHEAD_KB);
     }
     let active = decide_mode(&mode, || probe_passthrough(&handle.conn, root))
         .map_err(|e| format!("mounting {}: {e}", handle.mountpoint.display()))?;
