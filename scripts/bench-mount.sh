@@ -10,30 +10,34 @@
 #               plain mirror), X=MNT (the FUSE view, once per --modes data mode, MOUNTD_DATA_MODE) and
 #               X=RMNT (`rclone mount DIR`, when rclone is installed): cold (page cache dropped before
 #               every run) and warm; median times and the ratios to DIR
-#   latency     a PUT on the remote until `cat MNT/path` shows it (10 ms polls), at --interval 1s and
-#               200ms: p50/p90/max
+#   latency     a PUT on the remote until the file shows the new bytes (latency-probe: kept-alive PUTs,
+#               reads every 1 ms): polling only
+#               (--websocket=false) at --interval 1s and 200ms under MNT; then the realtime stream
+#               (/fs/ws) at --interval 30s, under MNT (FUSE) and in DIR (--no-fuse): p50/p90/max
 # Results are appended as JSON lines {"name":..., "value":..., "unit":...} to
 # target/bench/results.jsonl and printed as a table.
 #
-#   scripts/bench-mount.sh [--mount-files N] [--big-file-mib M] [--latency-samples K] [--no-build]
-#                          [--latency-only | --no-latency] [--modes "page-cache passthrough ..."]
-#                          [--no-rclone] [--random-reads R] [--one-dir] [--only "find ls_l_dir ..."]
-#     defaults: 100000 files, 1024 MiB, 10 samples per interval, modes "page-cache passthrough",
-#     2000 random reads; --big-file-mib 0 skips the large file; --one-dir puts all N files into one
-#     directory (/d000), so ls_l_dir lists N entries; --only runs these read benchmarks only (of
-#     find cat_all dd_large rand_4k ls_l_dir du)
+#   scripts/bench-mount.sh [--mount-files N] [--big-file-mib M] [--latency-samples K]
+#                          [--realtime-samples K] [--no-build] [--latency-only | --no-latency]
+#                          [--modes "page-cache passthrough ..."] [--no-rclone] [--random-reads R]
+#                          [--one-dir] [--only "find ls_l_dir ..."]
+#     defaults: 100000 files, 1024 MiB, 10 samples per polling interval, 40 per realtime row, modes
+#     "page-cache passthrough", 2000 random reads; --big-file-mib 0 skips the large file; --one-dir
+#     puts all N files into one directory (/d000), so ls_l_dir lists N entries; --only runs these read
+#     benchmarks only (of find cat_all dd_large rand_4k ls_l_dir du)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
-n_files=100000 big_mib=1024 samples=10 build=1 reads=1 latency=1 use_rclone=1 rand_n=2000 one_dir=0 only=''
+n_files=100000 big_mib=1024 samples=10 rt_samples=40 build=1 reads=1 latency=1 use_rclone=1 rand_n=2000 one_dir=0 only=''
 modes='page-cache passthrough'
 while (($#)); do
     case $1 in
     --mount-files) n_files=$2; shift 2 ;;
     --big-file-mib) big_mib=$2; shift 2 ;;
     --latency-samples) samples=$2; shift 2 ;;
+    --realtime-samples) rt_samples=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --latency-only) reads=0; shift ;;
     --no-latency) latency=0; shift ;;
@@ -52,8 +56,8 @@ while (($#)); do
         ;;
     esac
 done
-[[ $n_files =~ ^[1-9][0-9]*$ && $samples =~ ^[1-9][0-9]*$ && $big_mib =~ ^[0-9]+$ ]] || {
-    echo "bench-mount.sh: --mount-files and --latency-samples take positive integers, --big-file-mib a non-negative one" >&2
+[[ $n_files =~ ^[1-9][0-9]*$ && $samples =~ ^[1-9][0-9]*$ && $rt_samples =~ ^[1-9][0-9]*$ && $big_mib =~ ^[0-9]+$ ]] || {
+    echo "bench-mount.sh: --mount-files, --latency-samples and --realtime-samples take positive integers, --big-file-mib a non-negative one" >&2
     exit 2
 }
 say() { echo "bench-mount.sh: $*" >&2; }
@@ -96,6 +100,7 @@ if [[ $build == 1 ]]; then
 fi
 MOUNTD=$ROOT/target/release/mountd
 REMOTE=$ROOT/target/release/mountd-remote
+PROBE=$ROOT/target/release/latency-probe
 OUT_DIR=$ROOT/target/bench
 RESULTS=$OUT_DIR/results.jsonl
 mkdir -p "$OUT_DIR"
@@ -163,7 +168,6 @@ if ((big_mib > 0)); then
     head -c $((big_mib * 1048576)) /dev/urandom >"$SEED/big/large.bin"
 fi
 printf 'bench-token\n' >"$TOKEN"
-AUTH="Authorization: Bearer bench-token"
 say "starting mountd-remote: $n_files files x 1024 B in $dirs dirs + ${big_mib} MiB /big/large.bin"
 t0=$EPOCHREALTIME
 "$REMOTE" --listen 127.0.0.1:0 --token-file "$TOKEN" --root "$SEED" --generate "$n_files" \
@@ -211,12 +215,13 @@ expected=$((n_files + (big_mib > 0 ? 1 : 0)))
     exit 1
 }
 
-# start_service INTERVAL: launch the service, wait until MNT is mounted; sets service_pid, startup_s.
+# start_service INTERVAL [DATA_MODE [WEBSOCKET]]: launch the service (polling only unless WEBSOCKET is
+# true), wait until MNT is mounted; sets service_pid, startup_s.
 start_service() {
     local t0 rc=0
     t0=$EPOCHREALTIME
     MOUNTD_DATA_MODE=${2:-auto} "$MOUNTD" "${COMMON[@]}" --mountpoint "$MNT" --interval "$1" \
-        2>"$WORK/service-$1.log" &
+        --websocket="${3:-false}" 2>"$WORK/service-$1.log" &
     service_pid=$!
     for _ in $(seq 18000); do # 3 min
         is_mounted && break
@@ -423,46 +428,28 @@ emit mount.service.peak_rss "${service_hwm:-0}" MiB
 emit mount.remote.peak_rss "${remote_hwm:-0}" MiB
 
 # ---------------------------------------------------------------------------------------------------
-# 4. Remote write -> visible under MNT. t0 is taken just before the PUT, so each figure includes the
-#    PUT's round trip; polls are `cat` every 10 ms. Before each PUT a random pause of 0..1.2 x the
-#    interval puts it at a random phase of the poll cycle (the previous sample ended right after a pass).
+# 4. Remote write -> visible under MNT (or in DIR), measured by `latency-probe` (refremote/src/bin):
+#    t0 is taken just before the PUT request is written on a kept-alive TCP connection (no process
+#    start in the figure), so each figure includes the PUT's round trip; the file is then read every
+#    1 ms. Before each PUT a random pause of 0..PAUSE: 1.2 x the interval for polling (a random phase of
+#    the poll cycle; the previous sample ended right after a pass), 200 ms for the stream.
 lat_rows=()
-latency() { # latency LABEL INTERVAL_SECONDS (the service runs at that interval)
-    local label=$1 interval_s=$2 i path want t0 got lat timeout lats=() timeouts=0
-    timeout=30 # seconds per sample
-    for ((i = 1; i <= samples; i++)); do
-        path=/d001/latency-$label-$i.txt
-        want="latency $label sample $i $RANDOM$RANDOM"
-        sleep "$(awk -v r="$RANDOM" -v s="$interval_s" 'BEGIN { printf "%.3f", r / 32768 * 1.2 * s }')"
-        t0=$EPOCHREALTIME
-        curl -sS --fail-with-body -o /dev/null -X PUT \
-            "$URL/v1/workspaces/bench/fs/file?path=$path" -H "$AUTH" \
-            -H "X-Correlation-Id: bench_latency_${label}_$i" -H 'If-Match: *' \
-            -H 'Content-Type: application/json' \
-            -d "{\"contentType\":\"text/plain\",\"content\":\"$want\\n\"}" || {
-            say "PUT $path failed"
-            exit 1
-        }
-        lat=''
-        while :; do
-            got=$(cat "$MNT$path" 2>/dev/null || true)
-            if [[ $got == "$want" ]]; then
-                lat=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
-                break
-            fi
-            if awk -v a="$t0" -v b="$EPOCHREALTIME" -v t="$timeout" 'BEGIN { exit !(b - a > t) }'; then
-                break
-            fi
-            sleep 0.01
-        done
-        if [[ -z $lat ]]; then
-            say "latency $label sample $i: not visible within ${timeout}s"
+latency() { # latency LABEL PAUSE_MS ROOT SAMPLES
+    local label=$1 pause_ms=$2 root=$3 n_samples=$4 out lats=() timeouts=0
+    out=$("$PROBE" --url "$URL" --workspace bench --token-file "$TOKEN" --root "$root" --dir /d001 \
+        --label "$label" --samples "$n_samples" --pause-ms "$pause_ms") || {
+        say "latency-probe failed ($label)"
+        exit 1
+    }
+    local v
+    while read -r v; do
+        if [[ $v == timeout ]]; then
             timeouts=$((timeouts + 1))
-            ((timeouts >= 2)) && break
-            continue
+            say "latency $label: a sample was not visible within 30s"
+        else
+            lats+=("$v")
         fi
-        lats+=("$lat")
-    done
+    done <<<"$out"
     local n=${#lats[@]} p50=- p90=- max=- all=''
     if ((n > 0)); then
         read -r p50 p90 max < <(printf '%s\n' "${lats[@]}" | sort -g | awk '{ v[NR] = $1 } END {
@@ -474,20 +461,44 @@ latency() { # latency LABEL INTERVAL_SECONDS (the service runs at that interval)
         emit "mount.latency.$label.max" "$max" ms
     fi
     emit "mount.latency.$label.timeouts" "$timeouts" count
-    lat_rows+=("$(printf '%-15s %7s %8s %8s %8s %8s  %s' "$label" "$n/$samples" "$p50" "$p90" "$max" "$timeouts" "$all")")
+    lat_rows+=("$(printf '%-15s %7s %8s %8s %8s %8s  %s' "$label" "$n/$n_samples" "$p50" "$p90" "$max" "$timeouts" "$all")")
+}
+
+# wait_realtime LOG: until the service logged that the stream is connected (1 min).
+wait_realtime() {
+    for _ in $(seq 6000); do
+        grep -q 'realtime stream connected' "$1" 2>/dev/null && return 0
+        sleep 0.01
+    done
+    say "the realtime stream did not connect within 1 min:"
+    tail -n 10 "$1" >&2
+    exit 1
 }
 
 startup_200=-
 if [[ $latency == 1 ]]; then
-    say "latency: remote write -> visible under the mount (--interval 1s)"
-    latency interval_1s 1
+    say "latency: remote write -> visible under the mount (polling, --interval 1s)"
+    latency interval_1s 1200 "$MNT" "$samples"
     say "restarting the service with --interval 200ms"
     stop_service
     start_service 200ms
     startup_200=$startup_s
     emit mount.restart_to_mounted "$startup_200" s
-    say "latency: remote write -> visible under the mount (--interval 200ms)"
-    latency interval_200ms 0.2
+    say "latency: remote write -> visible under the mount (polling, --interval 200ms)"
+    latency interval_200ms 240 "$MNT" "$samples"
+    say "restarting the service with the realtime stream (--interval 30s)"
+    stop_service
+    start_service 30s auto true
+    wait_realtime "$WORK/service-30s.log"
+    say "latency: remote write -> visible under the mount (realtime stream, --interval 30s)"
+    latency realtime_fuse 200 "$MNT" "$rt_samples"
+    stop_service
+    say "starting the plain-directory service (--no-fuse, realtime stream, --interval 30s)"
+    "$MOUNTD" "${COMMON[@]}" --no-fuse --interval 30s 2>"$WORK/service-plain.log" &
+    service_pid=$!
+    wait_realtime "$WORK/service-plain.log"
+    say "latency: remote write -> visible in the mirror directory (realtime stream, --no-fuse)"
+    latency realtime_dir 200 "$DIR" "$rt_samples"
 fi
 stop_service
 
@@ -512,8 +523,10 @@ else
     printf '(read benchmarks skipped: --latency-only)\n\n'
 fi
 if [[ $latency == 1 ]]; then
-    printf 'remote write -> visible under MNT (ms, from just before the PUT; 10 ms cat polls)\n'
-    printf '%-15s %7s %8s %8s %8s %8s  %s\n' interval samples p50 p90 max timeouts 'all (sorted)'
+    printf 'remote write -> visible (ms, from just before the PUT on a kept-alive connection; the file is read every 1 ms)\n'
+    printf 'interval_*: polling only (--websocket=false) under MNT; realtime_fuse: the /fs/ws stream under\n'
+    printf 'MNT, --interval 30s; realtime_dir: the stream with --no-fuse, in DIR, --interval 30s\n'
+    printf '%-15s %7s %8s %8s %8s %8s  %s\n' mode samples p50 p90 max timeouts 'all (sorted)'
     printf '%s\n' "${lat_rows[@]}"
 fi
 printf '\nresults appended to %s\n' "${RESULTS#"$ROOT"/}"

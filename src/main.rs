@@ -33,6 +33,14 @@ fn init_logging(a: &RunArgs) {
             })
             .unwrap_or_else(|| EnvFilter::new("info"))
     };
+    // The WebSocket library logs its handshake request (the URL, which carries the stream's token)
+    // at trace level: never let that through, whatever the filter asks for.
+    let filter = ["tungstenite=info", "tokio_tungstenite=info"]
+        .iter()
+        .fold(filter, |f, d| match d.parse() {
+            Ok(d) => f.add_directive(d),
+            Err(_) => f,
+        });
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -80,6 +80,11 @@ pub struct Metrics {
     /// Consecutive failed attempts or passes (0 while healthy).
     consecutive_failures: AtomicU64,
     realtime_connected: AtomicBool,
+    /// Delivery lag of the last event applied from the realtime stream, in ms (`u64::MAX`: none yet).
+    realtime_lag_ms: AtomicU64,
+    /// Events and batches (transactions) applied from the realtime stream.
+    pub realtime_events: AtomicU64,
+    pub realtime_batches: AtomicU64,
     fuse_active: AtomicBool,
 }
 
@@ -117,6 +122,9 @@ impl Metrics {
             bootstrap_complete: AtomicBool::new(false),
             consecutive_failures: AtomicU64::new(0),
             realtime_connected: AtomicBool::new(false),
+            realtime_lag_ms: AtomicU64::new(u64::MAX),
+            realtime_events: AtomicU64::new(0),
+            realtime_batches: AtomicU64::new(0),
             fuse_active: AtomicBool::new(false),
         })
     }
@@ -162,6 +170,15 @@ impl Metrics {
     /// Whether the realtime stream (`/fs/ws`) is connected; called by the stream code (default 0).
     pub fn set_realtime_connected(&self, connected: bool) {
         self.realtime_connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// The delivery lag of the last event applied from the realtime stream: from the server's event
+    /// timestamp to the commit that made it visible.
+    pub fn set_realtime_lag(&self, lag: Duration) {
+        self.realtime_lag_ms.store(
+            lag.as_millis().min(u64::MAX as u128 - 1) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     /// Whether a FUSE mount is being served: the FUSE series are rendered only while it is.
@@ -257,6 +274,33 @@ impl Metrics {
             "1 while the realtime event stream is connected.",
             flag(&self.realtime_connected),
         );
+        family(
+            &mut out,
+            "mountd_realtime_lag_seconds",
+            "gauge",
+            "Delivery lag of the last event applied from the realtime stream: from the server's event timestamp to the commit that made it visible (absent until one was applied).",
+        );
+        let lag = load(&self.realtime_lag_ms);
+        if lag != u64::MAX {
+            out.push_str(&format!(
+                "mountd_realtime_lag_seconds {}\n",
+                lag as f64 / 1000.0
+            ));
+        }
+        single(
+            &mut out,
+            "mountd_realtime_events_total",
+            "counter",
+            "Events applied from the realtime stream.",
+            load(&self.realtime_events),
+        );
+        single(
+            &mut out,
+            "mountd_realtime_batches_total",
+            "counter",
+            "Transactions that applied realtime events (a burst is gathered into few).",
+            load(&self.realtime_batches),
+        );
         if self.fuse_active.load(Ordering::Relaxed) {
             family(
                 &mut out,
@@ -326,6 +370,9 @@ mod tests {
             bootstrap_complete: AtomicBool::new(false),
             consecutive_failures: AtomicU64::new(0),
             realtime_connected: AtomicBool::new(false),
+            realtime_lag_ms: AtomicU64::new(u64::MAX),
+            realtime_events: AtomicU64::new(0),
+            realtime_batches: AtomicU64::new(0),
             fuse_active: AtomicBool::new(false),
         }
     }
@@ -375,6 +422,7 @@ mod tests {
         );
         m.set_fuse_active(true);
         m.set_realtime_connected(true);
+        m.set_realtime_lag(Duration::from_millis(7));
         m.set_mirror(7, 700, 1, true);
         m.set_last_success(unix_now() - 5);
         m.observe_fuse("lookup", Duration::from_micros(30), true);
@@ -383,6 +431,7 @@ mod tests {
         for want in [
             "mountd_fuse_request_latency_seconds_bucket{op=\"lookup\",le=\"0.00005\"} 1\n",
             "mountd_realtime_connected 1\n",
+            "mountd_realtime_lag_seconds 0.007\n",
             "mountd_files 7\n",
             "mountd_bytes 700\n",
             "mountd_quarantined_files 1\n",

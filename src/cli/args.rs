@@ -470,6 +470,10 @@ pub struct RunArgs {
     /// Poll interval of the events feed (± --interval-jitter).
     #[arg(long, env = "RELAYFILE_MOUNT_INTERVAL", value_parser = parse_duration_lenient, default_value = "30s", help_heading = "Mount service")]
     pub interval: Duration,
+    /// Ping period of the realtime stream (--websocket): a stream silent for twice this long is
+    /// given up (polling meanwhile) and reconnected.
+    #[arg(long, env = "MOUNTD_WS_PING_INTERVAL", value_parser = parse_duration, default_value = "15s", hide = true)]
+    pub ws_ping_interval: Duration,
     /// Random jitter of the poll interval, as a ratio (0.2 = ±20%).
     #[arg(long, env = "RELAYFILE_MOUNT_INTERVAL_JITTER", value_parser = parse_ratio, default_value = "0.2", help_heading = "Mount service")]
     pub interval_jitter: f64,
@@ -556,7 +560,8 @@ pub struct CompatArgs {
     /// pull-only (what mountd does), mirror (accepted: mountd is read-only) or write-only (refused).
     #[arg(long, env = "RELAYFILE_MOUNT_SYNC_MODE", value_enum)]
     pub sync_mode: Option<SyncMode>,
-    /// Realtime events over /fs/ws. mountd polls /fs/events every --interval.
+    /// Realtime events over /fs/ws [default: true]: changes are applied as they arrive; polling
+    /// /fs/events every --interval continues as the safety net and the fallback while the stream is down.
     #[arg(long, env = "RELAYFILE_MOUNT_WEBSOCKET", value_parser = parse_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", action = ArgAction::Set)]
     pub websocket: Option<bool>,
     /// Time budget for resolving the events tip. In mountd that is one ordinary request under the
@@ -704,6 +709,9 @@ pub fn validate_timeouts(a: &RunArgs, read_timeout: Duration) -> Result<(), Stri
     }
     if a.interval.is_zero() {
         return Err("--interval must be positive".into());
+    }
+    if a.ws_ping_interval < Duration::from_millis(10) {
+        return Err("MOUNTD_WS_PING_INTERVAL must be at least 10ms".into());
     }
     Ok(())
 }

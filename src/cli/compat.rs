@@ -441,9 +441,7 @@ pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
     let c = &a.compat;
     let cm = m;
     let o = |id: &str, flag: &str, env: &str| origin(cm, id, flag, env);
-    if c.websocket == Some(true) && explicit(m, "websocket") {
-        w.push(format!("{}: mountd does not use the /fs/ws stream; it polls /fs/events every --interval ({}, ±{:.0}%), so this has no effect", o("websocket", "--websocket", "RELAYFILE_MOUNT_WEBSOCKET"), fmt(a.interval), a.interval_jitter * 100.0));
-    }
+    // --websocket is honoured (the realtime stream, on by default): nothing to warn about.
     if let Some(d) = c.cursor_timeout {
         w.push(format!("{} {}: no separate effect in mountd: resolving the events tip is one ordinary request under the per-read timeout ({}) and retries", o("cursor_timeout", "--cursor-timeout", "RELAYFILE_CURSOR_TIMEOUT"), fmt(d), fmt(read)));
     }
@@ -591,6 +589,20 @@ mod tests {
             .warnings
             .iter()
             .any(|w| w.contains("per-cycle file budget")));
+    }
+
+    #[test]
+    fn websocket_is_honoured_not_warned() {
+        for flag in ["--websocket", "--websocket=true", "--websocket=false"] {
+            let (_, r) = resolved(&[flag]);
+            assert!(
+                !r.warnings.iter().any(|w| w.contains("websocket")),
+                "{flag}: {:?}",
+                r.warnings
+            );
+        }
+        let (a, _) = resolved(&["--websocket"]);
+        assert_eq!(a.compat.websocket, Some(true));
     }
 
     #[test]

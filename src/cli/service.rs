@@ -1,5 +1,8 @@
-//! The long-running service: bootstrap if needed, then serve (FUSE or plain directory) and apply the
-//! events feed every interval (±20% jitter) until SIGTERM/SIGINT.
+//! The long-running service: bootstrap if needed, then serve (FUSE or plain directory) and keep the
+//! mirror in sync until SIGTERM/SIGINT: from the realtime stream (`/fs/ws`, [`crate::sync::realtime`])
+//! as changes arrive, and by polling the events feed every interval (±20% jitter) — the safety net
+//! while the stream is healthy and the fallback whenever it is not (`--websocket=false`: polling only).
+//! Both apply events under the engine's exclusive lock and share one cursor.
 //!
 //! It stays up whatever the remote does. A failed attempt or pass is retried with capped exponential
 //! backoff ([`backoff`]: 1 s doubling up to the poll interval, at most 5 min, ±20 % jitter), forever
@@ -350,6 +353,23 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
             None
         }
     };
+    // The realtime stream, next to the poll loop below.
+    let realtime = if a.compat.websocket.unwrap_or(true) {
+        Some(crate::sync::realtime::spawn(
+            s.engine.clone(),
+            crate::sync::realtime::RealtimeConfig {
+                client: s.client.clone(),
+                ping_interval: a.ws_ping_interval,
+                poll_interval: a.interval,
+            },
+        ))
+    } else {
+        tracing::info!("realtime stream off (--websocket=false): polling every --interval");
+        if let Err(e) = crate::sync::realtime::record_off(&s.engine).await {
+            tracing::warn!(error = %e, "cannot record the realtime stream's state");
+        }
+        None
+    };
     shown.lock().unwrap().phase = Phase::Serving;
     let text = status_text(&shown.lock().unwrap(), &s.engine);
     notify(&[
@@ -375,6 +395,8 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
         let started = Instant::now();
         let pass =
             crate::sync::watchdog::guarded(&progress, s.limits.idle, Duration::ZERO, async move {
+                // Not while a realtime batch is being applied (and none starts until this is done).
+                let _exclusive = e.exclusive().await;
                 let traversal = e.read(|st| st.checkpoint()).await?.is_some();
                 if audit_due || traversal {
                     e.audit().await?;
@@ -421,6 +443,8 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
         }
     };
     notify(&[sd_notify::NotifyState::Stopping]);
+    // Stop the stream before the mount goes: no commit (and no cache invalidation) after it.
+    drop(realtime);
     if let Some(m) = mount {
         m.unmount();
         tracing::info!("unmounted");

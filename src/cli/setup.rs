@@ -160,6 +160,9 @@ pub fn log_startup(a: &RunArgs, p: &Preflight) {
 /// Everything a run needs, built and validated before the first request.
 pub struct Setup {
     pub engine: Engine,
+    /// How to reach the workspace (for the realtime stream, which is not a [`crate::remote::Remote`]
+    /// call).
+    pub client: ClientConfig,
     pub limits: Limits,
     pub _lock: crate::cli::lock::MirrorLock,
 }
@@ -215,14 +218,14 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
     let state = State::open(&db, &identity).map_err(|e| Fatal::usage(e.to_string()))?;
     let db = Db::spawn(state).map_err(|e| Fatal::usage(e.to_string()))?;
 
-    let http = HttpRemote::new(&ClientConfig {
+    let client = ClientConfig {
         base_url,
         workspace,
         token,
         connect_timeout: a.connect_timeout,
         read_timeout,
-    })
-    .map_err(Fatal::usage)?;
+    };
+    let http = HttpRemote::new(&client).map_err(Fatal::usage)?;
     let remote = Retrying::new(
         http,
         RetryPolicy {
@@ -268,6 +271,7 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
     );
     Ok(Setup {
         engine,
+        client,
         limits: Limits {
             idle: a.bootstrap_idle_timeout,
             cap: a.bootstrap_timeout,

@@ -46,7 +46,7 @@ pub fn command(s: &StatusArgs) -> i32 {
                     status.daemon_running = true;
                     status.daemon_pid = pid;
                 }
-                Ok(crate::cli::lock::Holder::Free) => {}
+                Ok(crate::cli::lock::Holder::Free) => status.daemon_stopped(),
                 Err(e) => eprintln!("mountd status: cannot check the mirror lock: {e}"),
             }
             if s.json {
@@ -114,6 +114,26 @@ pub struct Status {
     pub traversal: Option<Traversal>,
     pub quarantined: Vec<crate::store::db::Quarantined>,
     pub remote: Remote,
+    /// The realtime stream (`/fs/ws`) as the service last recorded it: `state` is `connected`,
+    /// `polling` (the stream is down, the feed is polled meanwhile), `off` (`--websocket=false`) or
+    /// `stopped` (no daemon); `lagMs` is the delivery lag of the last event it applied. `null` before
+    /// a service ever ran on this mirror.
+    pub realtime: Option<crate::sync::realtime::RealtimeState>,
+    /// True while a running service has the stream connected.
+    pub realtime_connected: bool,
+}
+
+impl Status {
+    /// No process holds the mirror: whatever the stream's state was, it is not running now.
+    fn daemon_stopped(&mut self) {
+        if let Some(r) = &mut self.realtime {
+            if r.state != "off" {
+                r.state = "stopped".into();
+                r.reason = Some("no mountd service is running".into());
+            }
+        }
+        self.realtime_connected = false;
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -163,7 +183,12 @@ pub fn read(st: &State) -> Result<Status, StateError> {
         }),
         None => None,
     };
+    let realtime = st
+        .meta(MetaKey::RealtimeState)?
+        .and_then(|j| crate::sync::realtime::RealtimeState::parse(&j));
     Ok(Status {
+        realtime_connected: realtime.as_ref().is_some_and(|r| r.state == "connected"),
+        realtime,
         state_db: st.path().display().to_string(),
         phase: phase.into(),
         bootstrap_complete: complete,
@@ -269,6 +294,31 @@ pub fn render(s: &Status) -> String {
         opt(&s.last_sync_at),
         opt(&s.last_path),
     ));
+    if let Some(r) = &s.realtime {
+        let since = r
+            .since
+            .as_deref()
+            .map_or(String::new(), |t| match age(Some(t)) {
+                Some(a) => format!(" since {t} ({})", ago(a)),
+                None => format!(" since {t}"),
+            });
+        let line = match r.state.as_str() {
+            "connected" => {
+                let last = match (&r.last_event_id, r.lag_ms) {
+                    (Some(id), Some(lag)) => format!("; last event {id}, lag {lag} ms"),
+                    (Some(id), None) => format!("; last event {id}"),
+                    _ => String::new(),
+                };
+                format!("connected{since}{last}")
+            }
+            "polling" => format!(
+                "down{since}, polling every interval meanwhile: {}",
+                r.reason.as_deref().unwrap_or("-")
+            ),
+            other => format!("{other} ({})", r.reason.as_deref().unwrap_or("-")),
+        };
+        out.push_str(&format!("realtime:      {line}\n"));
+    }
     if let Some(t) = &s.traversal {
         out.push_str(&format!(
             "traversal:     {} phase, {} pages, {} files done of {}, {} directories queued, at {}\n",

@@ -7,6 +7,9 @@
 //!   exports, one directory listing or file failing, a hang at any call);
 //! - the reference server's store in-process (in the test harness, `tests/common`).
 //!
+//! The realtime change stream (`/fs/ws`) is not a [`Remote`] method: [`ws`] opens it from the same
+//! [`http::ClientConfig`].
+//!
 //! Error classes live in [`error`], wire types in [`types`], the incremental JSON scanner that decodes
 //! file content as it arrives in [`scan`], and the export's entry stream in [`export`].
 pub mod body;
@@ -17,6 +20,7 @@ pub mod http;
 pub mod retry;
 pub mod scan;
 pub mod types;
+pub mod ws;
 
 pub use error::RemoteError;
 

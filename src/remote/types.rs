@@ -48,6 +48,19 @@ pub struct Event {
     pub revision: Option<String>,
     #[serde(rename = "contentHash", default)]
     pub content_hash: Option<String>,
+    /// When the server recorded the event (RFC 3339); the realtime stream's lag is measured from it.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    /// Realtime stream only: the message carries the file's current content (`content`, `encoding`,
+    /// `contentType`), to be used once its SHA-256 matches `contentHash`.
+    #[serde(rename = "inlineContent", default)]
+    pub inline_content: bool,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub encoding: Option<String>,
+    #[serde(rename = "contentType", default)]
+    pub content_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

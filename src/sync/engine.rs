@@ -328,6 +328,9 @@ pub struct Engine {
     tally: Arc<std::sync::Mutex<Tally>>,
     /// A forced audit not run yet.
     audit_requested: Arc<std::sync::atomic::AtomicBool>,
+    /// Held by whoever applies feed events (a service sync pass, a realtime batch): see
+    /// [`Engine::exclusive`].
+    apply_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Engine {
@@ -347,7 +350,16 @@ impl Engine {
             progress,
             sink: None,
             tally: Arc::default(),
+            apply_lock: Arc::default(),
         }
+    }
+
+    /// Exclusive use of the events cursor and of the files it covers, until the guard is dropped. The
+    /// service's sync pass and the realtime stream's batches both take it, so one never applies an older
+    /// event (a delete, say) after the other applied a newer one, and each reads the cursor the other
+    /// committed.
+    pub async fn exclusive(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.apply_lock.clone().lock_owned().await
     }
 
     /// Tell `sink` what each later commit changes (the FUSE view's cache invalidation).

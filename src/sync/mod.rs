@@ -8,5 +8,6 @@ pub mod content;
 pub mod engine;
 pub mod incremental;
 pub mod progress;
+pub mod realtime;
 pub mod statefile;
 pub mod watchdog;

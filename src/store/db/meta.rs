@@ -31,6 +31,9 @@ pub enum MetaKey {
     NoProgressRuns,
     /// Local files the remote does not have, found by the last full listing (reported, kept).
     ExtraFiles,
+    /// The realtime stream's state as the service last recorded it (JSON: connected or polling, since
+    /// when, why, the last event and its lag), for `mountd status`.
+    RealtimeState,
     IdentityBaseUrl,
     IdentityWorkspace,
     IdentityRemoteRoot,
@@ -55,6 +58,7 @@ impl MetaKey {
             MetaKey::FailedAttempts => "failed_attempts",
             MetaKey::NoProgressRuns => "no_progress_runs",
             MetaKey::ExtraFiles => "extra_files",
+            MetaKey::RealtimeState => "realtime_state",
             MetaKey::IdentityBaseUrl => "identity.base_url",
             MetaKey::IdentityWorkspace => "identity.workspace",
             MetaKey::IdentityRemoteRoot => "identity.remote_root",
