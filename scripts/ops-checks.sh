@@ -48,16 +48,18 @@ if [[ $deb == 1 ]]; then
     echo "ops-checks.sh: package built in $((SECONDS - t0))s" >&2
     pkg=$(ls -t "${CARGO_TARGET_DIR:-target}"/debian/mountd_*.deb | head -n1)
     dpkg-deb --info "$pkg" >&2
+    # Read the listing once (grep -q on a pipe would stop early and fail the pipeline under pipefail).
+    contents=$(dpkg-deb --contents "$pkg")
     # The daemon only: the reference remote must never be packaged.
-    if dpkg-deb --contents "$pkg" | grep -q 'mountd-remote'; then
+    if grep -q 'mountd-remote' <<<"$contents"; then
         echo "ops-checks.sh: $pkg contains mountd-remote" >&2
         exit 1
     fi
-    dpkg-deb --contents "$pkg" | grep -q ' \./usr/share/man/man1/mountd.1' || {
+    grep -q ' \./usr/share/man/man1/mountd\.1' <<<"$contents" || {
         echo "ops-checks.sh: $pkg has no man page" >&2
         exit 1
     }
-    dpkg-deb --contents "$pkg" | grep -q ' \./usr/bin/mountd$' || {
+    grep -q ' \./usr/bin/mountd$' <<<"$contents" || {
         echo "ops-checks.sh: $pkg has no /usr/bin/mountd" >&2
         exit 1
     }
