@@ -109,7 +109,12 @@ fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
 
 impl Metrics {
     pub fn global() -> &'static Metrics {
-        GLOBAL.get_or_init(|| Metrics {
+        GLOBAL.get_or_init(Metrics::new)
+    }
+
+    /// A registry with every counter at zero (the process-wide one is [`Metrics::global`]).
+    fn new() -> Metrics {
+        Metrics {
             sync_passes: AtomicU64::new(0),
             sync_failures: AtomicU64::new(0),
             sync_pass_seconds: Histogram::new(),
@@ -126,7 +131,7 @@ impl Metrics {
             realtime_events: AtomicU64::new(0),
             realtime_batches: AtomicU64::new(0),
             fuse_active: AtomicBool::new(false),
-        })
+        }
     }
 
     pub fn observe_pass(&self, d: Duration, ok: bool) {
@@ -357,24 +362,7 @@ mod tests {
     use super::*;
 
     fn fresh() -> Metrics {
-        Metrics {
-            sync_passes: AtomicU64::new(0),
-            sync_failures: AtomicU64::new(0),
-            sync_pass_seconds: Histogram::new(),
-            fuse_latency: [const { Histogram::new() }; FUSE_OPS.len()],
-            fuse_errors: [const { AtomicU64::new(0) }; FUSE_OPS.len()],
-            last_success_unix: AtomicU64::new(0),
-            files: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            quarantined: AtomicU64::new(0),
-            bootstrap_complete: AtomicBool::new(false),
-            consecutive_failures: AtomicU64::new(0),
-            realtime_connected: AtomicBool::new(false),
-            realtime_lag_ms: AtomicU64::new(u64::MAX),
-            realtime_events: AtomicU64::new(0),
-            realtime_batches: AtomicU64::new(0),
-            fuse_active: AtomicBool::new(false),
-        }
+        Metrics::new()
     }
 
     /// Every sample belongs to a family announced with `# HELP` and `# TYPE` before it.
