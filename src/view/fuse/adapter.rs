@@ -6,8 +6,10 @@
 //! long TTL (never zero); the sync engine's change sink ([`super::invalidate`]) invalidates exactly
 //! what changed. File data is served in one of the [`DataMode`]s:
 //! * passthrough: OPEN registers the inode's opened version as the kernel's backing file (one
-//!   `BackingId` per inode, shared by its open handles, dropped with the last one); reads and mmap
-//!   never reach the daemon;
+//!   `BackingId` per inode, shared by its open handles); reads and mmap never reach the daemon. The id
+//!   outlives the last handle (up to [`MAX_IDLE_BACKINGS`], least recently released dropped first, and
+//!   dropped when the kernel forgets the inode), so opening a file again costs the daemon a map lookup:
+//!   no database read, no `open(2)`, no ioctl;
 //! * page cache: OPEN is answered ENOSYS once (`FUSE_NO_OPEN_SUPPORT`), after which the kernel opens
 //!   without a message and keeps the inode's page cache (`FOPEN_KEEP_CACHE` is its default then); a
 //!   cache miss is a READ without a handle, served from the version pinned at the inode's first read;
@@ -24,10 +26,10 @@ use fuser::{
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -72,12 +74,88 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Passthrough bookkeeping: one backing id per inode with the number of handles using it, and the
-/// handles that were opened in passthrough.
+/// Backing ids kept registered with no handle open (each holds a kernel `struct file` of the mirror,
+/// not a descriptor of the daemon's).
+const MAX_IDLE_BACKINGS: usize = 65536;
+/// Handles of opens answered from a kept backing id (no [`MirrorFs`] handle behind them) count from
+/// here, far above the ones [`MirrorFs::open`] hands out.
+const KEPT_FH_BASE: u64 = 1 << 62;
+
+/// One inode's registered backing file: how many handles use it, and the release stamp that queued it
+/// as idle (its entry in [`Backings::idle`]) when none does.
+struct Backing {
+    id: BackingId,
+    handles: u32,
+    idle_stamp: u64,
+}
+
+/// Passthrough bookkeeping: one backing id per inode, the handles that were opened in passthrough, and
+/// the idle ids in release order.
 #[derive(Default)]
 struct Backings {
-    by_ino: HashMap<u64, (BackingId, u32)>,
+    by_ino: HashMap<u64, Backing>,
     handles: HashSet<u64>,
+    /// (inode, stamp) in release order; an entry whose stamp no longer matches its inode's is stale.
+    idle: VecDeque<(u64, u64)>,
+    idle_count: usize,
+    stamp: u64,
+}
+
+impl Backings {
+    /// A handle of `ino` was opened on its kept id; `None` when there is none.
+    fn reuse(&mut self, ino: u64, fh: u64) -> Option<&BackingId> {
+        let b = self.by_ino.get_mut(&ino)?;
+        if b.handles == 0 {
+            self.idle_count -= 1;
+        }
+        b.handles += 1;
+        b.idle_stamp = 0;
+        self.handles.insert(fh);
+        Some(&b.id)
+    }
+
+    /// Handle `fh` of `ino` was released; its last one makes the id idle, and the oldest idle ids over
+    /// the bound are unregistered.
+    fn release(&mut self, ino: u64, fh: u64) {
+        if !self.handles.remove(&fh) {
+            return;
+        }
+        let Some(b) = self.by_ino.get_mut(&ino) else {
+            return;
+        };
+        b.handles = b.handles.saturating_sub(1);
+        if b.handles > 0 {
+            return;
+        }
+        self.stamp += 1;
+        b.idle_stamp = self.stamp;
+        self.idle.push_back((ino, self.stamp));
+        self.idle_count += 1;
+        while self.idle_count > MAX_IDLE_BACKINGS {
+            let Some((old, stamp)) = self.idle.pop_front() else {
+                break;
+            };
+            if self.by_ino.get(&old).is_some_and(|b| b.idle_stamp == stamp) {
+                // Dropping the id unregisters it (the kernel keeps its own reference while in use).
+                self.by_ino.remove(&old);
+                self.idle_count -= 1;
+            }
+        }
+        if self.idle.len() > 2 * MAX_IDLE_BACKINGS + 64 {
+            let by_ino = &self.by_ino;
+            self.idle
+                .retain(|(i, s)| by_ino.get(i).is_some_and(|b| b.idle_stamp == *s));
+        }
+    }
+
+    /// The kernel forgot `ino`: nothing can open it again.
+    fn forget(&mut self, ino: u64) {
+        if let Some(b) = self.by_ino.remove(&ino) {
+            if b.handles == 0 {
+                self.idle_count -= 1;
+            }
+        }
+    }
 }
 
 /// The `fuser::Filesystem` over a [`MirrorFs`].
@@ -87,6 +165,7 @@ pub struct FuseAdapter {
     mode: Arc<ModeState>,
     backings: Mutex<Backings>,
     backing_failed: AtomicBool,
+    next_kept_fh: AtomicU64,
 }
 
 impl FuseAdapter {
@@ -97,6 +176,7 @@ impl FuseAdapter {
             mode,
             backings: Mutex::new(Backings::default()),
             backing_failed: AtomicBool::new(false),
+            next_kept_fh: AtomicU64::new(KEPT_FH_BASE),
         }
     }
 
@@ -197,6 +277,7 @@ impl Filesystem for FuseAdapter {
     fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
         // The kernel sends FORGET once, when it evicts the inode: no read of it can follow.
         self.fs.forget(ino.0);
+        lock(&self.backings).forget(ino.0);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -219,6 +300,14 @@ impl Filesystem for FuseAdapter {
             // From now on the kernel opens files without asking (and keeps their page cache).
             return reply.error(Errno::ENOSYS);
         }
+        if mode == DataMode::Passthrough {
+            // Opened before: its backing file is still registered, nothing to look up or open.
+            let fh = self.next_kept_fh.fetch_add(1, Ordering::Relaxed);
+            let mut b = lock(&self.backings);
+            if let Ok(Some(id)) = timed("open", || Ok(b.reuse(ino.0, fh))) {
+                return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, id);
+            }
+        }
         let (fh, version) = match timed("open", || self.fs.open(ino.0)) {
             Ok(v) => v,
             Err(e) => return reply.error(errno(e)),
@@ -227,16 +316,21 @@ impl Filesystem for FuseAdapter {
         match mode {
             DataMode::Passthrough => {
                 let mut b = lock(&self.backings);
-                if let Some((id, n)) = b.by_ino.get_mut(&ino.0) {
-                    *n += 1;
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, id);
-                    b.handles.insert(fh);
-                    return;
+                // Another thread may have registered it meanwhile: one id per inode.
+                if let Some(id) = b.reuse(ino.0, fh) {
+                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, id);
                 }
                 match reply.open_backing(&version.file) {
                     Ok(id) => {
                         reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
-                        b.by_ino.insert(ino.0, (id, 1));
+                        b.by_ino.insert(
+                            ino.0,
+                            Backing {
+                                id,
+                                handles: 1,
+                                idle_stamp: 0,
+                            },
+                        );
                         b.handles.insert(fh);
                     }
                     Err(e) => {
@@ -303,19 +397,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        {
-            let mut b = lock(&self.backings);
-            if b.handles.remove(&fh.0) {
-                if let Some((_, n)) = b.by_ino.get_mut(&ino.0) {
-                    *n -= 1;
-                    if *n == 0 {
-                        // The last handle: unregister the backing file (the kernel holds its own
-                        // reference for as long as it needs one).
-                        b.by_ino.remove(&ino.0);
-                    }
-                }
-            }
-        }
+        lock(&self.backings).release(ino.0, fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }
