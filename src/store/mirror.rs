@@ -1,4 +1,5 @@
-//! The local mirror on disk: verified, atomic writes (temp file in `<root>/.mountd/tmp`, then rename),
+//! The local mirror on disk: verified, atomic writes (an unnamed `O_TMPFILE` linked in, or a temp file in
+//! `<root>/.mountd/tmp` renamed over the target),
 //! deletes, and the durability barrier used before each checkpoint commit.
 //!
 //! fsync policy: files are not fsynced one by one. Before each checkpoint is committed to SQLite the
@@ -41,6 +42,8 @@ pub struct LocalStore {
     /// Directories already known to be real directories (not symlinks) under the root.
     known_dirs: Mutex<HashSet<String>>,
     seq: AtomicU64,
+    /// How unnamed temp files (`O_TMPFILE`) are linked in; `None`: not supported, named temp files.
+    unnamed: Option<LinkBy>,
 }
 
 impl LocalStore {
@@ -54,11 +57,13 @@ impl LocalStore {
         for entry in fs::read_dir(&tmp)? {
             let _ = fs::remove_file(entry?.path());
         }
+        let unnamed = unnamed_works(&tmp);
         Ok(LocalStore {
             root,
             tmp,
             known_dirs: Mutex::new(HashSet::new()),
             seq: AtomicU64::new(0),
+            unnamed,
         })
     }
 
@@ -166,8 +171,14 @@ impl LocalStore {
     }
 
     /// Like [`LocalStore::write_atomic`], with the content produced by `fill` into the temp file (it gets
-    /// the file and the temp path for error messages); an error from `fill` (a hash mismatch found while
+    /// the file and the path for error messages); an error from `fill` (a hash mismatch found while
     /// decoding, say) leaves the target untouched.
+    ///
+    /// Where the file system supports it the content goes into an unnamed file (`O_TMPFILE`) in the
+    /// target's own directory that is then linked in under its name: no temp name, nothing left behind
+    /// by a crash, and no cross-directory rename (which serialises on a per-file-system lock). A target
+    /// that already exists is replaced by linking the unnamed file into the reserved dir and renaming it
+    /// over the target, which keeps the replacement atomic.
     pub fn write_atomic_with<T>(
         &self,
         rel: &str,
@@ -177,15 +188,18 @@ impl LocalStore {
         self.ensure_dir(parent)
             .map_err(|e| WriteError::local(&self.abs(parent), e))?;
         let target = self.abs(rel);
-        if let Ok(m) = fs::symlink_metadata(&target) {
-            if m.is_dir() {
-                // The remote replaced a directory by a file: remove the stale local tree.
-                fs::remove_dir_all(&target).map_err(|e| WriteError::local(&target, e))?;
-                self.forget_dirs(rel);
+        if let Some(by) = self.unnamed {
+            match open_unnamed(&self.abs(parent)) {
+                Ok(mut f) => {
+                    let v = fill(&mut f, &target)?;
+                    self.link_unnamed(&f, by, rel, &target)?;
+                    return Ok(v);
+                }
+                Err(e) => return Err(WriteError::local(&target, e)),
             }
         }
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp.join(format!("{}.{n}.tmp", std::process::id()));
+        self.clear_dir_in_way(rel, &target)?;
+        let tmp = self.tmp_path();
         let result = (|| {
             let mut f = fs::OpenOptions::new()
                 .write(true)
@@ -204,10 +218,50 @@ impl LocalStore {
         result
     }
 
+    /// Give the unnamed file `f` the name `target`: a new name is linked at once; an existing file is
+    /// replaced atomically (link into the reserved dir, rename over it); a directory in the way goes.
+    fn link_unnamed(
+        &self,
+        f: &fs::File,
+        by: LinkBy,
+        rel: &str,
+        target: &Path,
+    ) -> Result<(), WriteError> {
+        let link = |to: &Path| link_unnamed_at(f, to, by);
+        match link(target) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(WriteError::local(target, e)),
+        }
+        self.clear_dir_in_way(rel, target)?;
+        let tmp = self.tmp_path();
+        link(&tmp).map_err(|e| WriteError::local(&tmp, e))?;
+        fs::rename(&tmp, target).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            WriteError::local(target, e)
+        })
+    }
+
+    /// The remote replaced a directory by a file: remove the stale local tree at `rel`.
+    fn clear_dir_in_way(&self, rel: &str, target: &Path) -> Result<(), WriteError> {
+        if let Ok(m) = fs::symlink_metadata(target) {
+            if m.is_dir() {
+                fs::remove_dir_all(target).map_err(|e| WriteError::local(target, e))?;
+                self.forget_dirs(rel);
+            }
+        }
+        Ok(())
+    }
+
+    /// A fresh name in the reserved temp directory.
+    fn tmp_path(&self) -> PathBuf {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.tmp.join(format!("{}.{n}.tmp", std::process::id()))
+    }
+
     /// A new, empty temp file in the reserved directory; removed on drop unless [`LocalStore::persist`]ed.
     pub fn temp_file(&self) -> io::Result<TempFile> {
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let path = self.tmp.join(format!("{}.{n}.tmp", std::process::id()));
+        let path = self.tmp_path();
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -235,12 +289,7 @@ impl LocalStore {
         self.ensure_dir(parent)
             .map_err(|e| WriteError::local(&self.abs(parent), e))?;
         let target = self.abs(rel);
-        if let Ok(m) = fs::symlink_metadata(&target) {
-            if m.is_dir() {
-                fs::remove_dir_all(&target).map_err(|e| WriteError::local(&target, e))?;
-                self.forget_dirs(rel);
-            }
-        }
+        self.clear_dir_in_way(rel, &target)?;
         let from = tmp.path.take().expect("temp file not persisted twice");
         fs::rename(&from, &target).map_err(|e| {
             let _ = fs::remove_file(&from);
@@ -392,6 +441,64 @@ impl Drop for TempFile {
 
 /// A lookup error that means "no such file here": missing, or a path component is a file (ENOTDIR), as
 /// when the remote replaced that file by a directory and the mirror has not caught up yet.
+/// An unnamed file (`O_TMPFILE`) in directory `dir`, to be linked in when complete.
+fn open_unnamed(dir: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .mode(0o644)
+        .open(dir)
+}
+
+/// How an unnamed file is linked in: `linkat(fd, "", AT_EMPTY_PATH)` (Linux >= 6.10 for the opener
+/// without CAP_DAC_READ_SEARCH) or through its `/proc/self/fd` link (a path walk through procfs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LinkBy {
+    EmptyPath,
+    Proc,
+}
+
+/// Link the unnamed file `f` in as `to`; fails with `AlreadyExists` when `to` exists.
+fn link_unnamed_at(f: &fs::File, to: &Path, by: LinkBy) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    match by {
+        LinkBy::EmptyPath => nix::unistd::linkat(
+            f,
+            "",
+            nix::fcntl::AT_FDCWD,
+            to,
+            nix::fcntl::AtFlags::AT_EMPTY_PATH,
+        ),
+        LinkBy::Proc => nix::unistd::linkat(
+            nix::fcntl::AT_FDCWD,
+            format!("/proc/self/fd/{}", f.as_raw_fd()).as_str(),
+            nix::fcntl::AT_FDCWD,
+            to,
+            nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+        ),
+    }
+    .map_err(io::Error::from)
+}
+
+/// Whether (and how) unnamed files can be created in `dir` and linked in; tried once when the store
+/// opens.
+fn unnamed_works(dir: &Path) -> Option<LinkBy> {
+    let probe = dir.join(format!("{}.probe.tmp", std::process::id()));
+    let mut last = None;
+    for by in [LinkBy::EmptyPath, LinkBy::Proc] {
+        let r = open_unnamed(dir).and_then(|f| link_unnamed_at(&f, &probe, by));
+        let _ = fs::remove_file(&probe);
+        match r {
+            Ok(()) => return Some(by),
+            Err(e) => last = Some(e),
+        }
+    }
+    if let Some(e) = last {
+        tracing::debug!(error = %e, "unnamed temp files (O_TMPFILE) unavailable in the mirror; using named ones");
+    }
+    None
+}
+
 fn is_absent(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
 }
@@ -432,6 +539,50 @@ mod tests {
             0
         );
         s.sync().unwrap();
+    }
+
+    /// Both ways of writing (an unnamed file linked in, a named temp file renamed) create, replace
+    /// (an open reader keeps the old bytes), clear a directory in the way, and leave no temp file.
+    #[test]
+    fn writes_create_replace_and_clear_a_directory_either_way() {
+        use std::io::Read as _;
+        for named in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = LocalStore::open(dir.path()).unwrap();
+            if named {
+                s.unnamed = None;
+            } else {
+                assert!(
+                    s.unnamed.is_some(),
+                    "O_TMPFILE works on the test file system"
+                );
+            }
+            s.write_atomic("d/f", b"one").unwrap();
+            let mut old = fs::File::open(dir.path().join("d/f")).unwrap();
+            s.write_atomic("d/f", b"two!").unwrap();
+            assert_eq!(fs::read(dir.path().join("d/f")).unwrap(), b"two!");
+            let mut kept = String::new();
+            old.read_to_string(&mut kept).unwrap();
+            assert_eq!(kept, "one", "an open reader keeps its version");
+            fs::create_dir_all(dir.path().join("d/g/h")).unwrap();
+            fs::write(dir.path().join("d/g/h/x"), b"x").unwrap();
+            s.write_atomic("d/g", b"file now").unwrap();
+            assert_eq!(fs::read(dir.path().join("d/g")).unwrap(), b"file now");
+            let err = s.write_atomic_with("d/bad", |_, _| -> Result<(), WriteError> {
+                Err(WriteError::Content("hash mismatch".into()))
+            });
+            assert!(err.is_err());
+            assert!(
+                !dir.path().join("d/bad").exists(),
+                "a failed fill leaves nothing"
+            );
+            assert_eq!(
+                fs::read_dir(dir.path().join(".mountd/tmp"))
+                    .unwrap()
+                    .count(),
+                0
+            );
+        }
     }
 
     #[test]

@@ -205,15 +205,20 @@ impl Engine {
             }
             tokio::select! {
                 Some(done) = inflight.next(), if !inflight.is_empty() => {
-                    applied += 1;
-                    let done: Result<Applied, tokio::task::JoinError> = done;
-                    match done.map_err(|e| SyncError::Internal(format!("export worker: {e}")))? {
-                        Applied::Ok { remote, rel, meta } => { self.note_fetched(); self.note_done(&mut pending, remote, rel, meta) }
-                        Applied::Hostile { remote, why } => self.note_hostile(&mut pending, remote, &why),
-                        Applied::Local(e) => {
-                            self.commit(pending, ck.snapshot, None, vec![]).await?;
-                            return Err(e.into());
+                    let done: Result<Vec<Applied>, tokio::task::JoinError> = done;
+                    let mut local_error = None;
+                    for a in done.map_err(|e| SyncError::Internal(format!("export worker: {e}")))? {
+                        applied += 1;
+                        match a {
+                            Applied::Ok { remote, rel, meta } => { self.note_fetched(); self.note_done(&mut pending, remote, rel, meta) }
+                            Applied::Hostile { remote, why } => self.note_hostile(&mut pending, remote, &why),
+                            Applied::Local(e) => local_error = local_error.or(Some(e)),
                         }
+                    }
+                    if let Some(e) = local_error {
+                        // What the group placed before the error is committed with the rest.
+                        self.commit(pending, ck.snapshot, None, vec![]).await?;
+                        return Err(e.into());
                     }
                     if intra_commit_due(pending.files.len() + pending.quarantine.len(), last_commit) {
                         self.commit(std::mem::take(&mut pending), ck.snapshot, None, vec![]).await?;
@@ -236,9 +241,13 @@ impl Engine {
                         }
                         let rels = batch.iter().filter_map(|(m, _, _)| m.path.as_deref().and_then(|p| self.to_local(p).ok())).collect();
                         self.intend(rels).await?;
-                        for (meta, decoded, out) in batch {
+                        // Placed in groups, one blocking task each: a thread hand-off per group, not
+                        // per file (most export entries are small files placed in microseconds).
+                        let mut batch = batch.into_iter().peekable();
+                        while batch.peek().is_some() {
+                            let group: Vec<_> = batch.by_ref().take(PLACE_GROUP).collect();
                             let (root, store) = (root.clone(), self.store().clone());
-                            inflight.push(tokio::task::spawn_blocking(move || apply_export_entry(&root, &store, meta, decoded, out)));
+                            inflight.push(tokio::task::spawn_blocking(move || place_group(&root, &store, group)));
                         }
                     }
                     Ok(Some(ExportItem::Entry(EntryOutcome::Bad { meta, reason, kind }))) => {
@@ -681,6 +690,28 @@ enum Applied {
     },
     /// The local disk failed: the run stops.
     Local(WriteError),
+}
+
+/// Export entries placed by one blocking task.
+const PLACE_GROUP: usize = 4;
+
+/// Place a group of export entries in order; it stops at the first local disk error (the run fails
+/// with it), so nothing after it is attempted.
+fn place_group(
+    root: &str,
+    store: &Arc<LocalStore>,
+    group: Vec<(Meta, Decoded, Staged)>,
+) -> Vec<Applied> {
+    let mut out = Vec::with_capacity(group.len());
+    for (meta, decoded, staged) in group {
+        let a = apply_export_entry(root, store, meta, decoded, staged);
+        let stop = matches!(a, Applied::Local(_));
+        out.push(a);
+        if stop {
+            break;
+        }
+    }
+    out
 }
 
 /// Map and (unless the local bytes already match) place one verified export entry.
