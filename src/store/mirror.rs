@@ -36,6 +36,21 @@ impl WriteError {
     }
 }
 
+/// What [`LocalStore::write_unless_same`] did, with the identity ([`LocalStore::stat_key`]) of the
+/// file now at the path when it is known without another `stat`.
+#[derive(Debug)]
+pub enum Placement {
+    Written(Option<String>),
+    /// The local file already held these bytes; it was left alone.
+    Same(String),
+}
+
+/// A local file's identity: inode, change time, size.
+fn key_of(m: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("{}:{}.{}:{}", m.ino(), m.ctime(), m.ctime_nsec(), m.size())
+}
+
 pub struct LocalStore {
     root: PathBuf,
     tmp: PathBuf,
@@ -92,15 +107,8 @@ impl LocalStore {
     /// The identity of the local file (inode, change time, size): it changes whenever the file's bytes
     /// or metadata change or the file is replaced. `None` when it is missing or not a regular file.
     pub fn stat_key(&self, rel: &str) -> io::Result<Option<String>> {
-        use std::os::unix::fs::MetadataExt;
         match fs::symlink_metadata(self.abs(rel)) {
-            Ok(m) if m.is_file() => Ok(Some(format!(
-                "{}:{}.{}:{}",
-                m.ino(),
-                m.ctime(),
-                m.ctime_nsec(),
-                m.size()
-            ))),
+            Ok(m) if m.is_file() => Ok(Some(key_of(&m))),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
@@ -218,6 +226,53 @@ impl LocalStore {
         result
     }
 
+    /// Put `bytes` (whose SHA-256 is `sha256`) at `rel` unless the local file already holds exactly
+    /// them. With unnamed files the new name is tried first and the local file is only looked at when
+    /// the name is taken (no `stat` before creating a new file); the identity of the file written is
+    /// taken from its descriptor.
+    pub fn write_unless_same(
+        &self,
+        rel: &str,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<Placement, WriteError> {
+        let target = self.abs(rel);
+        let local = |e| WriteError::local(&target, e);
+        let same = |m: &fs::Metadata| -> Result<bool, WriteError> {
+            Ok(m.is_file()
+                && m.len() == bytes.len() as u64
+                && hash_file(&target)
+                    .map_err(local)?
+                    .eq_ignore_ascii_case(sha256))
+        };
+        let Some(by) = self.unnamed else {
+            if let Ok(m) = fs::symlink_metadata(&target) {
+                if same(&m)? {
+                    return Ok(Placement::Same(key_of(&m)));
+                }
+            }
+            self.write_atomic(rel, bytes)?;
+            return Ok(Placement::Written(None));
+        };
+        let parent = paths::parent(rel);
+        self.ensure_dir(parent)
+            .map_err(|e| WriteError::local(&self.abs(parent), e))?;
+        let mut f = open_unnamed(&self.abs(parent)).map_err(local)?;
+        f.write_all(bytes).map_err(local)?;
+        match link_unnamed_at(&f, &target, by) {
+            Ok(()) => return Ok(Placement::Written(f.metadata().ok().map(|m| key_of(&m)))),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(local(e)),
+        }
+        if let Ok(m) = fs::symlink_metadata(&target) {
+            if same(&m)? {
+                return Ok(Placement::Same(key_of(&m)));
+            }
+        }
+        self.replace_with_unnamed(&f, by, rel, &target)?;
+        Ok(Placement::Written(None))
+    }
+
     /// Give the unnamed file `f` the name `target`: a new name is linked at once; an existing file is
     /// replaced atomically (link into the reserved dir, rename over it); a directory in the way goes.
     fn link_unnamed(
@@ -227,15 +282,27 @@ impl LocalStore {
         rel: &str,
         target: &Path,
     ) -> Result<(), WriteError> {
-        let link = |to: &Path| link_unnamed_at(f, to, by);
-        match link(target) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(WriteError::local(target, e)),
+        match link_unnamed_at(f, target, by) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.replace_with_unnamed(f, by, rel, target)
+            }
+            Err(e) => Err(WriteError::local(target, e)),
         }
+    }
+
+    /// Replace whatever is at `target` by the unnamed file `f`, atomically for a file (linked into the
+    /// reserved dir, renamed over it); a directory in the way goes.
+    fn replace_with_unnamed(
+        &self,
+        f: &fs::File,
+        by: LinkBy,
+        rel: &str,
+        target: &Path,
+    ) -> Result<(), WriteError> {
         self.clear_dir_in_way(rel, target)?;
         let tmp = self.tmp_path();
-        link(&tmp).map_err(|e| WriteError::local(&tmp, e))?;
+        link_unnamed_at(f, &tmp, by).map_err(|e| WriteError::local(&tmp, e))?;
         fs::rename(&tmp, target).map_err(|e| {
             let _ = fs::remove_file(&tmp);
             WriteError::local(target, e)

@@ -727,9 +727,10 @@ fn apply_export_entry(
         Ok(r) => r,
         Err(why) => return Applied::Hostile { remote, why },
     };
-    if let Err(e) = place(store, &rel, staged, &decoded, true) {
-        return Applied::Local(e);
-    }
+    let local_stat = match place(store, &rel, staged, &decoded, true) {
+        Ok(p) => p.into_stat_key(),
+        Err(e) => return Applied::Local(e),
+    };
     Applied::Ok {
         remote,
         rel,
@@ -738,7 +739,7 @@ fn apply_export_entry(
             revision: meta.revision,
             content_hash: Some(decoded.sha256),
             content_type: meta.content_type,
-            local_stat: None,
+            local_stat,
         },
     }
 }

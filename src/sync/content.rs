@@ -8,7 +8,7 @@
 //! at most one share each: the configured budget divided among the concurrent reads, so large files
 //! take their share without starving small ones.
 use crate::remote::scan::{ContentTarget, Decoded, Meta};
-use crate::store::mirror::{TempFile, WriteError};
+use crate::store::mirror::{Placement, TempFile, WriteError};
 use crate::store::LocalStore;
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -77,12 +77,21 @@ impl ContentTarget for Stager {
     }
 }
 
-/// What [`place`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+/// What [`place`] did, with the local file's identity when it is known without another `stat`.
 pub enum Placed {
-    Written,
+    Written(Option<String>),
     /// The local file already had these bytes.
-    Verified,
+    Verified(Option<String>),
+}
+
+impl Placed {
+    /// The identity of the local file now at the path ([`LocalStore::stat_key`]), when known.
+    pub fn into_stat_key(self) -> Option<String> {
+        match self {
+            Placed::Written(k) | Placed::Verified(k) => k,
+        }
+    }
 }
 
 /// Put verified content at `rel`; with `check_local`, keep the local file when it already holds
@@ -94,16 +103,22 @@ pub fn place(
     decoded: &Decoded,
     check_local: bool,
 ) -> Result<Placed, WriteError> {
+    if let (true, Staged::Mem(v)) = (check_local, &staged) {
+        return Ok(match store.write_unless_same(rel, v, &decoded.sha256)? {
+            Placement::Written(key) => Placed::Written(key),
+            Placement::Same(key) => Placed::Verified(Some(key)),
+        });
+    }
     let local = |e| WriteError::local(&store.abs(rel), e);
     if check_local
         && store.file_size(rel).map_err(local)? == Some(decoded.size)
         && store.matches_hash(rel, &decoded.sha256).map_err(local)?
     {
-        return Ok(Placed::Verified);
+        return Ok(Placed::Verified(None));
     }
     match staged {
         Staged::Mem(v) => store.write_atomic(rel, &v)?,
         Staged::File(t) => store.persist(t, rel)?,
     }
-    Ok(Placed::Written)
+    Ok(Placed::Written(None))
 }

@@ -620,9 +620,12 @@ impl Engine {
                 }
                 for r in &p.files {
                     let mut meta = r.meta.clone();
-                    meta.local_stat = store
-                        .stat_key(&r.rel)
-                        .map_err(|e| SyncError::local(&store.abs(&r.rel), &e))?;
+                    // Known from the placement's own descriptor, or looked up now.
+                    if meta.local_stat.is_none() {
+                        meta.local_stat = store
+                            .stat_key(&r.rel)
+                            .map_err(|e| SyncError::local(&store.abs(&r.rel), &e))?;
+                    }
                     b.upsert_file(&r.rel, &meta, seen)?;
                 }
                 for rel in &p.orphans {
