@@ -293,6 +293,121 @@ async fn a_429_closes_the_gate_for_every_worker_until_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_429s_with_retry_after_in_a_row_pace_a_request_without_using_its_retries() {
+    let mut r = Rig::new(100);
+    r.cfg.use_export = false;
+    // The rig's retries are the default 3: ten 429s in a row on the tip, a listing and a file would
+    // exhaust them several times over if they counted.
+    r.put("/a.txt", b"a\n");
+    r.put("/d/b.txt", b"b\n");
+    let paced = |op| {
+        Rule::new(
+            op,
+            Fault::throttle("rate_limited", Some(Duration::from_millis(5))),
+        )
+    };
+    r.faults.add(paced(Op::EventsTip).times(10));
+    r.faults.add(paced(Op::Tree).path("/").times(10));
+    r.faults.add(
+        Rule::new(
+            Op::File,
+            Fault::throttle("workspace_busy", Some(Duration::from_millis(5))),
+        )
+        .path("/d/b.txt")
+        .times(10),
+    );
+    assert_eq!(r.attempt().await.unwrap(), "tree");
+    r.assert_exact();
+    assert_eq!(r.faults.count(Op::EventsTip), 11);
+    assert_eq!(r.faults.count_path(Op::Tree, "/"), 11);
+    assert_eq!(r.faults.count_path(Op::File, "/d/b.txt"), 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_without_retry_after_and_a_5xx_still_use_the_retries() {
+    for fault in [Fault::throttle("rate_limited", None), Fault::status(503)] {
+        let mut r = Rig::new(100);
+        r.cfg.use_export = false;
+        r.put("/a.txt", b"a\n");
+        r.faults
+            .add(Rule::new(Op::File, fault.clone()).path("/a.txt").times(4));
+        let res = r.attempt().await;
+        assert_eq!(
+            r.faults.count_path(Op::File, "/a.txt"),
+            4,
+            "{fault:?}: the first try and 3 retries, then given up: {res:?}"
+        );
+        match fault {
+            // A 429 stops the run (the server is throttling); a 5xx of one file quarantines it.
+            Fault::Throttle { .. } => assert!(
+                matches!(&res, Err(SyncError::Remote(e)) if e.status() == Some(429)),
+                "{res:?}"
+            ),
+            _ => {
+                res.unwrap();
+                let q = r.state(|st| st.quarantined()).await;
+                assert_eq!(q.len(), 1, "{q:?}");
+            }
+        }
+        // One fewer and the retries suffice.
+        let mut r = Rig::new(100);
+        r.cfg.use_export = false;
+        r.put("/a.txt", b"a\n");
+        r.faults
+            .add(Rule::new(Op::File, fault.clone()).path("/a.txt").times(3));
+        r.attempt().await.unwrap();
+        r.assert_exact();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_that_only_answers_429_with_retry_after_ends_with_the_idle_timeout() {
+    let mut r = Rig::new(100);
+    r.cfg.use_export = false;
+    r.limits.idle = Duration::from_millis(400);
+    r.put("/a.txt", b"a\n");
+    for op in [Op::EventsTip, Op::Events, Op::Tree, Op::File] {
+        r.faults.add(Rule::new(
+            op,
+            Fault::throttle("rate_limited", Some(Duration::from_millis(10))),
+        ));
+    }
+    let started = std::time::Instant::now();
+    // Bounded here too: a hang fails the test instead of blocking it.
+    let e = tokio::time::timeout(Duration::from_secs(20), r.attempt())
+        .await
+        .expect("the attempt ends on its own")
+        .unwrap_err();
+    let took = started.elapsed();
+    let msg = e.to_string();
+    assert!(matches!(e, SyncError::Stalled(_)), "{msg}");
+    assert!(
+        msg.contains("no progress for 400ms")
+            && msg.contains("the remote is unavailable")
+            && msg.contains("HTTP 429 rate_limited"),
+        "the idle timeout, and why: {msg}"
+    );
+    // Paced for the whole idle timeout (far more than 1 + 3 requests), then the probe: paced for
+    // at most the idle timeout again, then its 3 counted retries.
+    let tips = r.faults.count(Op::EventsTip);
+    assert!(
+        tips > 8,
+        "the 429s were waited out, not counted: {tips} requests"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "watchdog (0.4 s) + probe (≤ 0.4 s paced + retries): took {took:?}"
+    );
+    // An outage, not a stall of an answering server: the stall guard does not count it.
+    assert_eq!(r.state(|st| st.no_progress_runs()).await, 0);
+    assert!(!r.state(|st| st.is_complete()).await);
+    // Once the remote serves again, the next attempt completes.
+    r.faults.clear();
+    r.attempt().await.unwrap();
+    r.assert_exact();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_audit_repairs_local_drift_even_at_the_same_size() {
     let mut r = Rig::new(100);
     sample(&r, 10);

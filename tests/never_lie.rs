@@ -358,11 +358,79 @@ fn a_full_disk_fails_the_run_says_so_and_quarantines_nothing() {
             assert_eq!(h.expected[&format!("/{k}")], v, "{k}");
         }
     }
+    // Either way the message says which file system and what it has left (the state DB's hint too).
+    let fs = format!("the file system mounted at {}", h.local().display());
+    for m in &full_messages {
+        eprintln!("full disk: {m}");
+        assert!(
+            m.contains(&fs) && m.contains("available of 2.0 MiB"),
+            "which file system, and the space left: {m}"
+        );
+        if m.contains("database or disk is full") {
+            assert!(
+                m.contains("SQLite needs room to commit its transaction"),
+                "what the state DB needed room for: {m}"
+            );
+        }
+    }
+    // Under a mirrored file it names the file and how much it needed: its size (every file has the
+    // same size, 81.2 KiB).
+    let needs = format!(
+        "it needs {}",
+        mountd::sync::engine::human_bytes(big(0).len() as u64)
+    );
     assert!(
         full_messages
             .iter()
-            .any(|m| m.contains("the disk is full: writing") && m.contains("available of 2.0 MiB")),
-        "a full disk under a mirrored file names the file and the space left: {full_messages:?}"
+            .any(|m| m.contains("the disk is full: writing")
+                && m.contains("/big/f")
+                && m.contains(&needs)),
+        "a full disk under a mirrored file names the file and its size: {full_messages:?}"
+    );
+}
+
+#[test]
+fn a_full_disk_under_the_state_database_says_which_and_what_it_needed() {
+    let mut h = Harness::with_page_size(200);
+    // The mirror has room; the state DB's file system (128 KiB) does not hold 3,000 records.
+    let dir = h.tmp.path().join("dbfs");
+    let _fs = Tmpfs::mount(&dir, "128k");
+    let db = dir.join("state.db");
+    for i in 0..3000 {
+        h.put(
+            &format!("/many/d{:02}/a-rather-long-file-name-{i:05}.txt", i % 30),
+            b"x",
+        );
+    }
+    let mut c = h.cmd();
+    c.arg("--state-db").arg(&db).arg("--no-export");
+    let r = run_cmd(c);
+    assert_eq!(r.code, 1, "{}", r.all());
+    let hint = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("mountd: hint:"))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!(
+        "{}\n{hint}",
+        r.stderr
+            .lines()
+            .find(|l| l.starts_with("mountd: error:"))
+            .unwrap_or_default()
+    );
+    assert!(r.stderr.contains("database or disk is full"), "{}", r.all());
+    assert!(
+        hint.contains("the disk holding the state database is full")
+            && hint.contains(&format!(
+                "SQLite needs room to commit its transaction next to {}",
+                db.display()
+            ))
+            && hint.contains(&format!("the file system mounted at {}", dir.display()))
+            && hint.contains("available of 128.0 KiB")
+            && hint.contains("free space there"),
+        "the hint says which file system, what it needed room for and what is left: {}",
+        r.all()
     );
 }
 

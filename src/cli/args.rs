@@ -433,7 +433,9 @@ pub struct RunArgs {
     /// would kill a long export that is still arriving): it bounds each connect and each read.
     #[arg(long, env = "RELAYFILE_MOUNT_TIMEOUT", value_parser = parse_duration_lenient, help_heading = "Network")]
     pub timeout: Option<Duration>,
-    /// Retries of a failed request (transport, 429, 5xx), exponential backoff from 100ms.
+    /// Retries of a failed request (transport, 429, 5xx), exponential backoff from 100ms. A 429
+    /// with Retry-After is waited out without counting (pacing, not failure) for up to the idle
+    /// timeout per request; the no-progress watchdog bounds a run that only gets 429s.
     #[arg(
         long,
         env = "MOUNTD_RETRIES",

@@ -18,8 +18,13 @@ pub fn code_for(e: &SyncError) -> i32 {
     }
 }
 
-pub fn hint_for(e: &SyncError) -> &'static str {
-    match e {
+pub fn hint_for(e: &SyncError) -> String {
+    if let SyncError::State(s) = e {
+        if let Some(detail) = s.disk_full_detail() {
+            return format!("the disk holding the state database is full: {detail}; free space there (or move --state-db to another file system) and run again; nothing is lost");
+        }
+    }
+    let hint: &str = match e {
         SyncError::Remote(r) => r.hint(),
         SyncError::Stalled(_) | SyncError::GaveUp(_) => "run again to resume from the checkpoint; if it keeps stalling, check the server (or raise --bootstrap-idle-timeout)",
         SyncError::MassDelete { .. } => "check that --base-url, --workspace and --remote-path point at the right tree",
@@ -28,5 +33,6 @@ pub fn hint_for(e: &SyncError) -> &'static str {
         SyncError::Local(_) => "fix the local file system named above (free space, permissions, read-only mount, failing disk) and run again: no file was quarantined for it and nothing committed refers to bytes that were not written",
         SyncError::Internal(_) => "this is a bug in mountd; please report it with the log",
         SyncError::Systemic { class, .. } => crate::sync::engine::systemic_hint(class),
-    }
+    };
+    hint.to_string()
 }

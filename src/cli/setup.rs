@@ -231,6 +231,9 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
         RetryPolicy {
             max_retries: a.retries,
             max_wait: a.max_retry_wait,
+            // A request is paced by 429s with Retry-After for at most the idle timeout before they
+            // count as retries (an attempt without progress is stopped by the watchdog first).
+            max_pacing: a.bootstrap_idle_timeout,
             ..Default::default()
         },
     );

@@ -1,24 +1,36 @@
-//! The one retry policy (exponential backoff with jitter via `backon`) and the shared rate-limit gate,
+//! The one retry policy (exponential backoff with jitter from `backon`) and the shared rate-limit gate,
 //! as a [`Remote`] wrapper: [`Retrying`].
 //!
 //! Every request goes through [`with_retries`]: transport errors, 429 and 5xx are retried (3 times by
 //! default); `Retry-After` is honoured, capped; a 429 closes the [`RateGate`] so every worker pauses
 //! together instead of stampeding.
+//!
+//! **Pacing is not failure.** A 429 that says when to come back (`Retry-After`) is waited out without
+//! counting against the retries: a server under load (or a herd of clients under one rate limit) may
+//! refuse the same request many times in a row and still be serving everyone at the rate it chose.
+//! That is bounded: one request is paced for at most [`RetryPolicy::max_pacing`] in total (the run's
+//! idle timeout), after which its 429s count like any other failure — and an attempt that makes no
+//! progress meanwhile is stopped by the no-progress watchdog first. A 429 without `Retry-After` and
+//! 5xx count as they always did; the export is not paced (its 429s decide whether the bootstrap falls
+//! through to the tree pull, and it has its own sub-deadline).
 use super::error::RemoteError;
 use super::types::{EventsPage, TreePage};
 use super::{BodyStream, Remote};
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    /// Retries after the first attempt.
+    /// Retries after the first attempt (429s with `Retry-After` within `max_pacing` not counted).
     pub max_retries: usize,
     /// First backoff delay (then doubled, with jitter).
     pub base_delay: Duration,
     /// Cap on any single wait, including a server's `Retry-After`.
     pub max_wait: Duration,
+    /// Longest one request waits out 429s with `Retry-After` (in total) without them counting
+    /// against `max_retries`; zero: every 429 counts.
+    pub max_pacing: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -27,6 +39,7 @@ impl Default for RetryPolicy {
             max_retries: 3,
             base_delay: Duration::from_millis(100),
             max_wait: Duration::from_secs(60),
+            max_pacing: Duration::from_secs(90),
         }
     }
 }
@@ -59,60 +72,73 @@ impl RateGate {
     }
 }
 
-/// Run `attempt` with the policy: retry retryable errors, honour and cap `Retry-After`, feed the gate.
+/// Whether 429s with `Retry-After` may pace a request without counting against its retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// Up to [`RetryPolicy::max_pacing`].
+    Allowed,
+    /// Every retry counts (the export).
+    Counted,
+}
+
+/// Run `attempt` with the policy: retry retryable errors, honour and cap `Retry-After`, feed the gate;
+/// with [`Pacing::Allowed`], 429s with `Retry-After` are waited out without counting (up to
+/// [`RetryPolicy::max_pacing`] in total).
 pub async fn with_retries<T, F, Fut>(
     policy: &RetryPolicy,
     gate: &RateGate,
-    attempt: F,
+    pacing: Pacing,
+    mut attempt: F,
 ) -> Result<T, RemoteError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, RemoteError>>,
 {
-    let mut attempt = attempt;
     let cap = policy.max_wait;
-    let run = || {
-        let fut = {
-            let fut = attempt();
-            async move {
-                gate.wait().await;
-                let r = fut.await;
-                if let Err(e) = &r {
-                    if e.status() == Some(429) {
-                        if let Some(ra) = e.retry_after() {
-                            gate.close_for(ra.min(cap));
-                        }
-                    }
-                }
-                r
-            }
+    // The counted retries' delays; `None` once they are exhausted.
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(policy.base_delay)
+        .with_max_delay(cap)
+        .with_max_times(policy.max_retries)
+        .with_jitter()
+        .build();
+    let mut paced = Duration::ZERO;
+    loop {
+        gate.wait().await;
+        let e = match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if !e.is_retryable() => return Err(e),
+            Err(e) => e,
         };
-        fut
-    };
-    run.retry(
-        ExponentialBuilder::default()
-            .with_min_delay(policy.base_delay)
-            .with_max_delay(cap)
-            .with_max_times(policy.max_retries)
-            .with_jitter(),
-    )
-    .when(|e: &RemoteError| e.is_retryable())
-    // `None` means retries are exhausted: keep it `None` (mapping it to a delay would retry forever).
-    // A server's Retry-After is honoured (capped) plus up to a quarter more at random, so clients
-    // told the same instant do not all come back at it together.
-    .adjust(move |e: &RemoteError, d: Option<Duration>| {
-        d.map(|d| {
-            e.retry_after().map_or(d, |ra| {
-                let ra = ra.min(cap);
-                (ra + ra.mul_f64(rand::random::<f64>() / 4.0)).min(cap.max(ra))
-            })
-        })
-    })
-    .notify(|e: &RemoteError, d: Duration| {
-        // Info, not a warning: the caller reports the outcome (an outage is logged at its own rate).
-        tracing::info!(error = %e, wait_ms = d.as_millis() as u64, "retrying");
-    })
-    .await
+        let throttled = e.status() == Some(429);
+        let retry_after = e.retry_after().map(|ra| ra.min(cap));
+        if let (true, Some(ra)) = (throttled, retry_after) {
+            gate.close_for(ra);
+        }
+        // A server's Retry-After is honoured (capped) plus up to a quarter more at random, so
+        // clients told the same instant do not all come back at it together.
+        let honoured =
+            retry_after.map(|ra| (ra + ra.mul_f64(rand::random::<f64>() / 4.0)).min(cap.max(ra)));
+        let wait = match honoured {
+            Some(w) if throttled && pacing == Pacing::Allowed && paced < policy.max_pacing => {
+                paced += w;
+                tracing::debug!(error = %e, wait_ms = w.as_millis() as u64, paced_ms = paced.as_millis() as u64,
+                    "throttled: waiting out Retry-After (not counted as a retry)");
+                w
+            }
+            _ => match backoff.next() {
+                None => return Err(e),
+                Some(d) => {
+                    let w = honoured.unwrap_or(d);
+                    // Info, not a warning: the caller reports the outcome (an outage is logged at
+                    // its own rate).
+                    tracing::info!(error = %e, wait_ms = w.as_millis() as u64, "retrying");
+                    w
+                }
+            },
+        };
+        tokio::time::sleep(wait).await;
+    }
 }
 
 /// Any [`Remote`] with the retry policy and one shared rate gate around every call.
@@ -140,7 +166,7 @@ impl<R: Remote> Remote for Retrying<R> {
         depth: u32,
         cursor: Option<&str>,
     ) -> Result<TreePage, RemoteError> {
-        with_retries(&self.policy, &self.gate, || {
+        with_retries(&self.policy, &self.gate, Pacing::Allowed, || {
             self.inner.tree(path, depth, cursor)
         })
         .await
@@ -148,22 +174,92 @@ impl<R: Remote> Remote for Retrying<R> {
 
     /// Retried until a 2xx status arrives; a body that breaks later is retried by the engine.
     async fn file(&self, path: &str) -> Result<BodyStream, RemoteError> {
-        with_retries(&self.policy, &self.gate, || self.inner.file(path)).await
+        with_retries(&self.policy, &self.gate, Pacing::Allowed, || {
+            self.inner.file(path)
+        })
+        .await
     }
 
     async fn events(&self, cursor: Option<&str>, limit: u32) -> Result<EventsPage, RemoteError> {
-        with_retries(&self.policy, &self.gate, || {
+        with_retries(&self.policy, &self.gate, Pacing::Allowed, || {
             self.inner.events(cursor, limit)
         })
         .await
     }
 
     async fn events_tip(&self) -> Result<Option<String>, RemoteError> {
-        with_retries(&self.policy, &self.gate, || self.inner.events_tip()).await
+        with_retries(&self.policy, &self.gate, Pacing::Allowed, || {
+            self.inner.events_tip()
+        })
+        .await
     }
 
-    /// Retried until a 2xx status arrives; a body that breaks later is the export's business.
+    /// Retried until a 2xx status arrives; a body that breaks later is the export's business. Not
+    /// paced: every 429 counts (after the retries, `workspace_busy` falls through to the tree pull and
+    /// the other codes fail the attempt, as documented).
     async fn export(&self, path: &str) -> Result<BodyStream, RemoteError> {
-        with_retries(&self.policy, &self.gate, || self.inner.export(path)).await
+        with_retries(&self.policy, &self.gate, Pacing::Counted, || {
+            self.inner.export(path)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn throttled(retry_after: Option<Duration>) -> RemoteError {
+        RemoteError::Http {
+            op: "file".into(),
+            status: 429,
+            code: "rate_limited".into(),
+            message: String::new(),
+            correlation_id: "c".into(),
+            retry_after,
+        }
+    }
+
+    /// Calls made until `with_retries` gives up on a server that always answers `e`.
+    async fn calls_until_given_up(max_pacing: Duration, pacing: Pacing, e: RemoteError) -> usize {
+        let policy = RetryPolicy {
+            max_retries: 3,
+            base_delay: Duration::from_millis(1),
+            max_wait: Duration::from_millis(50),
+            max_pacing,
+        };
+        let n = AtomicUsize::new(0);
+        let r: Result<(), _> = with_retries(&policy, &RateGate::default(), pacing, || {
+            n.fetch_add(1, Ordering::SeqCst);
+            let e = e.clone();
+            async move { Err(e) }
+        })
+        .await;
+        assert_eq!(r.unwrap_err().status(), Some(429));
+        n.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn retry_after_paces_within_the_budget_then_counts() {
+        let ra = Some(Duration::from_millis(5));
+        // No budget, the export, or no Retry-After: the first try and 3 retries.
+        assert_eq!(
+            calls_until_given_up(Duration::ZERO, Pacing::Allowed, throttled(ra)).await,
+            4
+        );
+        let long = Duration::from_secs(60);
+        assert_eq!(
+            calls_until_given_up(long, Pacing::Counted, throttled(ra)).await,
+            4
+        );
+        assert_eq!(
+            calls_until_given_up(long, Pacing::Allowed, throttled(None)).await,
+            4
+        );
+        // 100 ms of pacing at 5-6.25 ms a wait: 16 to 21 paced waits, then the 3 counted retries.
+        let n =
+            calls_until_given_up(Duration::from_millis(100), Pacing::Allowed, throttled(ra)).await;
+        assert!((16 + 4..=21 + 4).contains(&n), "{n} calls");
     }
 }

@@ -7,6 +7,7 @@
 //! that a power loss could take back. Between checkpoints, a crash may lose uncommitted files; the next
 //! run re-verifies them by hash.
 use crate::store::paths::{self, RESERVED_DIR};
+use crate::store::space::Need;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::fs;
@@ -22,9 +23,14 @@ pub enum WriteError {
     /// The content is unusable (bad base64, hash mismatch...): a problem of this one file.
     #[error("{0}")]
     Content(String),
-    /// The local disk failed (full, read-only, permissions...): a problem of the whole run.
+    /// The local disk failed (full, read-only, permissions...): a problem of the whole run. `need`:
+    /// how much room the write needed, when known (for a full disk's message).
     #[error("{path}: {source}")]
-    Local { path: PathBuf, source: io::Error },
+    Local {
+        path: PathBuf,
+        source: io::Error,
+        need: Option<Need>,
+    },
 }
 
 impl WriteError {
@@ -32,6 +38,24 @@ impl WriteError {
         WriteError::Local {
             path: path.to_path_buf(),
             source,
+            need: None,
+        }
+    }
+
+    /// Say which mirrored file was being written and how much room it needed (unless already said).
+    /// A full disk is then reported under that file rather than under its temp file in the reserved
+    /// directory (the same file system); any other error keeps the path that failed.
+    pub fn writing(self, target: &Path, needed: Need) -> WriteError {
+        match self {
+            WriteError::Local { path, source, need } => {
+                let full = matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+                WriteError::Local {
+                    path: if full { target.to_path_buf() } else { path },
+                    source,
+                    need: need.or(Some(needed)),
+                }
+            }
+            other => other,
         }
     }
 }
@@ -176,6 +200,7 @@ impl LocalStore {
         self.write_atomic_with(rel, |f, tmp| {
             f.write_all(bytes).map_err(|e| WriteError::local(tmp, e))
         })
+        .map_err(|e| e.writing(&self.abs(rel), Need::Exact(bytes.len() as u64)))
     }
 
     /// Like [`LocalStore::write_atomic`], with the content produced by `fill` into the temp file (it gets

@@ -9,13 +9,15 @@
 //! * an attempt that made progress (a checkpoint, or body bytes arriving), or succeeded, resets the
 //!   count;
 //! * an attempt that failed because the remote is **unavailable** — a transport error before any
-//!   response status, 429, or 5xx, after the per-request retries ([`is_unavailable`]) — leaves the count
+//!   response status, 429, or 5xx, after the per-request retries ([`is_unavailable`]; a 429 with
+//!   `Retry-After` is paced, not counted, for up to the idle timeout per request) — leaves the count
 //!   as it is: an outage is waited out (the service retries forever with backoff), not diagnosed as a
 //!   stall;
 //! * a watchdog stall (no progress within the idle timeout, or the hard cap) is followed by one probe
 //!   request (the events tip): if the remote is unavailable right then (as above, or no answer at all),
-//!   the stall was an outage waited out by the per-request retries (a long `Retry-After`, a run of
-//!   503s, a server that accepts connections and never answers) and does not count;
+//!   the stall was an outage waited out by the per-request retries (a long `Retry-After`, 429s paced
+//!   for the whole idle timeout, a run of 503s, a server that accepts connections and never answers)
+//!   and does not count; the stall's message then says what the remote answered;
 //! * every other failure without progress counts: a stall while the server answers the probe (it
 //!   answers, but the bootstrap gets nothing usable in time: a listing that hangs, a body that never
 //!   ends), a body that broke after its status, bad data, a permanent HTTP error, a local or state
@@ -47,17 +49,21 @@ pub fn is_unavailable(e: &SyncError) -> bool {
 }
 
 /// After a watchdog stall: one probe request (the events tip, with the usual per-request retries).
-/// True when the remote is unavailable (transport error — including per-read timeouts of a server that
-/// accepts connections and never answers —, 429, 5xx, or no answer within four idle timeouts); false
-/// when it answered (2xx, or a permanent error).
-async fn unavailable_now(engine: &Engine, idle: Duration) -> bool {
+/// `Some(why)` when the remote is unavailable (transport error — including per-read timeouts of a
+/// server that accepts connections and never answers —, 429, 5xx, or no answer within four idle
+/// timeouts); `None` when it answered (2xx, or a permanent error).
+async fn unavailable_now(engine: &Engine, idle: Duration) -> Option<String> {
     let probe = tokio::time::timeout(idle.saturating_mul(4), engine.remote().events_tip()).await;
-    let unavailable = match &probe {
-        Ok(Ok(_)) => false,
-        Ok(Err(e)) => e.is_retryable(),
-        Err(_) => true,
+    let unavailable = match probe {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) if e.is_retryable() => Some(e.to_string()),
+        Ok(Err(_)) => None,
+        Err(_) => Some(format!(
+            "no answer to a probe within {}",
+            humantime::format_duration(idle.saturating_mul(4))
+        )),
     };
-    if unavailable {
+    if unavailable.is_some() {
         tracing::debug!("the stall was an outage: not counted by the stall guard");
     }
     unavailable
@@ -101,13 +107,21 @@ pub async fn attempt(engine: &Engine, limits: Limits) -> Result<Attempt, SyncErr
     // attempt is cut before it completes.
     let progressed =
         engine.progress().checkpoints() > before.0 || engine.progress().received() > before.1;
-    let stall = match &result {
+    let mut result = result;
+    let stall = match &mut result {
         Ok(_) => Stall::Reset,
         Err(_) if progressed => Stall::Reset,
         Err(e) if is_unavailable(e) => Stall::Keep,
         // The watchdog cannot tell an outage waited out by the per-request retries (a long
-        // Retry-After, a run of 503s) from a server that accepts requests and delivers nothing: ask.
-        Err(SyncError::Stalled(_)) if unavailable_now(engine, limits.idle).await => Stall::Keep,
+        // Retry-After, 429s paced for the whole idle timeout, a run of 503s) from a server that
+        // accepts requests and delivers nothing: ask, and say what the remote answered.
+        Err(SyncError::Stalled(msg)) => match unavailable_now(engine, limits.idle).await {
+            Some(why) => {
+                msg.push_str(&format!("; the remote is unavailable: {why}"));
+                Stall::Keep
+            }
+            None => Stall::Count,
+        },
         Err(_) => Stall::Count,
     };
     let err = result.as_ref().err().map(|e| e.to_string());

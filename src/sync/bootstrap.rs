@@ -7,6 +7,7 @@ use crate::remote::scan::{Decoded, EntryOutcome, Meta};
 use crate::remote::BodyStream;
 use crate::store::db::{Checkpoint, FileMeta, Kind, MetaKey, Phase, State};
 use crate::store::mirror::WriteError;
+use crate::store::space::Need;
 use crate::store::{paths, LocalStore};
 use crate::sync::content::{place, Staged, Stager, EXPORT_QUEUE};
 use crate::sync::engine::{
@@ -178,12 +179,14 @@ impl Engine {
         };
         let share = self.config().budget().share();
         let store = self.store().clone();
+        let stager = Stager::new(store.clone(), share);
+        let stage_failures = stager.failures();
         let mut rx = stream_entries(
             BodyStream {
                 correlation_id: body.correlation_id,
                 chunks: self.counted(body.chunks),
             },
-            Stager::new(store.clone(), share),
+            stager,
             move || store.scratch_file(),
             share,
             EXPORT_QUEUE,
@@ -260,7 +263,14 @@ impl Engine {
                     Ok(Some(ExportItem::End(Ok(_)))) => ended = Some(None),
                     Ok(Some(ExportItem::End(Err(BodyError::Local(e))))) => {
                         self.commit(pending, ck.snapshot, None, vec![]).await?;
-                        return Err(SyncError::Local(format!("writing export content into the mirror: {e}")));
+                        // The entry being staged (its path and how much of it had arrived), when the
+                        // stager's write failed; else the scanner's own spool in the reserved directory.
+                        let failed = stage_failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        let rel = failed.as_ref().and_then(|f| f.path.as_deref()).and_then(|p| self.to_local(p).ok());
+                        return Err(match (rel, failed) {
+                            (Some(rel), Some(f)) => SyncError::local_writing(&self.store().abs(&rel), &e, Need::Streaming { received: f.received, listed: None }),
+                            _ => SyncError::local(&self.store().root().join(paths::RESERVED_DIR), &e),
+                        });
                     }
                     Ok(Some(ExportItem::End(Err(e)))) => ended = Some(Some(e.to_string())),
                 },
@@ -348,6 +358,7 @@ impl Engine {
                     remote: e.path,
                     listed_hash: e.content_hash,
                     revision: e.revision,
+                    listed_size: e.size,
                 });
             }
             // Hash-skip from the committed records: committed records are durable (syncfs before commit).
@@ -729,7 +740,7 @@ fn apply_export_entry(
     };
     let local_stat = match place(store, &rel, staged, &decoded, true) {
         Ok(p) => p.into_stat_key(),
-        Err(e) => return Applied::Local(e),
+        Err(e) => return Applied::Local(e.writing(&store.abs(&rel), Need::Exact(decoded.size))),
     };
     Applied::Ok {
         remote,

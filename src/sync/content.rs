@@ -9,9 +9,10 @@
 //! take their share without starving small ones.
 use crate::remote::scan::{ContentTarget, Decoded, Meta};
 use crate::store::mirror::{Placement, TempFile, WriteError};
+use crate::store::space::Need;
 use crate::store::LocalStore;
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Finished export entries that may wait for the engine.
 pub const EXPORT_QUEUE: usize = 16;
@@ -44,36 +45,74 @@ pub enum Staged {
 pub struct Stager {
     store: Arc<LocalStore>,
     limit: usize,
+    /// The current file's remote path and the bytes of it accepted so far.
+    path: Option<String>,
+    received: u64,
+    failed: Arc<Mutex<Option<StageFailure>>>,
+}
+
+/// A write the stager could not make: which file, and how much of it had arrived before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageFailure {
+    /// The remote path (`None` when the object had not said it yet).
+    pub path: Option<String>,
+    pub received: u64,
 }
 
 impl Stager {
     pub fn new(store: Arc<LocalStore>, limit: usize) -> Stager {
-        Stager { store, limit }
+        Stager {
+            store,
+            limit,
+            path: None,
+            received: 0,
+            failed: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Where the last failed write is noted (readable after the stager moved into a scanner).
+    pub fn failures(&self) -> Arc<Mutex<Option<StageFailure>>> {
+        self.failed.clone()
+    }
+
+    fn note_failure(&self) {
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(StageFailure {
+            path: self.path.clone(),
+            received: self.received,
+        });
     }
 }
 
 impl ContentTarget for Stager {
     type Out = Staged;
 
-    fn begin(&mut self, _meta: &Meta) -> io::Result<Staged> {
+    fn begin(&mut self, meta: &Meta) -> io::Result<Staged> {
+        self.path = meta.path.clone();
+        self.received = 0;
         Ok(Staged::Mem(Vec::new()))
     }
 
     fn write(&mut self, out: &mut Staged, decoded: &[u8]) -> io::Result<()> {
-        match out {
+        let r = match out {
             Staged::Mem(v) if v.len() + decoded.len() <= self.limit => {
                 v.extend_from_slice(decoded);
                 Ok(())
             }
             Staged::Mem(v) => {
-                let mut t = self.store.temp_file()?;
-                t.write_all(v)?;
-                t.write_all(decoded)?;
-                *out = Staged::File(t);
-                Ok(())
+                let spilled = self.store.temp_file().and_then(|mut t| {
+                    t.write_all(v)?;
+                    t.write_all(decoded)?;
+                    Ok(t)
+                });
+                spilled.map(|t| *out = Staged::File(t))
             }
             Staged::File(t) => t.write_all(decoded),
+        };
+        match r {
+            Ok(()) => self.received += decoded.len() as u64,
+            Err(_) => self.note_failure(),
         }
+        r
     }
 }
 
@@ -118,7 +157,9 @@ pub fn place(
     }
     match staged {
         Staged::Mem(v) => store.write_atomic(rel, &v)?,
-        Staged::File(t) => store.persist(t, rel)?,
+        Staged::File(t) => store
+            .persist(t, rel)
+            .map_err(|e| e.writing(&store.abs(rel), Need::Exact(decoded.size)))?,
     }
     Ok(Placed::Written(None))
 }

@@ -7,6 +7,8 @@ use crate::remote::{Remote, RemoteError};
 use crate::store::change::ChangeSink;
 use crate::store::db::{Checkpoint, Db, FileMeta, MetaKey, State, StateError};
 use crate::store::mirror::WriteError;
+pub use crate::store::space::human_bytes;
+use crate::store::space::{describe_space, Need};
 use crate::store::{paths, LocalStore};
 use crate::sync::progress::Progress;
 use std::path::Path;
@@ -42,24 +44,18 @@ impl SyncError {
     /// A local I/O failure on `path`, said precisely (a full disk says which file system and how much
     /// is left; a read-only file system, a permission or an I/O error names the path).
     pub fn local(path: &Path, e: &std::io::Error) -> SyncError {
-        SyncError::Local(describe_local(path, e))
+        SyncError::Local(describe_local(path, e, None))
+    }
+
+    /// [`SyncError::local`] for a write that needed `need` (a full disk says how much).
+    pub fn local_writing(path: &Path, e: &std::io::Error, need: Need) -> SyncError {
+        SyncError::Local(describe_local(path, e, Some(need)))
     }
 }
 
-/// The file system holding `path` (its nearest existing ancestor): (bytes available, bytes total).
-fn space_of(path: &Path) -> Option<(u64, u64)> {
-    let mut p = path;
-    loop {
-        if let Ok(s) = nix::sys::statvfs::statvfs(p) {
-            let f = s.fragment_size();
-            return Some((s.blocks_available() * f, s.blocks() * f));
-        }
-        p = p.parent()?;
-    }
-}
-
-/// A local error, with what it means and the path it hit.
-pub fn describe_local(path: &Path, e: &std::io::Error) -> String {
+/// A local error, with what it means and the path it hit; a full disk also says how much room the
+/// write needed (when known) and what the file system holding it has left.
+pub fn describe_local(path: &Path, e: &std::io::Error, need: Option<Need>) -> String {
     let p = path.display();
     match e.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
@@ -68,14 +64,16 @@ pub fn describe_local(path: &Path, e: &std::io::Error) -> String {
             } else {
                 "the disk is full"
             };
-            match space_of(path) {
-                Some((avail, total)) => format!(
-                    "{what}: writing {p} failed ({e}); the file system holding it has {} available of {}",
-                    human_bytes(avail),
-                    human_bytes(total)
-                ),
-                None => format!("{what}: writing {p} failed ({e})"),
+            let mut m = format!("{what}: writing {p} failed ({e})");
+            let need = need.and_then(|n| n.describe());
+            let space = describe_space(path);
+            match (need, space) {
+                (Some(n), Some(s)) => m.push_str(&format!("; {n}, and {s}")),
+                (Some(n), None) => m.push_str(&format!("; {n}")),
+                (None, Some(s)) => m.push_str(&format!("; {s}")),
+                (None, None) => {}
             }
+            m
         }
         Some(libc::EROFS) => format!("the file system holding {p} is read-only ({e})"),
         Some(libc::EACCES) | Some(libc::EPERM) => format!(
@@ -87,26 +85,12 @@ pub fn describe_local(path: &Path, e: &std::io::Error) -> String {
     }
 }
 
-/// 1536 → "1.5 KiB".
-pub fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
-
 impl From<WriteError> for SyncError {
     fn from(e: WriteError) -> SyncError {
         match e {
-            WriteError::Local { path, source } => SyncError::local(&path, &source),
+            WriteError::Local { path, source, need } => {
+                SyncError::Local(describe_local(&path, &source, need))
+            }
             WriteError::Content(m) => {
                 SyncError::Internal(format!("unclassified content error: {m}"))
             }
@@ -244,6 +228,8 @@ pub struct FetchJob {
     pub remote: String,
     pub listed_hash: Option<String>,
     pub revision: Option<String>,
+    /// The size the listing gave (a hint, for a full disk's message).
+    pub listed_size: Option<u64>,
 }
 
 /// Outcome of fetching one file (run-level failures are the `Err` of [`Engine::fetch_one`]).
@@ -514,9 +500,10 @@ impl Engine {
                 (crate::remote::scan::Meta, crate::remote::scan::Decoded),
                 (BadKind, String),
             >;
+            let mut stager = crate::sync::content::Stager::new(store.clone(), share);
+            let failures = stager.failures();
             let scanned = tokio::task::spawn_blocking(
                 move || -> Result<Result<Scanned, BodyError>, WriteError> {
-                    let mut stager = crate::sync::content::Stager::new(store.clone(), share);
                     let scanned = match (whole, reader) {
                         (Some(b), _) => {
                             read_file_object(&b[..], &mut stager, || store.scratch_file())
@@ -561,7 +548,22 @@ impl Engine {
                     });
                 }
                 Ok(Err(BodyError::Local(e))) => {
-                    return Err(SyncError::local(&self.store.abs(&job.rel), &e))
+                    // The content could not be staged (or the scanner could not spool it): how much
+                    // of it had arrived, and the size the listing gave.
+                    let received = failures
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                        .map_or(0, |f| f.received);
+                    let need = Need::Streaming {
+                        received,
+                        listed: job.listed_size,
+                    };
+                    return Err(SyncError::local_writing(
+                        &self.store.abs(&job.rel),
+                        &e,
+                        need,
+                    ));
                 }
                 Ok(Err(BodyError::Remote(e @ RemoteError::Transport { .. }))) => {
                     if tries > BODY_RETRIES {

@@ -107,6 +107,7 @@ impl Engine {
                     remote,
                     listed_hash: hash,
                     revision,
+                    listed_size: None,
                 }),
             }
         }
@@ -251,6 +252,7 @@ impl Engine {
                     remote: q.path,
                     listed_hash: None,
                     revision: None,
+                    listed_size: None,
                 })
             })
             .collect();

@@ -181,6 +181,7 @@ impl Rig {
                     max_retries: 3,
                     base_delay: Duration::from_millis(1),
                     max_wait: Duration::from_millis(50),
+                    max_pacing: self.limits.idle,
                 },
             );
             self.engine = Some(Engine::new(

@@ -16,6 +16,7 @@ pub use meta::{event_seq, MetaKey};
 pub use reader::{Entry, StateReader};
 pub use thread::Db;
 
+use crate::store::space::{describe_space, human_bytes};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -78,6 +79,42 @@ impl StateError {
             StateError::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
             _ => false,
         }
+    }
+
+    /// The database file this error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            StateError::Sqlite { path, .. }
+            | StateError::Invalid { path, .. }
+            | StateError::Io { path, .. }
+            | StateError::Gone { path } => path,
+        }
+    }
+
+    /// For a full disk: what SQLite needed room for and what the file system holding the database
+    /// has left. SQLite does not say how many bytes the transaction needed; the database and its
+    /// write-ahead log are what grows.
+    pub fn disk_full_detail(&self) -> Option<String> {
+        if !self.is_disk_full() {
+            return None;
+        }
+        let db = self.path();
+        let size = |p: &Path| std::fs::metadata(p).ok().map(|m| human_bytes(m.len()));
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        let files = match (size(db), size(Path::new(&wal))) {
+            (Some(d), Some(w)) => format!(" (the database is {d}, its write-ahead log {w})"),
+            (Some(d), None) => format!(" (the database is {d})"),
+            _ => String::new(),
+        };
+        let mut m = format!(
+            "SQLite needs room to commit its transaction next to {}{files}",
+            db.display()
+        );
+        if let Some(space) = describe_space(db) {
+            m.push_str(&format!(", and {space}"));
+        }
+        Some(m)
     }
 }
 
