@@ -312,6 +312,7 @@ async fn run_case(c: Case) -> Result<(), String> {
             .try_init();
         eprintln!("CASE {c:?}");
     }
+    let trace = std::env::var_os("MODEL_TRACE").is_some();
     let mut r = Rig::new(c.page_size);
     r.cfg.tree_depth = c.depth;
     r.cfg.use_export = c.use_export;
@@ -322,6 +323,9 @@ async fn run_case(c: Case) -> Result<(), String> {
         apply(&r, op);
     }
     for (n, s) in c.steps.iter().enumerate() {
+        if trace {
+            eprintln!("STEP {n}: {s:?}");
+        }
         let local_before: BTreeSet<String> = r.actual().keys().cloned().collect();
         let remote_before: BTreeSet<String> = model(&r).keys().cloned().collect();
         for op in &s.ops {
@@ -367,6 +371,9 @@ async fn run_case(c: Case) -> Result<(), String> {
         }
     }
     // The faults are gone: one more run converges exactly.
+    if trace {
+        eprintln!("FINAL RUN");
+    }
     match r.attempt().await {
         Ok(_) => {}
         Err(e) => return Err(format!("final run failed: {e}")),
@@ -397,6 +404,9 @@ proptest! {
             .unwrap();
         let r = rt.block_on(run_case(c));
         rt.shutdown_timeout(Duration::from_secs(1));
+        if let (Err(e), Some(_)) = (&r, std::env::var_os("MODEL_TRACE")) {
+            eprintln!("CASE FAILED: {e}");
+        }
         prop_assert!(r.is_ok(), "{}", r.unwrap_err());
     }
 }

@@ -350,6 +350,9 @@ impl Engine {
                     if segments(&e.path) >= base + depth as usize {
                         p.queue_push.push(e.path.clone());
                     }
+                    // The remote says it is a directory: a quarantine of the path as a file (it
+                    // failed to fetch before it was replaced by this directory) is obsolete.
+                    p.cleared.push(e.path.clone());
                     p.dirs.push(rel);
                     continue;
                 }

@@ -273,6 +273,9 @@ pub struct Pending {
     pub deletes: Vec<String>,
     pub quarantine: Vec<QuarantineNote>,
     pub cleared: Vec<String>,
+    /// Remote paths of files fetched in this batch: their ancestors are directories on the remote, so
+    /// a quarantine of an ancestor as a file (one the remote has since replaced by a directory) goes.
+    pub fetched: Vec<String>,
     pub queue_push: Vec<String>,
     pub queue_remove: Option<i64>,
     /// Directories whose listing failed: (remote dir, local dir, reason).
@@ -294,6 +297,7 @@ impl Pending {
         Pending {
             files: std::mem::take(&mut self.files),
             cleared: std::mem::take(&mut self.cleared),
+            fetched: std::mem::take(&mut self.fetched),
             quarantine: std::mem::take(&mut self.quarantine),
             dirs: self.dirs.clone(),
             ..Default::default()
@@ -649,6 +653,9 @@ impl Engine {
                 for remote in &p.cleared {
                     b.unquarantine(remote)?;
                 }
+                for remote in &p.fetched {
+                    b.unquarantine_ancestors(remote)?;
+                }
                 for d in &p.queue_push {
                     b.queue_push(d)?;
                 }
@@ -722,6 +729,7 @@ impl Engine {
     pub fn note_done(&self, p: &mut Pending, remote: String, rel: String, meta: FileMeta) {
         tracing::debug!(path = %remote, size = meta.size, "file written or verified");
         self.progress.file_done(&remote, meta.size);
+        p.fetched.push(remote.clone());
         p.cleared.push(remote);
         p.files.push(Recorded { rel, meta });
     }

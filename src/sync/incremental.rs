@@ -143,24 +143,30 @@ impl Engine {
             .db()
             .run(move |st: &mut State| -> Result<_, SyncError> {
                 let mut files = Vec::with_capacity(deletes.len());
+                let mut gone = Vec::new();
                 for (rel, remote) in deletes {
                     // A recorded file, or one written by an interrupted run before its record was
                     // committed: the remote deleted it. A directory is not a file.deleted's business
-                    // (the path is a directory by now: a later listing or event says what it holds).
+                    // (the path is a directory by now: a later listing or event says what it holds),
+                    // but a quarantine of the deleted file goes all the same.
                     if st.file(&rel)?.is_none_or(|r| r.kind == Kind::File) {
                         store
                             .remove_file(&rel)
                             .map_err(|e| SyncError::local(&store.abs(&rel), &e))?;
                         files.push((rel, remote));
+                    } else {
+                        gone.push(remote);
                     }
                 }
-                Ok(files)
+                Ok((files, gone))
             })
             .await?;
+        let (deletes, gone) = deletes;
         for (rel, remote) in deletes {
             p.deletes.push(rel);
             p.cleared.push(remote);
         }
+        p.cleared.extend(gone);
         Ok(())
     }
 

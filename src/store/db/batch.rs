@@ -16,6 +16,8 @@ pub struct Batch<'a> {
     changes: Vec<Change>,
     /// Files whose records this batch deleted (directly or with a directory above them).
     removed_files: Vec<String>,
+    /// Whether the quarantine is empty, once asked ([`Batch::unquarantine_ancestors`]).
+    quarantine_empty: Option<bool>,
 }
 
 impl<'a> Batch<'a> {
@@ -32,6 +34,7 @@ impl<'a> Batch<'a> {
             dropped_dirs: false,
             changes: Vec::new(),
             removed_files: Vec::new(),
+            quarantine_empty: None,
         }
     }
 
@@ -335,6 +338,7 @@ impl<'a> Batch<'a> {
             )
             .and_then(|mut s| s.execute(params![remote_path, reason, permanent as i64, now_secs(), class, snapshot]))
             .map_err(|e| self.err(e))?;
+        self.quarantine_empty = Some(false);
         Ok(())
     }
 
@@ -417,6 +421,31 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
+    /// `remote_path` is a file on the remote, so each of its ancestors is a directory there: a
+    /// quarantine of one of them as a file is obsolete. Free when nothing is quarantined.
+    pub fn unquarantine_ancestors(&mut self, remote_path: &str) -> Result<(), StateError> {
+        if self.quarantine_empty.is_none() {
+            let empty = self
+                .tx
+                .query_row("SELECT NOT EXISTS(SELECT 1 FROM quarantine)", [], |r| {
+                    r.get::<_, bool>(0)
+                })
+                .map_err(|e| self.err(e))?;
+            self.quarantine_empty = Some(empty);
+        }
+        if self.quarantine_empty == Some(true) {
+            return Ok(());
+        }
+        let mut end = remote_path.len();
+        while let Some(i) = remote_path[..end].rfind('/') {
+            if i > 0 {
+                self.unquarantine(&remote_path[..i])?;
+            }
+            end = i;
+        }
+        Ok(())
+    }
+
     /// Commit; returns what changed (empty when nothing visible did).
     pub fn commit(self) -> Result<Vec<Change>, StateError> {
         self.commit_with_removed().map(|(changes, _)| changes)
@@ -446,6 +475,7 @@ impl<'a> Batch<'a> {
             dropped_dirs,
             changes,
             removed_files,
+            ..
         } = self;
         tx.commit()
             .map_err(|e| StateError::Sqlite { path, source: e })?;
