@@ -216,6 +216,22 @@ fn creds(h: &Harness, token: &str) -> PathBuf {
 }
 
 #[test]
+fn the_data_mode_is_a_flag_and_a_bad_one_is_refused_by_name() {
+    let h = Harness::new();
+    for m in ["auto", "passthrough", "page-cache", "direct-io"] {
+        let r = check(&h, &[], &["--once", "--data-mode", m]);
+        assert_eq!(r.code, 0, "--data-mode {m}: {}", r.all());
+    }
+    let r = check(&h, &[("MOUNTD_DATA_MODE", "fast")], &["--once"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("MOUNTD_DATA_MODE") && r.stderr.contains("page-cache"),
+        "the error names the variable and the choices: {}",
+        r.all()
+    );
+}
+
+#[test]
 fn every_boolean_form_is_accepted_and_a_bad_value_names_its_variable() {
     let h = Harness::new();
     for var in [

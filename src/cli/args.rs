@@ -61,6 +61,12 @@ pub fn parse_go_duration(s: &str) -> Result<(bool, Duration), String> {
 }
 
 /// A non-negative Go duration; `0` and `off` mean "disabled" where the flag says so.
+/// `auto`, `passthrough`, `page-cache` or `direct-io`.
+pub fn parse_data_mode(s: &str) -> Result<crate::view::fuse::DataMode, String> {
+    crate::view::fuse::DataMode::parse(s)
+        .ok_or_else(|| format!("{s:?} is not auto, passthrough, page-cache or direct-io"))
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     match parse_go_duration(s)? {
         (false, d) => Ok(d),
@@ -512,6 +518,13 @@ pub struct RunArgs {
     /// Permission bits of directories in the mount (octal).
     #[arg(long, env = "MOUNTD_DIR_MODE", default_value = "0555", value_parser = parse_mode, help_heading = "Mount service")]
     pub dir_mode: u16,
+    /// How the mount serves file data: `auto` (the page cache with message-free opens: best for many
+    /// small files; where the kernel lacks that, passthrough), `passthrough` (FUSE passthrough, Linux >=
+    /// 6.9 and CAP_SYS_ADMIN: large files read at the disk's own speed and are cached once, but every
+    /// open(2) is a round trip to the daemon), `page-cache`, or `direct-io` (every read through the
+    /// daemon). docs/PERFORMANCE.md has the measurements behind the default.
+    #[arg(long, env = "MOUNTD_DATA_MODE", value_parser = parse_data_mode, default_value = "auto", help_heading = "Mount service")]
+    pub data_mode: crate::view::fuse::DataMode,
     /// Kernel attribute and entry cache TTL (changes are pushed by explicit invalidation).
     #[arg(long, env = "MOUNTD_METADATA_TTL", value_parser = parse_duration, default_value = "60s", help_heading = "Mount service")]
     pub metadata_ttl: Duration,

@@ -333,7 +333,7 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
                     file_mode: a.file_mode,
                     dir_mode: a.dir_mode,
                 },
-                data_mode: crate::view::fuse::DataMode::from_env(),
+                data_mode: a.data_mode,
             };
             match crate::view::fuse::mount(mnt, s.engine.db().path(), s.engine.store().root(), opts)
             {

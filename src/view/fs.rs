@@ -132,6 +132,9 @@ struct Versions {
     pinned: usize,
 }
 
+/// READs of at least this size (the kernel's read-ahead) prefetch the window after them.
+const PREFETCH_FROM: usize = 256 << 10;
+
 /// The read-only view over a [`StateReader`] and the mirror root.
 pub struct MirrorFs {
     readers: Vec<Mutex<StateReader>>,
@@ -482,6 +485,16 @@ impl MirrorFs {
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(io_errno(&e)),
                 }
+            }
+            if got >= PREFETCH_FROM && offset + (got as u64) < v.size {
+                // A large READ is the kernel's read-ahead of a sequential reader: start reading the
+                // window after it from the mirror's disk now, so the next READ finds it cached.
+                let _ = nix::fcntl::posix_fadvise(
+                    &v.file,
+                    (offset + got as u64) as libc::off_t,
+                    (4 * got) as libc::off_t,
+                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+                );
             }
             Ok(reply(&buf[..got]))
         })

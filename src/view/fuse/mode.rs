@@ -41,18 +41,6 @@ impl DataMode {
         }
     }
 
-    /// The mode named by `MOUNTD_DATA_MODE` (for benchmarks and operators), `Auto` when unset; an
-    /// unknown value is logged and ignored.
-    pub fn from_env() -> DataMode {
-        match std::env::var("MOUNTD_DATA_MODE") {
-            Err(_) => DataMode::Auto,
-            Ok(v) => DataMode::parse(&v).unwrap_or_else(|| {
-                tracing::warn!(value = %v, "MOUNTD_DATA_MODE: not auto, passthrough, page-cache or direct-io; using auto");
-                DataMode::Auto
-            }),
-        }
-    }
-
     fn code(self) -> u8 {
         match self {
             DataMode::Auto => 0,
