@@ -414,6 +414,9 @@ impl<'a> Batch<'a> {
     }
 
     pub fn unquarantine(&mut self, remote_path: &str) -> Result<(), StateError> {
+        if self.quarantine_is_empty()? {
+            return Ok(());
+        }
         self.tx
             .prepare_cached("DELETE FROM quarantine WHERE path = ?1")
             .and_then(|mut s| s.execute([remote_path]))
@@ -424,16 +427,7 @@ impl<'a> Batch<'a> {
     /// `remote_path` is a file on the remote, so each of its ancestors is a directory there: a
     /// quarantine of one of them as a file is obsolete. Free when nothing is quarantined.
     pub fn unquarantine_ancestors(&mut self, remote_path: &str) -> Result<(), StateError> {
-        if self.quarantine_empty.is_none() {
-            let empty = self
-                .tx
-                .query_row("SELECT NOT EXISTS(SELECT 1 FROM quarantine)", [], |r| {
-                    r.get::<_, bool>(0)
-                })
-                .map_err(|e| self.err(e))?;
-            self.quarantine_empty = Some(empty);
-        }
-        if self.quarantine_empty == Some(true) {
+        if self.quarantine_is_empty()? {
             return Ok(());
         }
         let mut end = remote_path.len();
@@ -444,6 +438,22 @@ impl<'a> Batch<'a> {
             end = i;
         }
         Ok(())
+    }
+
+    /// Whether nothing is quarantined (asked once per batch; a quarantine in this batch clears it), so
+    /// that clearing quarantines costs nothing in the common case.
+    fn quarantine_is_empty(&mut self) -> Result<bool, StateError> {
+        if let Some(empty) = self.quarantine_empty {
+            return Ok(empty);
+        }
+        let empty = self
+            .tx
+            .query_row("SELECT NOT EXISTS(SELECT 1 FROM quarantine)", [], |r| {
+                r.get::<_, bool>(0)
+            })
+            .map_err(|e| self.err(e))?;
+        self.quarantine_empty = Some(empty);
+        Ok(empty)
     }
 
     /// Commit; returns what changed (empty when nothing visible did).
