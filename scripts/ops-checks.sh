@@ -44,7 +44,8 @@ if [[ $deb == 1 ]]; then
     # The man page and completions come from the clap definitions of the binary being packaged.
     cargo build --release --locked -p mountd
     scripts/gen-man.sh "${CARGO_TARGET_DIR:-target}/release/mountd"
-    cargo deb -p mountd --locked
+    # Stripped: the release profile keeps line tables for profiling (86 MB); the package needs none.
+    cargo deb -p mountd --locked --strip
     echo "ops-checks.sh: package built in $((SECONDS - t0))s" >&2
     pkg=$(ls -t "${CARGO_TARGET_DIR:-target}"/debian/mountd_*.deb | head -n1)
     dpkg-deb --info "$pkg" >&2
@@ -53,6 +54,11 @@ if [[ $deb == 1 ]]; then
     # The daemon only: the reference remote must never be packaged.
     if grep -q 'mountd-remote' <<<"$contents"; then
         echo "ops-checks.sh: $pkg contains mountd-remote" >&2
+        exit 1
+    fi
+    bin_size=$(awk '$NF == "./usr/bin/mountd" { print $3 }' <<<"$contents")
+    if [[ -z $bin_size ]] || ((bin_size > 40000000)); then
+        echo "ops-checks.sh: $pkg: /usr/bin/mountd is ${bin_size:-missing} bytes (not stripped?)" >&2
         exit 1
     fi
     grep -q ' \./usr/share/man/man1/mountd\.1' <<<"$contents" || {
