@@ -177,6 +177,11 @@ impl Metrics {
         self.realtime_connected.store(connected, Ordering::Relaxed);
     }
 
+    /// Whether the realtime stream is connected now.
+    pub fn realtime_connected(&self) -> bool {
+        self.realtime_connected.load(Ordering::Relaxed)
+    }
+
     /// The delivery lag of the last event applied from the realtime stream: from the server's event
     /// timestamp to the commit that made it visible.
     pub fn set_realtime_lag(&self, lag: Duration) {

@@ -297,6 +297,12 @@ fn started_with_the_remote_down_the_service_stays_up_feeds_the_watchdog_and_serv
             .iter()
             .any(|s| s.starts_with("serving; last sync "))
     });
+    // The realtime stream is on by default: STATUS= says whether it is connected.
+    wait_for("STATUS= with the stream connected", LIMIT, || {
+        sock.statuses()
+            .iter()
+            .any(|s| s.starts_with("serving; ") && s.ends_with("; realtime stream connected"))
+    });
     let pings = sock.count("WATCHDOG=1");
     wait_for("more pings while serving", LIMIT, || {
         sock.count("WATCHDOG=1") >= pings + 3

@@ -142,6 +142,8 @@ struct Shown {
     /// The current failure: since when, whether the remote is unavailable, the error.
     failure: Option<(SystemTime, bool, String)>,
     last_success: Option<SystemTime>,
+    /// The realtime stream is on (`--websocket`): say whether it is connected.
+    realtime: bool,
 }
 
 fn status_text(s: &Shown, engine: &Engine) -> String {
@@ -153,10 +155,20 @@ fn status_text(s: &Shown, engine: &Engine) -> String {
                 None => format!("bootstrapping {} files", p.files()),
             }
         }
-        Phase::Serving => match s.last_success.and_then(|t| t.elapsed().ok()) {
-            Some(d) => format!("serving; last sync {} ago", age(d)),
-            None => "serving".to_string(),
-        },
+        Phase::Serving => {
+            let mut t = match s.last_success.and_then(|t| t.elapsed().ok()) {
+                Some(d) => format!("serving; last sync {} ago", age(d)),
+                None => "serving".to_string(),
+            };
+            if s.realtime {
+                t.push_str(if crate::metrics::Metrics::global().realtime_connected() {
+                    "; realtime stream connected"
+                } else {
+                    "; realtime stream down, polling"
+                });
+            }
+            t
+        }
     };
     match &s.failure {
         None => phase,
@@ -260,6 +272,7 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
         last_success: start_health
             .ok()
             .and_then(|h| parse_time(h.last_success_at.as_deref())),
+        realtime: a.compat.websocket.unwrap_or(true),
     }));
     spawn_notifier(shown.clone(), s.engine.clone());
     if let Some(addr) = a.metrics_addr {
