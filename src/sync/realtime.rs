@@ -17,7 +17,8 @@
 //!   Before that, under the engine's [`Engine::exclusive`] lock shared with the poll loop, events at
 //!   or before the stored cursor are dropped (already applied: a reconnect's catch-up, or the poll
 //!   loop got there first), and the inline content of a path's last event is decoded, checked against
-//!   its `contentHash` and written with [`LocalStore::write_atomic`]: `apply_events` then finds the
+//!   its `contentHash` and written with [`LocalStore::write_atomic`] (after its intent is committed,
+//!   like every write of the engine): `apply_events` then finds the
 //!   local bytes matching the event's hash and records the file without a `GET /fs/file`. Content
 //!   that is not inline, or fails the check, is fetched as usual. The commit tells the FUSE view what
 //!   changed (its cache invalidation), as for any other commit.
@@ -510,6 +511,11 @@ async fn apply_batch(engine: &Engine, batch: Vec<Queued>) -> Result<Option<Appli
     let n_inline = inline.len();
     let t_write = Instant::now();
     if !inline.is_empty() {
+        // Their intents first, as for any write: a run interrupted between the bytes and the records
+        // leaves files the next run can tell apart from the user's (and remove if the remote did).
+        engine
+            .intend(inline.iter().map(|f| f.rel.clone()).collect())
+            .await?;
         let store = engine.store().clone();
         tokio::task::spawn_blocking(move || write_inline(&store, inline))
             .await
