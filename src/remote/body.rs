@@ -108,3 +108,80 @@ pub fn classify(e: ScanError, op: &str, correlation_id: &str) -> BodyError {
         ScanError::Stopped => BodyError::Stopped,
     }
 }
+
+/// A `BufRead` over `chunks` for a blocking thread that has work of its own to do between bytes: it
+/// hands out each chunk as it arrived (no copy into a buffer of its own), and calls `idle` just before
+/// it would wait for a chunk that has not arrived yet, so the reader's caller can finish what it holds
+/// (e.g. place the entries already decoded) instead of keeping it while the body is slow or stalled.
+/// Create it with a handle on the runtime (the stream is polled inside it), read it off the runtime.
+pub struct IdleReader<F> {
+    chunks: ByteStream,
+    handle: tokio::runtime::Handle,
+    cur: bytes::Bytes,
+    done: bool,
+    idle: F,
+}
+
+impl<F: FnMut()> IdleReader<F> {
+    pub fn new(chunks: ByteStream, handle: tokio::runtime::Handle, idle: F) -> IdleReader<F> {
+        IdleReader {
+            chunks,
+            handle,
+            cur: bytes::Bytes::new(),
+            done: false,
+            idle,
+        }
+    }
+}
+
+impl<F: FnMut()> std::io::Read for IdleReader<F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let have = self.fill_buf()?;
+        let n = have.len().min(buf.len());
+        buf[..n].copy_from_slice(&have[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<F: FnMut()> BufRead for IdleReader<F> {
+    #[inline]
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        if self.cur.is_empty() && !self.done {
+            self.next_chunk()?;
+        }
+        Ok(&self.cur)
+    }
+
+    #[inline]
+    fn consume(&mut self, n: usize) {
+        bytes::Buf::advance(&mut self.cur, n);
+    }
+}
+
+impl<F: FnMut()> IdleReader<F> {
+    /// Wait for the next non-empty chunk (or the end), calling `idle` first when none is there yet.
+    #[inline(never)]
+    fn next_chunk(&mut self) -> std::io::Result<()> {
+        while self.cur.is_empty() && !self.done {
+            let ready = {
+                let _rt = self.handle.enter();
+                let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+                self.chunks.poll_next_unpin(&mut cx)
+            };
+            let item = match ready {
+                std::task::Poll::Ready(item) => item,
+                std::task::Poll::Pending => {
+                    (self.idle)();
+                    self.handle.block_on(self.chunks.next())
+                }
+            };
+            match item {
+                None => self.done = true,
+                Some(Ok(chunk)) => self.cur = chunk,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+            }
+        }
+        Ok(())
+    }
+}

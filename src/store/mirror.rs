@@ -455,6 +455,56 @@ impl LocalStore {
         Ok(out)
     }
 
+    /// Every regular file below the root (the reserved directory left out), a directory at a time:
+    /// `each` gets the directory (relative) and the names of up to `max` of its files, with `whole`
+    /// when they are all of them (a larger directory comes in several calls, none of them whole).
+    pub fn walk_file_names(
+        &self,
+        max: usize,
+        mut each: impl FnMut(&str, Vec<String>, bool) -> std::ops::ControlFlow<()>,
+    ) -> io::Result<()> {
+        let max = max.max(1);
+        let mut stack = vec![(self.root.clone(), String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let (mut names, mut split) = (Vec::new(), false);
+            for e in rd {
+                let e = e?;
+                let Ok(name) = e.file_name().into_string() else {
+                    continue;
+                };
+                if rel.is_empty() && name == RESERVED_DIR {
+                    continue;
+                }
+                let ft = e.file_type()?;
+                if ft.is_dir() {
+                    let child = if rel.is_empty() {
+                        name
+                    } else {
+                        format!("{rel}/{name}")
+                    };
+                    stack.push((e.path(), child));
+                } else if ft.is_file() {
+                    names.push(name);
+                    if names.len() >= max {
+                        split = true;
+                        if each(&rel, std::mem::take(&mut names), false).is_break() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            if !names.is_empty() && each(&rel, names, !split).is_break() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     /// Each regular file of the mirror (outside the reserved dir), by relative path, until `each`
     /// breaks; memory is the walk's stack of directories, whatever the number of files.
     pub fn walk_files(

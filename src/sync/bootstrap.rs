@@ -2,10 +2,10 @@
 //! tree pull; completion sweeps what the authoritative listing no longer has and sets the events cursor
 //! to the tip taken before the snapshot started.
 use crate::remote::body::BodyError;
-use crate::remote::export::{stream_entries, ExportItem};
-use crate::remote::scan::{Decoded, EntryOutcome, Meta};
+use crate::remote::export::{stream_entries, Batcher, ExportItem};
+use crate::remote::scan::{BadKind, Decoded, EntryOutcome, Meta};
 use crate::remote::BodyStream;
-use crate::store::db::{Checkpoint, FileMeta, Kind, MetaKey, Phase, State};
+use crate::store::db::{Checkpoint, Db, FileMeta, Kind, MetaKey, Phase, State};
 use crate::store::mirror::WriteError;
 use crate::store::space::Need;
 use crate::store::{paths, LocalStore};
@@ -14,6 +14,7 @@ use crate::sync::engine::{
     Engine, FetchJob, Fetched, FileError, Pending, QuarantineNote, Recorded, SyncError,
 };
 use futures_util::StreamExt;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 /// How the bootstrap got its listing.
@@ -181,6 +182,17 @@ impl Engine {
         let store = self.store().clone();
         let stager = Stager::new(store.clone(), share);
         let stage_failures = stager.failures();
+        let placer = Placer {
+            root: root.clone(),
+            store: store.clone(),
+            db: self.db().clone(),
+            share,
+            entries: Vec::new(),
+            held: 0,
+        };
+        // Entries are decoded and verified (in memory or a temp file) on the parser's blocking thread,
+        // which also commits a batch's intents and moves its files into place; only what became of
+        // each file comes here, where the records are committed.
         let mut rx = stream_entries(
             BodyStream {
                 correlation_id: body.correlation_id,
@@ -188,95 +200,102 @@ impl Engine {
             },
             stager,
             move || store.scratch_file(),
-            share,
-            EXPORT_QUEUE,
+            placer,
+            EXPORT_RESULTS,
         );
         let mut pending = Pending::default();
         let mut applied: u64 = 0;
         let mut last_commit = std::time::Instant::now();
-        // Entries arrive decoded and verified (in memory or a temp file); they are moved into place
-        // on blocking threads, up to `concurrency` at once (file creation latency overlaps), and
-        // their records are committed here.
-        let mut inflight = futures_util::stream::FuturesUnordered::new();
-        let mut ended: Option<Option<String>> = None;
-        // An item taken while draining ready entries, handled on the next turn.
-        let mut deferred: Option<ExportItem<Staged>> = None;
-        loop {
-            let more = ended.is_none() && inflight.len() < self.config().concurrency;
-            if !more && inflight.is_empty() {
-                break;
-            }
-            tokio::select! {
-                Some(done) = inflight.next(), if !inflight.is_empty() => {
-                    let done: Result<Vec<Applied>, tokio::task::JoinError> = done;
+        let outcome: Option<String> = loop {
+            let item = match tokio::time::timeout(sub, rx.next()).await {
+                Err(_) => break Some(format!("no export entry arrived within the export timeout ({}) after {applied} entries", humantime::format_duration(sub))),
+                Ok(None) => break Some("export parser ended without a result".into()),
+                Ok(Some(item)) => item,
+            };
+            match item {
+                // The batch's intents could not be committed: nothing of it was placed.
+                ExportItem::Batch(Err(e)) => return Err(e),
+                ExportItem::Batch(Ok(done)) => {
                     let mut local_error = None;
-                    for a in done.map_err(|e| SyncError::Internal(format!("export worker: {e}")))? {
+                    for a in done {
                         applied += 1;
                         match a {
-                            Applied::Ok { remote, rel, meta } => { self.note_fetched(); self.note_done(&mut pending, remote, rel, meta) }
-                            Applied::Hostile { remote, why } => self.note_hostile(&mut pending, remote, &why),
-                            Applied::Local(e) => local_error = local_error.or(Some(e)),
+                            Applied::Ok { remote, rel, meta } => {
+                                self.note_fetched();
+                                self.note_done(&mut pending, remote, rel, meta)
+                            }
+                            Applied::Hostile { remote, why } => {
+                                self.note_hostile(&mut pending, remote, &why)
+                            }
+                            Applied::Bad {
+                                remote,
+                                reason,
+                                kind,
+                                keep,
+                            } => {
+                                let error = FileError::BadData {
+                                    kind,
+                                    detail: reason,
+                                };
+                                self.note_failure(
+                                    &mut pending,
+                                    QuarantineNote {
+                                        reason: error.to_string(),
+                                        class: error.class(),
+                                        remote,
+                                        permanent: false,
+                                        retry: false,
+                                        keep,
+                                    },
+                                );
+                            }
+                            Applied::Local(e) => {
+                                // The parser stopped at it: nothing after it was placed.
+                                applied -= 1;
+                                local_error = Some(e);
+                            }
                         }
                     }
                     if let Some(e) = local_error {
-                        // What the group placed before the error is committed with the rest.
+                        // What the batch placed before the error is committed with the rest.
                         self.commit(pending, ck.snapshot, None, vec![]).await?;
                         return Err(e.into());
                     }
-                    if intra_commit_due(pending.files.len() + pending.quarantine.len(), last_commit) {
-                        self.commit(std::mem::take(&mut pending), ck.snapshot, None, vec![]).await?;
+                    if intra_commit_due(pending.files.len() + pending.quarantine.len(), last_commit)
+                    {
+                        self.commit(std::mem::take(&mut pending), ck.snapshot, None, vec![])
+                            .await?;
                         last_commit = std::time::Instant::now();
                     }
                 }
-                item = async { match deferred.take() { Some(d) => Ok(Some(d)), None => tokio::time::timeout(sub, rx.next()).await } }, if more => match item {
-                    Err(_) => ended = Some(Some(format!("no export entry arrived within the export timeout ({}) after {applied} entries", humantime::format_duration(sub)))),
-                    Ok(None) => ended = Some(Some("export parser ended without a result".into())),
-                    Ok(Some(ExportItem::Entry(EntryOutcome::Ok { meta, decoded, out }))) => {
-                        // This entry and every one already waiting: their intents in one transaction,
-                        // then they are placed.
-                        let mut batch = vec![(meta, decoded, out)];
-                        while batch.len() < EXPORT_QUEUE {
-                            match rx.try_next() {
-                                Some(ExportItem::Entry(EntryOutcome::Ok { meta, decoded, out })) => batch.push((meta, decoded, out)),
-                                Some(other) => { deferred = Some(other); break; }
-                                None => break,
-                            }
-                        }
-                        let rels = batch.iter().filter_map(|(m, _, _)| m.path.as_deref().and_then(|p| self.to_local(p).ok())).collect();
-                        self.intend(rels).await?;
-                        // Placed in groups, one blocking task each: a thread hand-off per group, not
-                        // per file (most export entries are small files placed in microseconds).
-                        let mut batch = batch.into_iter().peekable();
-                        while batch.peek().is_some() {
-                            let group: Vec<_> = batch.by_ref().take(PLACE_GROUP).collect();
-                            let (root, store) = (root.clone(), self.store().clone());
-                            inflight.push(tokio::task::spawn_blocking(move || place_group(&root, &store, group)));
-                        }
-                    }
-                    Ok(Some(ExportItem::Entry(EntryOutcome::Bad { meta, reason, kind }))) => {
-                        applied += 1;
-                        let remote = meta.path.unwrap_or_else(|| "<export entry without a path>".into());
-                        let error = FileError::BadData { kind, detail: reason };
-                        let keep = self.to_local(&remote).ok();
-                        self.note_failure(&mut pending, QuarantineNote { reason: error.to_string(), class: error.class(), remote, permanent: false, retry: false, keep });
-                    }
-                    Ok(Some(ExportItem::End(Ok(_)))) => ended = Some(None),
-                    Ok(Some(ExportItem::End(Err(BodyError::Local(e))))) => {
-                        self.commit(pending, ck.snapshot, None, vec![]).await?;
-                        // The entry being staged (its path and how much of it had arrived), when the
-                        // stager's write failed; else the scanner's own spool in the reserved directory.
-                        let failed = stage_failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                        let rel = failed.as_ref().and_then(|f| f.path.as_deref()).and_then(|p| self.to_local(p).ok());
-                        return Err(match (rel, failed) {
-                            (Some(rel), Some(f)) => SyncError::local_writing(&self.store().abs(&rel), &e, Need::Streaming { received: f.received, listed: None }),
-                            _ => SyncError::local(&self.store().root().join(paths::RESERVED_DIR), &e),
-                        });
-                    }
-                    Ok(Some(ExportItem::End(Err(e)))) => ended = Some(Some(e.to_string())),
-                },
+                ExportItem::End(Ok(_)) => break None,
+                ExportItem::End(Err(BodyError::Local(e))) => {
+                    self.commit(pending, ck.snapshot, None, vec![]).await?;
+                    // The entry being staged (its path and how much of it had arrived), when the
+                    // stager's write failed; else the scanner's own spool in the reserved directory.
+                    let failed = stage_failures
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    let rel = failed
+                        .as_ref()
+                        .and_then(|f| f.path.as_deref())
+                        .and_then(|p| self.to_local(p).ok());
+                    return Err(match (rel, failed) {
+                        (Some(rel), Some(f)) => SyncError::local_writing(
+                            &self.store().abs(&rel),
+                            &e,
+                            Need::Streaming {
+                                received: f.received,
+                                listed: None,
+                            },
+                        ),
+                        _ => SyncError::local(&self.store().root().join(paths::RESERVED_DIR), &e),
+                    });
+                }
+                ExportItem::End(Err(e)) => break Some(e.to_string()),
             }
-        }
-        let outcome = ended.flatten();
+        };
         self.commit(pending, ck.snapshot, None, vec![]).await?;
         if let Some(reason) = outcome {
             return Ok(ExportOutcome::FallThrough(reason));
@@ -617,14 +636,20 @@ impl Engine {
         // The local files are walked in batches checked against the records as they come, so the
         // memory does not grow with the tree.
         const BATCH: usize = 4096;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<String>>(2);
+        // (directory, names of its files, whether they are all of them)
+        type Group = (String, Vec<String>, bool);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Group>>(2);
         let store = self.store().clone();
         let walker = tokio::task::spawn_blocking(move || {
-            let mut batch = Vec::with_capacity(BATCH);
-            store.walk_files(|rel| {
-                batch.push(rel);
-                if batch.len() >= BATCH && tx.blocking_send(std::mem::take(&mut batch)).is_err() {
-                    return std::ops::ControlFlow::Break(());
+            let (mut batch, mut names) = (Vec::new(), 0);
+            store.walk_file_names(BATCH, |dir, files, whole| {
+                names += files.len();
+                batch.push((dir.to_string(), files, whole));
+                if names >= BATCH {
+                    names = 0;
+                    if tx.blocking_send(std::mem::take(&mut batch)).is_err() {
+                        return std::ops::ControlFlow::Break(());
+                    }
                 }
                 std::ops::ControlFlow::Continue(())
             })?;
@@ -638,9 +663,21 @@ impl Engine {
             let found = self
                 .read(move |st| {
                     let mut found = Vec::new();
-                    for rel in batch {
-                        if st.file(&rel)?.is_none() {
-                            found.push(rel);
+                    for (dir, files, whole) in batch {
+                        if whole {
+                            // All of a directory's files: its records are read once.
+                            found.extend(st.unrecorded_in(&dir, files)?);
+                            continue;
+                        }
+                        for name in files {
+                            let rel = if dir.is_empty() {
+                                name
+                            } else {
+                                format!("{dir}/{name}")
+                            };
+                            if !st.has_record(&rel)? {
+                                found.push(rel);
+                            }
                         }
                     }
                     Ok(found)
@@ -690,7 +727,7 @@ impl Engine {
     }
 }
 
-/// One export entry as applied on a blocking thread.
+/// One export entry as applied on the parser's thread.
 enum Applied {
     Ok {
         remote: String,
@@ -702,45 +739,149 @@ enum Applied {
         remote: String,
         why: paths::Rejected,
     },
+    /// An entry the scanner found unusable (bad content, hash mismatch, missing path...).
+    Bad {
+        remote: String,
+        reason: String,
+        kind: BadKind,
+        keep: Option<String>,
+    },
     /// The local disk failed: the run stops.
     Local(WriteError),
 }
 
-/// Export entries placed by one blocking task.
-const PLACE_GROUP: usize = 4;
+/// Processed export batches that may wait for the engine (each only says what became of its files).
+const EXPORT_RESULTS: usize = 4;
+/// Most export entries in one batch: one intent transaction and one hand-off to the engine each.
+const EXPORT_BATCH: usize = 256;
 
-/// Place a group of export entries in order; it stops at the first local disk error (the run fails
-/// with it), so nothing after it is attempted.
-fn place_group(
-    root: &str,
-    store: &Arc<LocalStore>,
-    group: Vec<(Meta, Decoded, Staged)>,
-) -> Vec<Applied> {
-    let mut out = Vec::with_capacity(group.len());
-    for (meta, decoded, staged) in group {
-        let a = apply_export_entry(root, store, meta, decoded, staged);
-        let stop = matches!(a, Applied::Local(_));
-        out.push(a);
-        if stop {
-            break;
-        }
-    }
-    out
+/// The export's [`Batcher`], on the parser's thread: a batch's intents are committed in one
+/// transaction (before any of its bytes are placed), then its files are placed in order, stopping at
+/// the first local disk error. A batch is full at [`EXPORT_BATCH`] entries, or once the content it
+/// holds reaches [`EXPORT_QUEUE`] shares of the memory budget (a spooled file counts as a share).
+struct Placer {
+    root: String,
+    store: Arc<LocalStore>,
+    db: Db,
+    share: usize,
+    entries: Vec<EntryOutcome<Staged>>,
+    held: usize,
 }
 
-/// Map and (unless the local bytes already match) place one verified export entry.
-fn apply_export_entry(
-    root: &str,
-    store: &Arc<LocalStore>,
+/// An entry of a batch, its local path mapped.
+enum Mapped {
+    Place {
+        remote: String,
+        rel: String,
+        meta: Meta,
+        decoded: Decoded,
+        staged: Staged,
+    },
+    Done(Applied),
+}
+
+impl Batcher<Staged> for Placer {
+    type Out = Result<Vec<Applied>, SyncError>;
+
+    fn push(&mut self, entry: EntryOutcome<Staged>) -> bool {
+        if let EntryOutcome::Ok { out, .. } = &entry {
+            self.held += match out {
+                Staged::Mem(v) => v.len(),
+                Staged::File(_) => self.share,
+            };
+        }
+        self.entries.push(entry);
+        self.entries.len() >= EXPORT_BATCH || self.held >= EXPORT_QUEUE * self.share
+    }
+
+    fn process(&mut self) -> Option<ControlFlow<Self::Out, Self::Out>> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        self.held = 0;
+        let mut rels = Vec::with_capacity(self.entries.len());
+        let mapped: Vec<Mapped> = self
+            .entries
+            .drain(..)
+            .map(|entry| match entry {
+                EntryOutcome::Ok {
+                    mut meta,
+                    decoded,
+                    out,
+                } => {
+                    let remote = meta.path.take().unwrap_or_default();
+                    match paths::to_local(&self.root, &remote) {
+                        Ok(rel) => {
+                            rels.push(rel.clone());
+                            Mapped::Place {
+                                remote,
+                                rel,
+                                meta,
+                                decoded,
+                                staged: out,
+                            }
+                        }
+                        Err(why) => Mapped::Done(Applied::Hostile { remote, why }),
+                    }
+                }
+                EntryOutcome::Bad { meta, reason, kind } => {
+                    let remote = meta
+                        .path
+                        .unwrap_or_else(|| "<export entry without a path>".into());
+                    let keep = paths::to_local(&self.root, &remote).ok();
+                    Mapped::Done(Applied::Bad {
+                        remote,
+                        reason,
+                        kind,
+                        keep,
+                    })
+                }
+            })
+            .collect();
+        if !rels.is_empty() {
+            let intended = self.db.run_blocking(move |st: &mut State| {
+                let mut b = st.batch()?;
+                for r in &rels {
+                    b.pending_add(r)?;
+                }
+                b.commit()?;
+                Ok::<_, SyncError>(())
+            });
+            if let Err(e) = intended {
+                return Some(ControlFlow::Break(Err(e)));
+            }
+        }
+        let mut out = Vec::with_capacity(mapped.len());
+        for m in mapped {
+            let a = match m {
+                Mapped::Done(a) => a,
+                Mapped::Place {
+                    remote,
+                    rel,
+                    meta,
+                    decoded,
+                    staged,
+                } => place_entry(&self.store, remote, rel, meta, decoded, staged),
+            };
+            let stop = matches!(a, Applied::Local(_));
+            out.push(a);
+            if stop {
+                return Some(ControlFlow::Break(Ok(out)));
+            }
+        }
+        Some(ControlFlow::Continue(Ok(out)))
+    }
+}
+
+/// Place one verified export entry (unless the local bytes already match).
+fn place_entry(
+    store: &LocalStore,
+    remote: String,
+    rel: String,
     meta: Meta,
     decoded: Decoded,
     staged: Staged,
 ) -> Applied {
-    let remote = meta.path.unwrap_or_default();
-    let rel = match paths::to_local(root, &remote) {
-        Ok(r) => r,
-        Err(why) => return Applied::Hostile { remote, why },
-    };
     let local_stat = match place(store, &rel, staged, &decoded, true) {
         Ok(p) => p.into_stat_key(),
         Err(e) => return Applied::Local(e.writing(&store.abs(&rel), Need::Exact(decoded.size))),

@@ -467,6 +467,47 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
+    /// Which of `names` (files in the local directory `dir`) have no record at `dir/name`: the
+    /// directory's records are read once, so it is meant for all the files of one directory.
+    pub fn unrecorded_in(&self, dir: &str, names: Vec<String>) -> Result<Vec<String>, StateError> {
+        let ino: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT ino FROM entries WHERE path = ?1")
+            .and_then(|mut s| s.query_row([dir], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))?;
+        let mut left: std::collections::HashSet<String> = names.into_iter().collect();
+        if let Some(ino) = ino {
+            self.conn
+                .prepare_cached("SELECT name FROM entries WHERE parent = ?1")
+                .and_then(|mut s| {
+                    let mut rows = s.query([ino])?;
+                    while let Some(r) = rows.next()? {
+                        if left.is_empty() {
+                            break;
+                        }
+                        left.remove(r.get_ref(0)?.as_str()?);
+                    }
+                    Ok(())
+                })
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(left
+            .into_iter()
+            .map(|n| match dir {
+                "" => n,
+                _ => format!("{dir}/{n}"),
+            })
+            .collect())
+    }
+
+    /// True when `rel` has a record (of any kind).
+    pub fn has_record(&self, rel: &str) -> Result<bool, StateError> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM entries WHERE path = ?1")
+            .and_then(|mut s| s.exists([rel]))
+            .map_err(|e| self.err(e))
+    }
+
     /// True when `rel` is a directory record with no children left.
     pub fn dir_is_empty(&self, rel: &str) -> Result<bool, StateError> {
         self.conn
