@@ -30,20 +30,30 @@ pub trait Batcher<O> {
     /// Take one finished entry; `true` when the batch is full and is to be processed now.
     fn push(&mut self, entry: EntryOutcome<O>) -> bool;
     /// Process the entries taken since the last call (`None` when there were none). `Break`: send this
-    /// and stop the scan (e.g. after a local disk error).
-    fn process(&mut self) -> Option<ControlFlow<Self::Out, Self::Out>>;
+    /// and stop the scan (e.g. after a local disk error). `gone` tells whether the consumer gave up
+    /// (then nothing more is to be done: stop as soon as possible).
+    fn process(&mut self, gone: &dyn Fn() -> bool) -> Option<ControlFlow<Self::Out, Self::Out>>;
 }
 
 /// The receiving end; dropping it stops the parser.
 pub struct ExportEntries<B> {
     rx: mpsc::Receiver<ExportItem<B>>,
-    _cancel: oneshot::Sender<()>,
+    cancel: oneshot::Sender<()>,
+    parser: tokio::task::JoinHandle<()>,
 }
 
 impl<B> ExportEntries<B> {
     /// The next item (`None` only if the parser thread died).
     pub async fn next(&mut self) -> Option<ExportItem<B>> {
         self.rx.recv().await
+    }
+
+    /// Stop the parser and wait until its thread is done (nothing it does outlives this), e.g. before
+    /// falling through to another way of filling the mirror.
+    pub async fn stop(self) {
+        drop(self.rx);
+        drop(self.cancel);
+        let _ = self.parser.await;
     }
 }
 
@@ -66,7 +76,8 @@ impl<B: Batcher<O>, O> Flow<B, O> {
         if self.stopped {
             return;
         }
-        let (out, stop) = match self.batcher.process() {
+        let tx = &self.tx;
+        let (out, stop) = match self.batcher.process(&|| tx.is_closed()) {
             None => return,
             Some(ControlFlow::Continue(out)) => (out, false),
             Some(ControlFlow::Break(out)) => (out, true),
@@ -98,7 +109,7 @@ where
     let cid = body.correlation_id;
     let chunks: super::ByteStream = Box::pin(body.chunks.take_until(cancel_rx));
     let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
+    let parser = tokio::task::spawn_blocking(move || {
         let flow = RefCell::new(Flow {
             batcher,
             tx: tx.clone(),
@@ -128,6 +139,7 @@ where
     });
     ExportEntries {
         rx,
-        _cancel: cancel_tx,
+        cancel: cancel_tx,
+        parser,
     }
 }

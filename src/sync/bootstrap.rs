@@ -296,6 +296,8 @@ impl Engine {
                 ExportItem::End(Err(e)) => break Some(e.to_string()),
             }
         };
+        // Nothing of the export is placed after this (the tree pull may follow).
+        rx.stop().await;
         self.commit(pending, ck.snapshot, None, vec![]).await?;
         if let Some(reason) = outcome {
             return Ok(ExportOutcome::FallThrough(reason));
@@ -791,10 +793,11 @@ impl Batcher<Staged> for Placer {
             };
         }
         self.entries.push(entry);
-        self.entries.len() >= EXPORT_BATCH || self.held >= EXPORT_QUEUE * self.share
+        // Full before the next entry's content (at most a share) could take it past the limit.
+        self.entries.len() >= EXPORT_BATCH || self.held > (EXPORT_QUEUE - 1) * self.share
     }
 
-    fn process(&mut self) -> Option<ControlFlow<Self::Out, Self::Out>> {
+    fn process(&mut self, gone: &dyn Fn() -> bool) -> Option<ControlFlow<Self::Out, Self::Out>> {
         if self.entries.is_empty() {
             return None;
         }
@@ -853,6 +856,10 @@ impl Batcher<Staged> for Placer {
         }
         let mut out = Vec::with_capacity(mapped.len());
         for m in mapped {
+            if gone() {
+                // The engine gave up on the export (and may fill the mirror otherwise): place no more.
+                return Some(ControlFlow::Break(Ok(out)));
+            }
             let a = match m {
                 Mapped::Done(a) => a,
                 Mapped::Place {

@@ -4,9 +4,10 @@
 //! verified file into the mirror (or keeps the local copy when its bytes already match).
 //!
 //! Memory: every read in flight holds at most one read buffer plus one in-memory share (both
-//! [`Budget::share`] bytes), and the export's queue holds at most [`EXPORT_QUEUE`] finished entries of
-//! at most one share each: the configured budget divided among the concurrent reads, so large files
-//! take their share without starving small ones.
+//! [`Budget::share`] bytes), and the export's batch (finished entries waiting for their intents and
+//! placement on the parser's thread) holds at most [`EXPORT_QUEUE`] shares of content, a spooled file
+//! counting as one: the configured budget divided among the concurrent reads, so large files take
+//! their share without starving small ones.
 use crate::remote::scan::{ContentTarget, Decoded, Meta};
 use crate::store::mirror::{Placement, TempFile, WriteError};
 use crate::store::space::Need;
@@ -14,7 +15,7 @@ use crate::store::LocalStore;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
-/// Finished export entries that may wait for the engine.
+/// Shares of the memory budget that finished export entries waiting to be placed may hold.
 pub const EXPORT_QUEUE: usize = 16;
 
 /// The memory budget for bytes in flight, shared by the concurrent reads.
