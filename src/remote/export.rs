@@ -32,7 +32,10 @@ pub trait Batcher<O> {
     /// Process the entries taken since the last call (`None` when there were none). `Break`: send this
     /// and stop the scan (e.g. after a local disk error). `gone` tells whether the consumer gave up
     /// (then nothing more is to be done: stop as soon as possible).
-    fn process(&mut self, gone: &dyn Fn() -> bool) -> Option<ControlFlow<Self::Out, Self::Out>>;
+    fn process(
+        &mut self,
+        gone: &(dyn Fn() -> bool + Sync),
+    ) -> Option<ControlFlow<Self::Out, Self::Out>>;
 }
 
 /// The receiving end; dropping it stops the parser.
