@@ -210,8 +210,12 @@ fn a_herd_of_30_bootstraps_converges_without_a_retry_storm() {
         report(tag, wall, &seen, minimum);
         let total: usize = seen.values().map(|s| s.requests).sum();
         let throttled: usize = seen.values().map(|s| s.throttled).sum();
+        // The server's limit (RATE) is below what 30 clients of 16 readers ask for, so it answers
+        // many 429s: the runs measured 1.34-1.49x the minimum (5.3k-7.4k 429s). A storm would be
+        // several times the minimum; 1.75x keeps that apart from the scheduling noise of 30
+        // processes on 2 cores. What each 429 may cost is bounded exactly just below.
         assert!(
-            total <= minimum * 3 / 2 + 30 * INSTANCES,
+            total <= minimum * 7 / 4 + 30 * INSTANCES,
             "{tag}: a retry storm: {total} requests for a minimum of {minimum}"
         );
         // Every 429 costs one more request, not a burst.
