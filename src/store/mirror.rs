@@ -60,13 +60,23 @@ impl WriteError {
     }
 }
 
-/// What [`LocalStore::write_unless_same`] did, with the identity ([`LocalStore::stat_key`]) of the
-/// file now at the path when it is known without another `stat`.
-#[derive(Debug)]
+/// What a verified write did ([`LocalStore::write_unless_same`], `sync::content::place`), with the
+/// identity ([`LocalStore::stat_key`]) of the file now at the path when it is known without another
+/// `stat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
     Written(Option<String>),
     /// The local file already held these bytes; it was left alone.
-    Same(String),
+    Same(Option<String>),
+}
+
+impl Placement {
+    /// The identity of the local file now at the path, when known.
+    pub fn into_stat_key(self) -> Option<String> {
+        match self {
+            Placement::Written(k) | Placement::Same(k) => k,
+        }
+    }
 }
 
 /// A local file's identity: inode, change time, size.
@@ -134,8 +144,7 @@ impl LocalStore {
         match fs::symlink_metadata(self.abs(rel)) {
             Ok(m) if m.is_file() => Ok(Some(key_of(&m))),
             Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
+            Err(e) if is_absent(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -273,7 +282,7 @@ impl LocalStore {
         let Some(by) = self.unnamed else {
             if let Ok(m) = fs::symlink_metadata(&target) {
                 if same(&m)? {
-                    return Ok(Placement::Same(key_of(&m)));
+                    return Ok(Placement::Same(Some(key_of(&m))));
                 }
             }
             self.write_atomic(rel, bytes)?;
@@ -291,7 +300,7 @@ impl LocalStore {
         }
         if let Ok(m) = fs::symlink_metadata(&target) {
             if same(&m)? {
-                return Ok(Placement::Same(key_of(&m)));
+                return Ok(Placement::Same(Some(key_of(&m))));
             }
         }
         self.replace_with_unnamed(&f, by, rel, &target)?;
@@ -441,20 +450,6 @@ impl LocalStore {
         n
     }
 
-    /// Relative paths of the regular files in the mirror (outside the reserved dir), up to `limit`.
-    pub fn list_files(&self, limit: usize) -> io::Result<Vec<String>> {
-        let mut out = Vec::new();
-        self.walk_files(|rel| {
-            out.push(rel);
-            if out.len() >= limit {
-                std::ops::ControlFlow::Break(())
-            } else {
-                std::ops::ControlFlow::Continue(())
-            }
-        })?;
-        Ok(out)
-    }
-
     /// Every regular file below the root (the reserved directory left out), a directory at a time:
     /// `each` gets the directory (relative) and the names of up to `max` of its files, with `whole`
     /// when they are all of them (a larger directory comes in several calls, none of them whole).
@@ -500,43 +495,6 @@ impl LocalStore {
             }
             if !names.is_empty() && each(&rel, names, !split).is_break() {
                 return Ok(());
-            }
-        }
-        Ok(())
-    }
-
-    /// Each regular file of the mirror (outside the reserved dir), by relative path, until `each`
-    /// breaks; memory is the walk's stack of directories, whatever the number of files.
-    pub fn walk_files(
-        &self,
-        mut each: impl FnMut(String) -> std::ops::ControlFlow<()>,
-    ) -> io::Result<()> {
-        let mut stack = vec![(self.root.clone(), String::new())];
-        while let Some((dir, rel)) = stack.pop() {
-            let rd = match fs::read_dir(&dir) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            for e in rd {
-                let e = e?;
-                let Some(name) = e.file_name().to_str().map(str::to_string) else {
-                    continue;
-                };
-                if rel.is_empty() && name == RESERVED_DIR {
-                    continue;
-                }
-                let child = if rel.is_empty() {
-                    name
-                } else {
-                    format!("{rel}/{name}")
-                };
-                let ft = e.file_type()?;
-                if ft.is_dir() {
-                    stack.push((e.path(), child));
-                } else if ft.is_file() && each(child).is_break() {
-                    return Ok(());
-                }
             }
         }
         Ok(())

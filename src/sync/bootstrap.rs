@@ -277,10 +277,7 @@ impl Engine {
                     self.commit(pending, ck.snapshot, None, vec![]).await?;
                     // The entry being staged (its path and how much of it had arrived), when the
                     // stager's write failed; else the scanner's own spool in the reserved directory.
-                    let failed = stage_failures
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone();
+                    let failed = stage_failures.last();
                     let rel = failed
                         .as_ref()
                         .and_then(|f| f.path.as_deref())
@@ -851,14 +848,9 @@ impl Batcher<Staged> for Placer {
             })
             .collect();
         if !rels.is_empty() {
-            let intended = self.db.run_blocking(move |st: &mut State| {
-                let mut b = st.batch()?;
-                for r in &rels {
-                    b.pending_add(r)?;
-                }
-                b.commit()?;
-                Ok::<_, SyncError>(())
-            });
+            let intended = self
+                .db
+                .run_blocking(move |st: &mut State| Ok::<_, SyncError>(st.intend(&rels)?));
             if let Err(e) = intended {
                 return Some(ControlFlow::Break(Err(e)));
             }
@@ -871,51 +863,39 @@ impl Batcher<Staged> for Placer {
             .filter(|m| matches!(m, Mapped::Place { .. }))
             .count();
         let threads = self.threads.min(places / PLACE_PER_THREAD).max(1);
-        let (out, stop) = if threads == 1 {
-            place_all(&self.store, mapped, gone)
-        } else {
-            let per = mapped.len().div_ceil(threads);
-            let mut chunks = Vec::with_capacity(threads);
-            let mut rest = mapped.into_iter();
-            loop {
-                let c: Vec<Mapped> = rest.by_ref().take(per).collect();
-                if c.is_empty() {
-                    break;
-                }
-                chunks.push(c);
+        // One chunk per thread; the last is placed on this thread (the only one when `threads` is 1).
+        let per = mapped.len().div_ceil(threads);
+        let mut chunks = Vec::with_capacity(threads);
+        let mut rest = mapped.into_iter();
+        loop {
+            let c: Vec<Mapped> = rest.by_ref().take(per).collect();
+            if c.is_empty() {
+                break;
             }
-            let store = &self.store;
-            let mine = chunks.pop().unwrap_or_default();
-            let joined = std::thread::scope(|s| {
-                let others: Vec<_> = chunks
-                    .into_iter()
-                    .map(|c| s.spawn(move || place_all(store, c, gone)))
-                    .collect();
-                let last = place_all(store, mine, gone);
-                let mut all = Vec::with_capacity(others.len() + 1);
-                for h in others {
-                    all.push(h.join());
-                }
-                all.push(Ok(last));
-                all
-            });
-            let mut out = Vec::new();
-            let mut stop = false;
-            for r in joined {
-                match r {
-                    Ok((a, s)) => {
-                        out.extend(a);
-                        stop |= s;
-                    }
-                    Err(_) => {
-                        return Some(ControlFlow::Break(Err(SyncError::Internal(
-                            "an export placement thread panicked".into(),
-                        ))))
-                    }
-                }
-            }
-            (out, stop)
-        };
+            chunks.push(c);
+        }
+        let store = &self.store;
+        let mine = chunks.pop().unwrap_or_default();
+        let joined = std::thread::scope(|s| {
+            let others: Vec<_> = chunks
+                .into_iter()
+                .map(|c| s.spawn(move || place_all(store, c, gone)))
+                .collect();
+            let last = place_all(store, mine, gone);
+            let mut all: Vec<_> = others.into_iter().map(|h| h.join()).collect();
+            all.push(Ok(last));
+            all
+        });
+        let (mut out, mut stop) = (Vec::new(), false);
+        for r in joined {
+            let Ok((a, s)) = r else {
+                return Some(ControlFlow::Break(Err(SyncError::Internal(
+                    "an export placement thread panicked".into(),
+                ))));
+            };
+            out.extend(a);
+            stop |= s;
+        }
         Some(if stop {
             ControlFlow::Break(Ok(out))
         } else {

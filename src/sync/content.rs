@@ -49,7 +49,22 @@ pub struct Stager {
     /// The current file's remote path and the bytes of it accepted so far.
     path: Option<String>,
     received: u64,
-    failed: Arc<Mutex<Option<StageFailure>>>,
+    failed: StageFailures,
+}
+
+/// Where a [`Stager`] notes its last failed write, readable after the stager moved into a scanner.
+#[derive(Debug, Clone, Default)]
+pub struct StageFailures(Arc<Mutex<Option<StageFailure>>>);
+
+impl StageFailures {
+    /// The last failed write, if any.
+    pub fn last(&self) -> Option<StageFailure> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn note(&self, f: StageFailure) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
 }
 
 /// A write the stager could not make: which file, and how much of it had arrived before.
@@ -67,17 +82,17 @@ impl Stager {
             limit,
             path: None,
             received: 0,
-            failed: Arc::new(Mutex::new(None)),
+            failed: StageFailures::default(),
         }
     }
 
-    /// Where the last failed write is noted (readable after the stager moved into a scanner).
-    pub fn failures(&self) -> Arc<Mutex<Option<StageFailure>>> {
+    /// Where the last failed write is noted.
+    pub fn failures(&self) -> StageFailures {
         self.failed.clone()
     }
 
     fn note_failure(&self) {
-        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(StageFailure {
+        self.failed.note(StageFailure {
             path: self.path.clone(),
             received: self.received,
         });
@@ -117,23 +132,6 @@ impl ContentTarget for Stager {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-/// What [`place`] did, with the local file's identity when it is known without another `stat`.
-pub enum Placed {
-    Written(Option<String>),
-    /// The local file already had these bytes.
-    Verified(Option<String>),
-}
-
-impl Placed {
-    /// The identity of the local file now at the path ([`LocalStore::stat_key`]), when known.
-    pub fn into_stat_key(self) -> Option<String> {
-        match self {
-            Placed::Written(k) | Placed::Verified(k) => k,
-        }
-    }
-}
-
 /// Put verified content at `rel`; with `check_local`, keep the local file when it already holds
 /// exactly these bytes.
 pub fn place(
@@ -142,19 +140,16 @@ pub fn place(
     staged: Staged,
     decoded: &Decoded,
     check_local: bool,
-) -> Result<Placed, WriteError> {
+) -> Result<Placement, WriteError> {
     if let (true, Staged::Mem(v)) = (check_local, &staged) {
-        return Ok(match store.write_unless_same(rel, v, &decoded.sha256)? {
-            Placement::Written(key) => Placed::Written(key),
-            Placement::Same(key) => Placed::Verified(Some(key)),
-        });
+        return store.write_unless_same(rel, v, &decoded.sha256);
     }
     let local = |e| WriteError::local(&store.abs(rel), e);
     if check_local
         && store.file_size(rel).map_err(local)? == Some(decoded.size)
         && store.matches_hash(rel, &decoded.sha256).map_err(local)?
     {
-        return Ok(Placed::Verified(None));
+        return Ok(Placement::Same(None));
     }
     match staged {
         Staged::Mem(v) => store.write_atomic(rel, &v)?,
@@ -162,5 +157,5 @@ pub fn place(
             .persist(t, rel)
             .map_err(|e| e.writing(&store.abs(rel), Need::Exact(decoded.size)))?,
     }
-    Ok(Placed::Written(None))
+    Ok(Placement::Written(None))
 }

@@ -554,11 +554,7 @@ impl Engine {
                 Ok(Err(BodyError::Local(e))) => {
                     // The content could not be staged (or the scanner could not spool it): how much
                     // of it had arrived, and the size the listing gave.
-                    let received = failures
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .as_ref()
-                        .map_or(0, |f| f.received);
+                    let received = failures.last().map_or(0, |f| f.received);
                     let need = Need::Streaming {
                         received,
                         listed: job.listed_size,
@@ -700,14 +696,7 @@ impl Engine {
             return Ok(());
         }
         self.db
-            .run(move |st: &mut State| -> Result<(), SyncError> {
-                let mut b = st.batch()?;
-                for r in &rels {
-                    b.pending_add(r)?;
-                }
-                b.commit()?;
-                Ok(())
-            })
+            .run(move |st: &mut State| -> Result<(), SyncError> { Ok(st.intend(&rels)?) })
             .await
     }
 

@@ -647,6 +647,17 @@ impl State {
         Ok(n)
     }
 
+    /// Record that the files at `rels` are about to be written into the mirror, in one transaction
+    /// committed before any of their bytes are (the `pending` journal).
+    pub fn intend(&mut self, rels: &[String]) -> Result<(), StateError> {
+        let mut b = self.batch()?;
+        for r in rels {
+            b.pending_add(r)?;
+        }
+        b.commit()?;
+        Ok(())
+    }
+
     /// Start a transaction.
     pub fn batch(&mut self) -> Result<Batch<'_>, StateError> {
         let path = self.path.clone();
