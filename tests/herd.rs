@@ -24,30 +24,6 @@ struct Herd {
     _fs: Tmpfs,
 }
 
-/// A tmpfs mounted on `dir` (root only), unmounted (lazily) on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("mount(8)");
-        assert!(st.success(), "mounting a tmpfs needs root");
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let p = std::ffi::CString::new(self.0.to_string_lossy().as_bytes()).unwrap();
-        // SAFETY: umount2(2) of the mount this guard made.
-        unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
 /// Per-instance numbers, from the server's request log (an instance = one correlation-id run).
 #[derive(Debug, Default, Clone)]
 struct Seen {

@@ -294,39 +294,6 @@ fn a_feed_that_refuses_the_cursor_is_resynced_by_listing_and_used_again() {
     }
 }
 
-/// A tmpfs mounted on `dir` (root only), unmounted (lazily) on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("mount(8)");
-        assert!(st.success(), "mounting a tmpfs needs root");
-        Tmpfs(dir.to_path_buf())
-    }
-
-    fn remount(&self, opts: &str) {
-        let st = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,{opts}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let p = std::ffi::CString::new(self.0.to_string_lossy().as_bytes()).unwrap();
-        // SAFETY: umount2(2) of the mount this guard made.
-        unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
 fn big(i: usize) -> Vec<u8> {
     format!("big file {i:03}\n")
         .repeat(100 << 10 >> 4)
