@@ -418,19 +418,25 @@ fn a_large_file_through_the_export_in_flat_memory() {
     mirror_large(true);
 }
 
+/// The tree pull of one `size` file whose body is cut at half its length `times` times.
+fn cut_bench(size: usize, times: u32) -> Bench {
+    let b = bench(size, false);
+    b.faults.add(
+        Rule::new(Op::File, Fault::ExportReset(size / 2))
+            .path(BIG)
+            .times(times),
+    );
+    b
+}
+
 /// A body cut mid-way is fetched again from its first byte (the API has no ranges), up to the
 /// engine's `BODY_RETRIES`, within the attempt; the memory stays flat meanwhile.
 #[test]
 fn a_cut_body_is_fetched_again_from_its_start() {
     let _g = serial();
     let size = 64 * MIB;
-    let b = bench(size, false);
     // Two cuts at half the body, then a whole one.
-    b.faults.add(
-        Rule::new(Op::File, Fault::ExportReset(size / 2))
-            .path(BIG)
-            .times(2),
-    );
+    let b = cut_bench(size, 2);
     let rt = runtime();
     let m = Meter::start();
     let how = rt
@@ -452,12 +458,7 @@ fn a_cut_body_is_fetched_again_from_its_start() {
 fn cuts_beyond_the_retries_fail_the_attempt_without_counting_as_a_stall() {
     let _g = serial();
     let size = 8 * MIB;
-    let b = bench(size, false);
-    b.faults.add(
-        Rule::new(Op::File, Fault::ExportReset(size / 2))
-            .path(BIG)
-            .times(5),
-    );
+    let b = cut_bench(size, 5);
     let rt = runtime();
     let first = rt.block_on(mountd::sync::attempt::attempt(&b.engine, Bench::limits()));
     let e = first.err().expect("four cuts in a row fail the attempt");
