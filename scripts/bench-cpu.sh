@@ -14,6 +14,8 @@
 #     the same run, runs interleaved, with the ratio new / baseline
 # Results are appended as JSON lines to target/bench/results.jsonl and printed as a table.
 set -euo pipefail
+# shellcheck source=lib/remote.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/remote.sh"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -94,18 +96,7 @@ printf 'bench-token\n' >"$WORK/token"
 "$REMOTE" --listen 127.0.0.1:0 --token-file "$WORK/token" --generate "$files" --file-size "$file_size" \
     --dirs "$dirs" >"$WORK/remote.out" 2>"$WORK/remote.log" &
 remote_pid=$!
-URL=''
-for _ in $(seq 600); do
-    URL=$(sed -n 's/^listening on \(http[^ ]*\).*/\1/p' "$WORK/remote.out" | head -n1 || true)
-    [[ -n $URL ]] && break
-    kill -0 "$remote_pid" 2>/dev/null || break
-    sleep 0.1
-done
-[[ -n $URL ]] || {
-    say "mountd-remote did not start:"
-    tail -n 20 "$WORK/remote.log" >&2
-    exit 1
-}
+wait_remote "$remote_pid" "$WORK/remote.out" "$WORK/remote.log" 60
 
 # one BIN PATH: one --once into a new, empty mirror; prints "user sys wall". Earlier mirrors are kept
 # until the end: deleting 5,000 files just before creating 5,000 more makes ext4's inode allocator

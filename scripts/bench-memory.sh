@@ -20,6 +20,8 @@
 #   scripts/bench-memory.sh [--no-build] [--no-slow] [--only CASE[,CASE...]] [--big-base64]
 #     --big-base64: the large files' content is random bytes stored as base64 (default: text lines)
 set -euo pipefail
+# shellcheck source=lib/remote.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/remote.sh"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -94,18 +96,7 @@ start_remote() {
     say "starting mountd-remote $*"
     "$REMOTE" --listen 127.0.0.1:0 --token-file "$TOKEN" "$@" >"$WORK/remote.out" 2>"$WORK/remote.log" &
     remote_pid=$!
-    URL=''
-    for _ in $(seq 1200); do # seeding gigabytes takes a moment
-        URL=$(sed -n 's/^listening on \(http[^ ]*\).*/\1/p' "$WORK/remote.out" | head -n1 || true)
-        [[ -n $URL ]] && break
-        kill -0 "$remote_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    [[ -n $URL ]] || {
-        say "mountd-remote did not start:"
-        cat "$WORK/remote.log" >&2
-        exit 1
-    }
+    wait_remote "$remote_pid" "$WORK/remote.out" "$WORK/remote.log" 120
 }
 faults() { curl -sS -X PUT -H 'content-type: application/json' -d "$1" "$URL/_control/faults" >/dev/null; }
 count() { # count ROUTE

@@ -26,6 +26,8 @@
 #     puts all N files into one directory (/d000), so ls_l_dir lists N entries; --only runs these read
 #     benchmarks only (of find cat_all dd_large rand_4k ls_l_dir du)
 set -euo pipefail
+# shellcheck source=lib/remote.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/remote.sh"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -173,18 +175,7 @@ t0=$EPOCHREALTIME
 "$REMOTE" --listen 127.0.0.1:0 --token-file "$TOKEN" --root "$SEED" --generate "$n_files" \
     --file-size 1024 --dirs "$dirs" >"$WORK/remote.out" 2>"$WORK/remote.log" &
 remote_pid=$!
-URL=''
-for _ in $(seq 3000); do # 5 min: seeding a large file base64-encodes and hashes it
-    URL=$(sed -n 's/^listening on \(http[^ ]*\).*/\1/p' "$WORK/remote.out" | head -n1 || true)
-    [[ -n $URL ]] && break
-    kill -0 "$remote_pid" 2>/dev/null || break
-    sleep 0.1
-done
-[[ -n $URL ]] || {
-    say "mountd-remote did not start:"
-    tail -n 20 "$WORK/remote.log" >&2
-    exit 1
-}
+wait_remote "$remote_pid" "$WORK/remote.out" "$WORK/remote.log" 300
 remote_start=$(fmt "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')" '%.2f')
 rm -rf "$SEED" # the remote holds it in memory now
 COMMON=(--base-url "$URL" --workspace bench --token-file "$TOKEN" --local-dir "$DIR")

@@ -22,6 +22,8 @@
 #     --mount-files N (default 100000, 1000 per dir), --big-file-mib M (default 1024; 0 = none);
 #     --modes "page-cache passthrough", --no-latency, --no-rclone, --random-reads R go to bench-mount.sh
 set -euo pipefail
+# shellcheck source=lib/remote.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/remote.sh"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -117,18 +119,7 @@ echo "bench.sh: starting mountd-remote with $files files x $file_size B in $dirs
 "$REMOTE" --listen 127.0.0.1:0 --token-file "$TOKEN" --generate "$files" --file-size "$file_size" \
     --dirs "$dirs" >"$WORK/remote.out" 2>"$WORK/remote.log" &
 remote_pid=$!
-URL=''
-for _ in $(seq 600); do # generation of large trees takes a moment
-    URL=$(sed -n 's/^listening on \(http[^ ]*\).*/\1/p' "$WORK/remote.out" | head -n1 || true)
-    [[ -n $URL ]] && break
-    kill -0 "$remote_pid" 2>/dev/null || break
-    sleep 0.1
-done
-[[ -n $URL ]] || {
-    echo "bench.sh: mountd-remote did not start:" >&2
-    cat "$WORK/remote.log" >&2
-    exit 1
-}
+wait_remote "$remote_pid" "$WORK/remote.out" "$WORK/remote.log" 60
 
 # ---------------------------------------------------------------------------------------------------
 rows=()

@@ -11,6 +11,8 @@
 #   scripts/demo.sh [--release] [--keep] [--no-fuse]
 #     --keep: leave the temp dir for a look afterwards; --no-fuse: skip FUSE even where it is available
 set -euo pipefail
+# shellcheck source=lib/remote.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/remote.sh"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -120,18 +122,7 @@ AUTH="Authorization: Bearer $(cat "$TOKEN")"
 "$REMOTE" --listen 127.0.0.1:0 --root "$SAMPLE" --token-file "$TOKEN" \
     >"$WORK/remote.out" 2>"$WORK/remote.log" &
 remote_pid=$!
-URL=
-for _ in $(seq 100); do
-    URL=$(sed -n 's/^listening on \(http[^ ]*\).*/\1/p' "$WORK/remote.out" | head -n1 || true)
-    [[ -n $URL ]] && break
-    kill -0 "$remote_pid" 2>/dev/null || break
-    sleep 0.1
-done
-if [[ -z $URL ]]; then
-    echo "demo.sh: mountd-remote did not start:" >&2
-    cat "$WORK/remote.log" >&2
-    exit 1
-fi
+wait_remote "$remote_pid" "$WORK/remote.out" "$WORK/remote.log" 10
 echo "mountd-remote (pid $remote_pid) listening on $URL"
 
 COMMON=(--base-url "$URL" --workspace demo --token-file "$TOKEN" --local-dir "$MIRROR")

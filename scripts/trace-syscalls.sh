@@ -20,6 +20,8 @@
 #   scripts/trace-syscalls.sh > /tmp/used.txt
 #   systemd-analyze syscall-filter @system-service   # the groups the filter allows
 set -euo pipefail
+# shellcheck source=lib/remote.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/remote.sh"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -69,13 +71,7 @@ for n in $(seq 1 50); do printf 'note %s\n' "$n" >"$S/a/note-$n.md"; done
 printf 'trace-token\n' >"$WORK/token"
 "$REMOTE" --listen 127.0.0.1:0 --root "$S" --token-file "$WORK/token" >"$WORK/remote.out" 2>"$WORK/remote.log" &
 remote_pid=$!
-URL=
-for _ in $(seq 100); do
-    URL=$(sed -n 's/^listening on \(http[^ ]*\).*/\1/p' "$WORK/remote.out" | head -n1 || true)
-    [[ -n $URL ]] && break
-    sleep 0.1
-done
-[[ -n $URL ]] || { cat "$WORK/remote.log" >&2 && exit 1; }
+wait_remote "$remote_pid" "$WORK/remote.out" "$WORK/remote.log" 10
 
 # sd_notify receiver (the unit has Type=notify, WatchdogSec=): prints every datagram it gets.
 python3 - "$WORK/notify.sock" >"$WORK/notify.log" 2>&1 <<'EOF' &
