@@ -112,19 +112,15 @@ fn main() {
         None => cli.run,
     };
     init_logging(&run);
-    let res = resolve(&mut run, &matches);
+    resolve(&mut run, &matches);
     if check {
         std::process::exit(mountd::cli::check::command(&run));
-    }
-    if let Some(msg) = res.nothing_to_do {
-        println!("mountd: {msg}");
-        std::process::exit(mountd::cli::exit::OK);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let code = if run.once {
+    let code = if run.once || run.push_once().is_some() {
         match rt.block_on(once_or_signal(&run)) {
             Ok(code) => code,
             Err((sig, code)) => {

@@ -86,6 +86,15 @@ pub struct Metrics {
     pub realtime_events: AtomicU64,
     pub realtime_batches: AtomicU64,
     fuse_active: AtomicBool,
+    /// Two-way sync: files pushed (written or deleted on the remote), push requests, pushes that
+    /// failed, conflict copies kept.
+    pub pushed_files: AtomicU64,
+    pub push_requests: AtomicU64,
+    pub push_failures: AtomicU64,
+    conflicts_total: AtomicU64,
+    /// The outbox as last counted: pending changes, their bytes, the oldest's unix time (0: none),
+    /// unsettled conflicts, write-denied, too large and unsupported paths.
+    outbox: [AtomicU64; 7],
 }
 
 static GLOBAL: OnceLock<Metrics> = OnceLock::new();
@@ -131,6 +140,32 @@ impl Metrics {
             realtime_events: AtomicU64::new(0),
             realtime_batches: AtomicU64::new(0),
             fuse_active: AtomicBool::new(false),
+            pushed_files: AtomicU64::new(0),
+            push_requests: AtomicU64::new(0),
+            push_failures: AtomicU64::new(0),
+            conflicts_total: AtomicU64::new(0),
+            outbox: [const { AtomicU64::new(0) }; 7],
+        }
+    }
+
+    /// A conflict copy was kept.
+    pub fn conflict(&self) {
+        self.conflicts_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The outbox as just counted.
+    pub fn set_outbox(&self, s: &crate::store::db::OutboxSummary) {
+        let v = [
+            s.pending,
+            s.bytes,
+            s.oldest.map_or(0, |t| t.max(0) as u64),
+            s.conflicts,
+            s.denied,
+            s.too_large,
+            s.unsupported,
+        ];
+        for (a, v) in self.outbox.iter().zip(v) {
+            a.store(v, Ordering::Relaxed);
         }
     }
 
@@ -249,6 +284,22 @@ impl Metrics {
             "Failed sync attempts or passes since the last success (0 while healthy; the mount keeps serving the last good state).",
             load(&self.consecutive_failures),
         );
+        let push = [
+            ("mountd_push_files_total", "counter", "Local changes pushed (files written or deleted on the remote).", load(&self.pushed_files)),
+            ("mountd_push_requests_total", "counter", "Write requests sent (PUT, DELETE, bulk).", load(&self.push_requests)),
+            ("mountd_push_failures_total", "counter", "Pushes that failed and wait for a retry.", load(&self.push_failures)),
+            ("mountd_conflicts_total", "counter", "Conflict copies kept (both sides changed a file).", load(&self.conflicts_total)),
+            ("mountd_outbox_pending", "gauge", "Local changes not yet on the remote.", load(&self.outbox[0])),
+            ("mountd_outbox_pending_bytes", "gauge", "Bytes of the files waiting to be pushed.", load(&self.outbox[1])),
+            ("mountd_outbox_oldest_timestamp_seconds", "gauge", "Unix time of the oldest pending change (0: none).", load(&self.outbox[2])),
+            ("mountd_conflicts", "gauge", "Unsettled conflicts (`mountd conflicts`).", load(&self.outbox[3])),
+            ("mountd_write_denied_paths", "gauge", "Paths the remote refused to write (403).", load(&self.outbox[4])),
+            ("mountd_too_large_paths", "gauge", "Files above the server's body cap, not pushed.", load(&self.outbox[5])),
+            ("mountd_unsupported_paths", "gauge", "Local entries the remote cannot hold (symlinks, devices, extra hard links, non-UTF-8 names).", load(&self.outbox[6])),
+        ];
+        for (name, kind, help, v) in push {
+            single(&mut out, name, kind, help, v);
+        }
         single(
             &mut out,
             "mountd_bootstrap_complete",

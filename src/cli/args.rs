@@ -267,11 +267,11 @@ pub enum MountMode {
 /// relayfile-mount's `--sync-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SyncMode {
-    /// Two-way in the reference daemon; mountd only pulls (warned).
+    /// Two-way: remote changes pulled, local changes pushed (the default).
     Mirror,
-    /// Remote → local only: what mountd does.
+    /// Remote → local only; a local edit the remote replaces is kept as a conflict copy.
     PullOnly,
-    /// Local → remote only: refused (mountd never writes to the remote).
+    /// Local → remote only: refused (mountd always keeps the mirror in step with the remote).
     WriteOnly,
 }
 
@@ -411,6 +411,15 @@ pub struct RunArgs {
     /// Allow a completion to delete more than the --mass-delete-ratio share of the mirror.
     #[arg(long, env = "MOUNTD_ALLOW_MASS_DELETE", help_heading = "Bootstrap", value_parser = parse_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", hide_default_value = true, value_name = "BOOL", action = ArgAction::Set)]
     pub allow_mass_delete: bool,
+    /// Pull only (the same as --sync-mode pull-only): nothing is pushed; a local edit the remote
+    /// replaces is kept as a conflict copy (see `mountd conflicts`).
+    #[arg(long, env = "MOUNTD_READ_ONLY", help_heading = "Two-way sync", value_parser = parse_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", hide_default_value = true, value_name = "BOOL", action = ArgAction::Set)]
+    pub read_only: bool,
+    /// The server's request body cap (relayfile's RELAYFILE_MAX_BODY_BYTES, 1 MiB by default):
+    /// pushes are batched within it, and a file whose encoded body exceeds it is reported as too
+    /// large and kept locally (suffixes K, M, G).
+    #[arg(long, env = "MOUNTD_MAX_PUSH_BYTES", value_parser = parse_size, default_value = "1M", help_heading = "Two-way sync")]
+    pub max_push_bytes: u64,
     /// A completed listing holding less than this share of the tracked files is not trusted
     /// (refused, exit 6) (alias: RELAYFILE_SNAPSHOT_DELETE_MIN_RATIO).
     #[arg(long, env = "MOUNTD_MASS_DELETE_RATIO", value_parser = parse_ratio, default_value = "0.5", help_heading = "Bootstrap")]
@@ -572,8 +581,9 @@ pub struct RunArgs {
 #[derive(Debug, Args, Default)]
 #[command(next_help_heading = "relayfile-mount compatibility")]
 pub struct CompatArgs {
-    /// pull-only (what mountd does), mirror (accepted: mountd is read-only) or write-only (refused).
-    #[arg(long, env = "RELAYFILE_MOUNT_SYNC_MODE", value_enum)]
+    /// mirror (the default: remote changes pulled, local changes pushed), pull-only (alias
+    /// --read-only) or write-only (refused).
+    #[arg(long, env = "RELAYFILE_MOUNT_SYNC_MODE", value_enum, help_heading = "Two-way sync")]
     pub sync_mode: Option<SyncMode>,
     /// Realtime events over /fs/ws [default: true]: changes are applied as they arrive; polling
     /// /fs/events every --interval continues as the safety net and the fallback while the stream is down.
@@ -601,18 +611,47 @@ pub struct CompatArgs {
     pub local_layout: Option<String>,
     #[arg(long, env = "RELAYFILE_MOUNT_LAZY_REPOS", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub lazy_repos: Option<String>,
-    #[arg(long, env = "RELAYFILE_MOUNT_FILE_SETTLE_DELAY", hide = true, value_parser = parse_duration_lenient)]
+    /// Plain-directory mirror: a changed file that was not closed is pushed once it stayed
+    /// unchanged this long [default: 1s] (a closed file, or one renamed into place, goes at once).
+    #[arg(long, env = "RELAYFILE_MOUNT_FILE_SETTLE_DELAY", value_parser = parse_duration_lenient, help_heading = "Two-way sync")]
     pub file_settle_delay: Option<Duration>,
-    #[arg(long, env = "RELAYFILE_MOUNT_ATOMIC_SAVE_SETTLE_DELAY", hide = true, value_parser = parse_duration_lenient)]
+    /// Plain-directory mirror: after a file is deleted or renamed away, wait this long for the rest
+    /// of an editor's atomic save (its new version renamed over it) [default: 50ms].
+    #[arg(long, env = "RELAYFILE_MOUNT_ATOMIC_SAVE_SETTLE_DELAY", value_parser = parse_duration_lenient, help_heading = "Two-way sync")]
     pub atomic_save_settle_delay: Option<Duration>,
-    #[arg(long, env = "RELAYFILE_MOUNT_CHANGE_BATCH_WINDOW", hide = true, value_parser = parse_duration_lenient)]
+    /// Plain-directory mirror: local change events within this window are taken together [default: 5ms].
+    #[arg(long, env = "RELAYFILE_MOUNT_CHANGE_BATCH_WINDOW", value_parser = parse_duration_lenient, help_heading = "Two-way sync")]
     pub change_batch_window: Option<Duration>,
-    #[arg(long, env = "RELAYFILE_MOUNT_FLUSH_OUTBOX_ONCE", hide = true, value_parser = parse_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", action = ArgAction::Set)]
+    /// Push the changes already pending in the outbox, then exit (no pull, no scan); 0 when none is left.
+    #[arg(long, env = "RELAYFILE_MOUNT_FLUSH_OUTBOX_ONCE", value_parser = parse_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", action = ArgAction::Set, help_heading = "Two-way sync")]
     pub flush_outbox_once: Option<bool>,
-    #[arg(long, env = "RELAYFILE_MOUNT_PUSH_LOCAL_ONCE", hide = true, value_parser = parse_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", action = ArgAction::Set)]
+    /// Scan the mirror directory for local changes, push them, then exit (no pull); 0 when none is left.
+    #[arg(long, env = "RELAYFILE_MOUNT_PUSH_LOCAL_ONCE", value_parser = parse_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", action = ArgAction::Set, help_heading = "Two-way sync")]
     pub push_local_once: Option<bool>,
     #[arg(long, env = "RELAYFILE_MOUNT_LAZY_SKIP_UNTRACKED_PUSH", hide = true, value_parser = parse_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", action = ArgAction::Set)]
     pub lazy_skip_untracked_push: Option<bool>,
+}
+
+/// relayfile-mount's push-only one-shot modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOnce {
+    /// `--flush-outbox-once`: push what is already pending.
+    FlushOutbox,
+    /// `--push-local-once`: scan the mirror directory, then push.
+    PushLocal,
+}
+
+impl RunArgs {
+    /// The push-only one-shot mode asked for, if any.
+    pub fn push_once(&self) -> Option<PushOnce> {
+        if self.compat.push_local_once == Some(true) {
+            Some(PushOnce::PushLocal)
+        } else if self.compat.flush_outbox_once == Some(true) {
+            Some(PushOnce::FlushOutbox)
+        } else {
+            None
+        }
+    }
 }
 
 /// A byte size: `65536`, `512K`, `64M`, `1G` (powers of 1024).

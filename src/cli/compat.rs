@@ -131,9 +131,6 @@ pub struct Resolution {
     pub warnings: Vec<String>,
     /// Logged at info.
     pub notes: Vec<String>,
-    /// Set when the command asks for something mountd has nothing to do for (relayfile-mount's
-    /// `--flush-outbox-once`, `--push-local-once`): print it and exit 0.
-    pub nothing_to_do: Option<String>,
 }
 
 /// The token source: `--creds-file`, then `--token-file`, then `--token`/`RELAYFILE_TOKEN`.
@@ -222,15 +219,18 @@ pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
         ));
     }
 
-    // Sync direction: mountd only pulls.
+    // Sync direction: mirror (two-way) unless pull-only or --read-only.
     match a.compat.sync_mode {
         Some(SyncMode::WriteOnly) => {
-            return Err("--sync-mode write-only: mountd never writes to the remote (it is a read-only mirror); use relayfile-mount for write-only sync".into())
+            return Err("--sync-mode write-only: mountd always applies remote changes; use --sync-mode mirror (two-way, the default) or pull-only".into())
         }
-        Some(SyncMode::Mirror) => w.push(format!(
-            "{} mirror: mountd is read-only and pulls only (remote → local, like pull-only); local changes are never pushed",
-            origin(m, "sync_mode", "--sync-mode", "RELAYFILE_MOUNT_SYNC_MODE")
-        )),
+        Some(SyncMode::Mirror) if a.read_only => {
+            return Err(format!(
+                "{} mirror contradicts --read-only (pull-only): give one of them",
+                origin(m, "sync_mode", "--sync-mode", "RELAYFILE_MOUNT_SYNC_MODE")
+            ))
+        }
+        Some(SyncMode::PullOnly) => a.read_only = true,
         _ => {}
     }
 
@@ -471,9 +471,8 @@ pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
     if c.log_http_status == Some(true) {
         w.push(format!("{}: no effect: mountd logs every failed request with its status and correlation id already; -v logs every request", o("log_http_status", "--log-http-status", "RELAYFILE_MOUNT_LOG_HTTP_STATUS")));
     }
-    let ro =
-        "mountd is a read-only mirror with no writeback or provider layout, so this has no effect";
-    let writeback: [(bool, &str, &str, &str); 7] = [
+    let ro = "mountd has no provider layout, so this has no effect";
+    let writeback: [(bool, &str, &str, &str); 4] = [
         (
             c.provider.is_some(),
             "provider",
@@ -493,24 +492,6 @@ pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
             "RELAYFILE_MOUNT_LAZY_REPOS",
         ),
         (
-            c.file_settle_delay.is_some(),
-            "file_settle_delay",
-            "--file-settle-delay",
-            "RELAYFILE_MOUNT_FILE_SETTLE_DELAY",
-        ),
-        (
-            c.atomic_save_settle_delay.is_some(),
-            "atomic_save_settle_delay",
-            "--atomic-save-settle-delay",
-            "RELAYFILE_MOUNT_ATOMIC_SAVE_SETTLE_DELAY",
-        ),
-        (
-            c.change_batch_window.is_some(),
-            "change_batch_window",
-            "--change-batch-window",
-            "RELAYFILE_MOUNT_CHANGE_BATCH_WINDOW",
-        ),
-        (
             c.lazy_skip_untracked_push == Some(true),
             "lazy_skip_untracked_push",
             "--lazy-skip-untracked-push",
@@ -522,26 +503,8 @@ pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
             w.push(format!("{}: {ro}", o(id, flag, env)));
         }
     }
-    for (set, id, flag, env) in [
-        (
-            c.flush_outbox_once == Some(true),
-            "flush_outbox_once",
-            "--flush-outbox-once",
-            "RELAYFILE_MOUNT_FLUSH_OUTBOX_ONCE",
-        ),
-        (
-            c.push_local_once == Some(true),
-            "push_local_once",
-            "--push-local-once",
-            "RELAYFILE_MOUNT_PUSH_LOCAL_ONCE",
-        ),
-    ] {
-        if set && r.nothing_to_do.is_none() {
-            r.nothing_to_do = Some(format!(
-                "{}: nothing to push: mountd never writes to the remote (read-only mirror); exiting without syncing",
-                o(id, flag, env)
-            ));
-        }
+    if a.read_only && (c.flush_outbox_once == Some(true) || c.push_local_once == Some(true)) {
+        return Err("--flush-outbox-once and --push-local-once push local changes: they need --sync-mode mirror (not pull-only or --read-only)".into());
     }
     Ok(r)
 }

@@ -9,6 +9,7 @@ use crate::store::LocalStore;
 use crate::sync::attempt::Limits;
 use crate::sync::engine::{Engine, SyncConfig};
 use crate::sync::progress::Progress;
+use crate::sync::push::{token_fingerprint, Direction, PushConfig};
 use crate::sync::statefile::{StateFile, StateFileContent};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -269,6 +270,7 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
             memory_budget: a.memory_budget as usize,
             mass_delete_ratio: a.mass_delete_ratio,
             force_audit: a.force_audit,
+            push: push_config(a, &client),
         },
         progress,
     );
@@ -282,6 +284,26 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
         },
         _lock: lock,
     })
+}
+
+/// The push side's settings from the arguments.
+fn push_config(a: &RunArgs, client: &ClientConfig) -> PushConfig {
+    let d = PushConfig::default();
+    PushConfig {
+        direction: if a.read_only {
+            Direction::PullOnly
+        } else {
+            Direction::Mirror
+        },
+        max_body_bytes: a.max_push_bytes as usize,
+        token_id: client.token.load().ok().map(|t| token_fingerprint(&t)),
+        file_settle: a.compat.file_settle_delay.unwrap_or(d.file_settle),
+        atomic_save_settle: a
+            .compat
+            .atomic_save_settle_delay
+            .unwrap_or(d.atomic_save_settle),
+        batch_window: a.compat.change_batch_window.unwrap_or(d.batch_window),
+    }
 }
 
 pub fn want_bar(mode: ProgressMode) -> bool {

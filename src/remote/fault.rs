@@ -5,7 +5,7 @@
 //! Rules are checked in the order they were added; the first that matches a call (operation, and the
 //! path when the rule names one) and still has uses left applies to it.
 use super::error::RemoteError;
-use super::types::{sha256_hex, EventsPage, TreePage};
+use super::types::{sha256_hex, BulkOutcome, EventsPage, PushFile, TreePage, WriteOutcome};
 use super::{BodyStream, ByteStream, Remote};
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -21,6 +21,9 @@ pub enum Op {
     Events,
     EventsTip,
     Export,
+    Put,
+    Delete,
+    Bulk,
 }
 
 impl Op {
@@ -31,6 +34,9 @@ impl Op {
             Op::Events => "events",
             Op::EventsTip => "events_tip",
             Op::Export => "export",
+            Op::Put => "put",
+            Op::Delete => "delete",
+            Op::Bulk => "bulk",
         }
     }
 }
@@ -61,6 +67,8 @@ pub enum Fault {
     ExportHangAfter(usize),
     /// The file answers with a `contentHash` that does not match its content.
     WrongHash,
+    /// A write is applied by the remote, then its answer is lost (a transport error).
+    LoseAnswer,
 }
 
 impl Fault {
@@ -293,7 +301,8 @@ impl FaultyRemote {
                 f @ (Fault::ExportTruncate(_)
                 | Fault::ExportReset(_)
                 | Fault::ExportHangAfter(_)
-                | Fault::WrongHash),
+                | Fault::WrongHash
+                | Fault::LoseAnswer),
             ) => Ok(Some(f)),
             Some(f) => Err(Self::error(op, &f)),
         }
@@ -390,5 +399,42 @@ impl Remote for FaultyRemote {
             body.chunks = cut(body.chunks, n, f);
         }
         Ok(body)
+    }
+
+    async fn put_file(&self, path: &str, file: &PushFile) -> Result<WriteOutcome, RemoteError> {
+        let f = self.enter(Op::Put, path).await?;
+        let r = self.inner.put_file(path, file).await;
+        lost_answer(Op::Put, f, r)
+    }
+
+    async fn delete_file(&self, path: &str, if_match: &str) -> Result<WriteOutcome, RemoteError> {
+        let f = self.enter(Op::Delete, path).await?;
+        let r = self.inner.delete_file(path, if_match).await;
+        lost_answer(Op::Delete, f, r)
+    }
+
+    async fn bulk(&self, files: &[PushFile]) -> Result<BulkOutcome, RemoteError> {
+        let f = self.enter(Op::Bulk, "").await?;
+        let r = self.inner.bulk(files).await;
+        lost_answer(Op::Bulk, f, r)
+    }
+}
+
+/// With [`Fault::LoseAnswer`], the write `r` went through but its answer is replaced by a transport
+/// error after the request was sent.
+fn lost_answer<T>(
+    op: Op,
+    f: Option<Fault>,
+    r: Result<T, RemoteError>,
+) -> Result<T, RemoteError> {
+    match f {
+        Some(Fault::LoseAnswer) => Err(RemoteError::Transport {
+            op: op.name().into(),
+            detail: "connection reset before the answer (injected fault; the write was applied)"
+                .into(),
+            correlation_id: "injected-fault".into(),
+            after_status: false,
+        }),
+        _ => r,
     }
 }

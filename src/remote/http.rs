@@ -6,7 +6,7 @@
 //! lives in the bootstrap engine.
 
 use super::error::{parse_retry_after, RemoteError};
-use super::types::{ErrorBody, EventsPage, TreePage};
+use super::types::{BulkOutcome, ErrorBody, EventsPage, PushFile, TreePage, WriteAck, WriteOutcome};
 use super::{BodyStream, Remote};
 use futures_util::TryStreamExt;
 use std::path::PathBuf;
@@ -202,40 +202,43 @@ impl HttpRemote {
         true
     }
 
-    /// Send one GET and return the response once a 2xx status arrived; map any other status to an error.
-    /// A 401 with a file-backed token re-reads the file once and, if the token changed, sends the
-    /// request once more.
-    async fn get_once(
+    /// Send one request and return its response, whatever the status. A 401 with a file-backed token
+    /// re-reads the file once and, if the token changed, sends the request once more.
+    async fn send_once(
         &self,
-        op: &str,
-        route: &str,
-        query: &[(&str, &str)],
+        req: Request<'_>,
     ) -> Result<(reqwest::Response, String), RemoteError> {
-        let mut url = format!("{}{}", self.prefix, route);
-        for (i, (k, v)) in query.iter().enumerate() {
+        let mut url = format!("{}{}", self.prefix, req.route);
+        for (i, (k, v)) in req.query.iter().enumerate() {
             url.push(if i == 0 { '?' } else { '&' });
             url.push_str(k);
             url.push('=');
             url.push_str(&percent_encode(v));
         }
         let mut reloaded = false;
-        let (resp, cid) = loop {
+        loop {
             let cid = self.correlation_id();
             let auth = self.current_auth();
-            tracing::debug!(op, correlation_id = %cid, "request");
-            let resp = self
+            tracing::debug!(op = req.op, correlation_id = %cid, "request");
+            let mut r = self
                 .http
-                .get(&url)
+                .request(req.method.clone(), &url)
                 .header(reqwest::header::AUTHORIZATION, auth.clone())
-                .header("X-Correlation-Id", &cid)
-                .send()
-                .await
-                .map_err(|e| RemoteError::Transport {
-                    op: op.to_string(),
-                    detail: describe(&e),
-                    correlation_id: cid.clone(),
-                    after_status: false,
-                })?;
+                .header("X-Correlation-Id", &cid);
+            if let Some(m) = req.if_match {
+                r = r.header(reqwest::header::IF_MATCH, m);
+            }
+            if let Some(b) = &req.body {
+                r = r
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(b.clone());
+            }
+            let resp = r.send().await.map_err(|e| RemoteError::Transport {
+                op: req.op.to_string(),
+                detail: describe(&e),
+                correlation_id: cid.clone(),
+                after_status: false,
+            })?;
             if resp.status() == reqwest::StatusCode::UNAUTHORIZED
                 && !reloaded
                 && self.reload_token(&auth)
@@ -243,26 +246,20 @@ impl HttpRemote {
                 reloaded = true;
                 continue;
             }
-            break (resp, cid);
-        };
-        let status = resp.status();
-        if status.is_success() {
             return Ok((resp, cid));
         }
+    }
+
+    /// A non-2xx answer as an error (its JSON error body parsed; a non-JSON body still said clearly).
+    async fn into_error(op: &str, resp: reqwest::Response, cid: String) -> RemoteError {
+        let status = resp.status();
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
         let body = resp.bytes().await.unwrap_or_default();
-        let parsed: ErrorBody = serde_json::from_slice(&body).unwrap_or_else(|_| {
-            let text = String::from_utf8_lossy(&body);
-            let snippet: String = text.chars().filter(|c| !c.is_control()).take(120).collect();
-            ErrorBody {
-                code: "non_json_error".into(),
-                message: format!("non-JSON error body: {snippet:?}"),
-            }
-        });
+        let parsed = parse_error_body(&body);
         let err = RemoteError::Http {
             op: op.to_string(),
             status: status.as_u16(),
@@ -272,7 +269,58 @@ impl HttpRemote {
             retry_after,
         };
         tracing::debug!(error = %err, "request failed");
-        Err(err)
+        err
+    }
+
+    /// Send one GET and return the response once a 2xx status arrived; map any other status to an error.
+    async fn get_once(
+        &self,
+        op: &str,
+        route: &str,
+        query: &[(&str, &str)],
+    ) -> Result<(reqwest::Response, String), RemoteError> {
+        let (resp, cid) = self
+            .send_once(Request {
+                method: reqwest::Method::GET,
+                op,
+                route,
+                query,
+                if_match: None,
+                body: None,
+            })
+            .await?;
+        if resp.status().is_success() {
+            return Ok((resp, cid));
+        }
+        Err(Self::into_error(op, resp, cid).await)
+    }
+
+    /// A write (`PUT`/`DELETE /fs/file`): 2xx is accepted (with the new revision), 409 a conflict
+    /// (with the server's current revision), 404 an absent path; any other status is an error.
+    async fn write(&self, req: Request<'_>) -> Result<WriteOutcome, RemoteError> {
+        let op = req.op;
+        let (resp, cid) = self.send_once(req).await?;
+        let status = resp.status().as_u16();
+        if !(resp.status().is_success() || status == 409 || status == 404) {
+            return Err(Self::into_error(op, resp, cid).await);
+        }
+        let body = resp.bytes().await.map_err(|e| RemoteError::Transport {
+            op: op.to_string(),
+            detail: describe(&e),
+            correlation_id: cid.clone(),
+            after_status: true,
+        })?;
+        Ok(match status {
+            409 => WriteOutcome::Conflict {
+                current: parse_error_body(&body).current_revision,
+            },
+            404 => WriteOutcome::Absent,
+            _ => WriteOutcome::Accepted {
+                revision: serde_json::from_slice::<WriteAck>(&body)
+                    .ok()
+                    .and_then(|a| a.target_revision.or(a.revision)),
+            },
+        })
     }
 
     /// GET a JSON document's raw body (a body cut short is a retryable transport error).
@@ -390,6 +438,83 @@ impl Remote for HttpRemote {
         )
         .await
     }
+
+    async fn put_file(&self, path: &str, file: &PushFile) -> Result<WriteOutcome, RemoteError> {
+        let body = serde_json::to_vec(file).expect("a push body serializes");
+        self.write(Request {
+            method: reqwest::Method::PUT,
+            op: "put",
+            route: "/fs/file",
+            query: &[("path", path)],
+            if_match: Some(&file.if_match),
+            body: Some(body.into()),
+        })
+        .await
+    }
+
+    async fn delete_file(&self, path: &str, if_match: &str) -> Result<WriteOutcome, RemoteError> {
+        self.write(Request {
+            method: reqwest::Method::DELETE,
+            op: "delete",
+            route: "/fs/file",
+            query: &[("path", path)],
+            if_match: Some(if_match),
+            body: None,
+        })
+        .await
+    }
+
+    async fn bulk(&self, files: &[PushFile]) -> Result<BulkOutcome, RemoteError> {
+        let body = serde_json::to_vec(&serde_json::json!({ "files": files }))
+            .expect("a bulk body serializes");
+        let (resp, cid) = self
+            .send_once(Request {
+                method: reqwest::Method::POST,
+                op: "bulk",
+                route: "/fs/bulk",
+                query: &[],
+                if_match: None,
+                body: Some(body.into()),
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(Self::into_error("bulk", resp, cid).await);
+        }
+        let body = resp.bytes().await.map_err(|e| RemoteError::Transport {
+            op: "bulk".into(),
+            detail: describe(&e),
+            correlation_id: cid.clone(),
+            after_status: true,
+        })?;
+        serde_json::from_slice(&body).map_err(|e| RemoteError::BadData {
+            op: "bulk".into(),
+            detail: format!("malformed JSON: {e}"),
+            correlation_id: cid,
+        })
+    }
+}
+
+/// One request of [`HttpRemote::send_once`].
+struct Request<'a> {
+    method: reqwest::Method,
+    op: &'a str,
+    route: &'a str,
+    query: &'a [(&'a str, &'a str)],
+    if_match: Option<&'a str>,
+    body: Option<bytes::Bytes>,
+}
+
+/// An error body, or a clear stand-in for one that is not JSON (a proxy's HTML page).
+pub(crate) fn parse_error_body(body: &[u8]) -> ErrorBody {
+    serde_json::from_slice(body).unwrap_or_else(|_| {
+        let text = String::from_utf8_lossy(body);
+        let snippet: String = text.chars().filter(|c| !c.is_control()).take(120).collect();
+        ErrorBody {
+            code: "non_json_error".into(),
+            message: format!("non-JSON error body: {snippet:?}"),
+            ..Default::default()
+        }
+    })
 }
 
 /// A reqwest error with its causes, without the URL's query (which never holds secrets anyway).

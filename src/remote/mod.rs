@@ -27,7 +27,7 @@ pub use error::RemoteError;
 use bytes::Bytes;
 use futures_util::Stream;
 use std::pin::Pin;
-use types::{EventsPage, TreePage};
+use types::{BulkOutcome, EventsPage, PushFile, TreePage, WriteOutcome};
 
 /// The chunks of a response body as they arrive.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, RemoteError>> + Send>>;
@@ -59,6 +59,12 @@ pub trait Remote: Send + Sync {
     /// `/fs/export?format=json` of `path`, once a 2xx status arrived; the body is read by
     /// [`export::stream_entries`].
     async fn export(&self, path: &str) -> Result<BodyStream, RemoteError>;
+    /// `PUT /fs/file` of one file with `If-Match: file.if_match`.
+    async fn put_file(&self, path: &str, file: &PushFile) -> Result<WriteOutcome, RemoteError>;
+    /// `DELETE /fs/file` with `If-Match: if_match`.
+    async fn delete_file(&self, path: &str, if_match: &str) -> Result<WriteOutcome, RemoteError>;
+    /// `POST /fs/bulk`: many files in one request (per-file `ifMatch`; per-file failures in the answer).
+    async fn bulk(&self, files: &[PushFile]) -> Result<BulkOutcome, RemoteError>;
 }
 
 /// A shared remote is a remote (so wrappers can hold `Arc`s).
@@ -83,5 +89,14 @@ impl<R: Remote + ?Sized> Remote for std::sync::Arc<R> {
     }
     async fn export(&self, path: &str) -> Result<BodyStream, RemoteError> {
         (**self).export(path).await
+    }
+    async fn put_file(&self, path: &str, file: &PushFile) -> Result<WriteOutcome, RemoteError> {
+        (**self).put_file(path, file).await
+    }
+    async fn delete_file(&self, path: &str, if_match: &str) -> Result<WriteOutcome, RemoteError> {
+        (**self).delete_file(path, if_match).await
+    }
+    async fn bulk(&self, files: &[PushFile]) -> Result<BulkOutcome, RemoteError> {
+        (**self).bulk(files).await
     }
 }

@@ -14,7 +14,7 @@
 //! 5xx count as they always did; the export is not paced (its 429s decide whether the bootstrap falls
 //! through to the tree pull, and it has its own sub-deadline).
 use super::error::RemoteError;
-use super::types::{EventsPage, TreePage};
+use super::types::{BulkOutcome, EventsPage, PushFile, TreePage, WriteOutcome};
 use super::{BodyStream, Remote};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use std::sync::Mutex;
@@ -203,7 +203,38 @@ impl<R: Remote> Remote for Retrying<R> {
         })
         .await
     }
+
+    /// A write is retried like a read: one whose answer was lost and that is sent again meets the
+    /// remote at its own new revision (409), which the push side recognises by the content hash.
+    async fn put_file(&self, path: &str, file: &PushFile) -> Result<WriteOutcome, RemoteError> {
+        with_retries(&self.policy, &self.gate, Pacing::Allowed, || {
+            self.inner.put_file(path, file)
+        })
+        .await
+    }
+
+    /// A 429 `delete_storm_rejected` is not a rate limit on reads: it is handed back at once (no
+    /// retry, the shared gate stays open) for the push side to hold deletes until its `Retry-After`.
+    async fn delete_file(&self, path: &str, if_match: &str) -> Result<WriteOutcome, RemoteError> {
+        with_retries(&self.policy, &self.gate, Pacing::Allowed, || async {
+            match self.inner.delete_file(path, if_match).await {
+                Err(e) if e.code() == Some(DELETE_STORM) => Ok(Err(e)),
+                other => other.map(Ok),
+            }
+        })
+        .await?
+    }
+
+    async fn bulk(&self, files: &[PushFile]) -> Result<BulkOutcome, RemoteError> {
+        with_retries(&self.policy, &self.gate, Pacing::Allowed, || {
+            self.inner.bulk(files)
+        })
+        .await
+    }
 }
+
+/// The 429 code of a server refusing a burst of deletes.
+pub const DELETE_STORM: &str = "delete_storm_rejected";
 
 #[cfg(test)]
 mod tests {

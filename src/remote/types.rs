@@ -71,13 +71,105 @@ pub struct EventsPage {
     pub next_cursor: Option<String>,
 }
 
-/// Error body of a non-2xx answer.
+/// Error body of a non-2xx answer (a 409 also says the server's current revision).
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct ErrorBody {
     #[serde(default)]
     pub code: String,
     #[serde(default)]
     pub message: String,
+    #[serde(rename = "currentRevision", default)]
+    pub current_revision: Option<String>,
+}
+
+/// One file to write: the body of `PUT /fs/file`, or an entry of `POST /fs/bulk`. `content` is the
+/// text itself (UTF-8) or standard base64 (`encoding: "base64"`); `if_match` is the revision the
+/// change was made on (`0`: only if the path is absent).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PushFile {
+    pub path: String,
+    #[serde(rename = "contentType")]
+    pub content_type: String,
+    pub content: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<&'static str>,
+    #[serde(rename = "ifMatch")]
+    pub if_match: String,
+}
+
+impl PushFile {
+    /// The body for `bytes`: text when they are UTF-8 without NUL, else base64.
+    pub fn new(path: String, bytes: &[u8], if_match: String) -> PushFile {
+        use base64::Engine;
+        match std::str::from_utf8(bytes) {
+            Ok(text) if !text.contains('\0') => PushFile {
+                path,
+                content_type: "text/plain".into(),
+                content: text.to_string(),
+                encoding: None,
+                if_match,
+            },
+            _ => PushFile {
+                path,
+                content_type: "application/octet-stream".into(),
+                content: base64::engine::general_purpose::STANDARD.encode(bytes),
+                encoding: Some("base64"),
+                if_match,
+            },
+        }
+    }
+
+    /// Bytes this entry adds to a request body (its JSON form), for the server's body cap.
+    pub fn encoded_len(&self) -> usize {
+        serde_json::to_vec(self).map_or(usize::MAX, |v| v.len())
+    }
+}
+
+/// The answer to a write of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// 2xx: written; the path's new revision when the server said it.
+    Accepted { revision: Option<String> },
+    /// 409: the path is not at the revision the write was made on.
+    Conflict { current: Option<String> },
+    /// 404: the path does not exist (a delete of an absent file, or a revision for an absent path).
+    Absent,
+}
+
+/// The 202 body of a write.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct WriteAck {
+    #[serde(rename = "targetRevision", default)]
+    pub target_revision: Option<String>,
+    #[serde(default)]
+    pub revision: Option<String>,
+}
+
+/// The 202 body of `POST /fs/bulk`: per-file results and errors.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct BulkOutcome {
+    #[serde(default)]
+    pub results: Vec<BulkResult>,
+    #[serde(default)]
+    pub errors: Vec<BulkError>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BulkResult {
+    pub path: String,
+    #[serde(default)]
+    pub revision: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BulkError {
+    pub path: String,
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(rename = "currentRevision", default)]
+    pub current_revision: Option<String>,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! ([`crate::sync::realtime`]) falls back to polling on every one of them and reconnects with backoff.
 use super::error::parse_retry_after;
 use super::http::{percent_encode, ClientConfig};
-use super::types::{ErrorBody, Event};
+use super::types::Event;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -183,14 +183,7 @@ fn refusal(e: WsError, cid: &str) -> StreamError {
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
             let body = resp.body().as_deref().unwrap_or(b"");
-            let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_else(|_| {
-                let text = String::from_utf8_lossy(body);
-                let snippet: String = text.chars().filter(|c| !c.is_control()).take(120).collect();
-                ErrorBody {
-                    code: "non_json_error".into(),
-                    message: format!("non-JSON error body: {snippet:?}"),
-                }
-            });
+            let parsed = super::http::parse_error_body(body);
             StreamError::Refused {
                 status,
                 code: parsed.code,

@@ -80,7 +80,7 @@ impl Placement {
 }
 
 /// A local file's identity: inode, change time, size.
-fn key_of(m: &fs::Metadata) -> String {
+pub fn key_of(m: &fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
     format!("{}:{}.{}:{}", m.ino(), m.ctime(), m.ctime_nsec(), m.size())
 }
@@ -147,6 +147,35 @@ impl LocalStore {
             Err(e) if is_absent(&e) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Keep the local file `rel` as it is now under `copy` (relative to the root, in the reserved
+    /// directory): a hard link, so the bytes are exact and the original path can be replaced
+    /// atomically by the remote's version without touching them. A missing file is `Ok(false)`.
+    pub fn keep_aside(&self, rel: &str, copy: &str) -> io::Result<bool> {
+        let target = self.abs(copy);
+        if let Some(dir) = target.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        match fs::hard_link(self.abs(rel), &target) {
+            Ok(()) => Ok(true),
+            Err(e) if is_absent(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The identity (see [`LocalStore::stat_key`]) and metadata of `rel`, without following a symlink.
+    pub fn lstat(&self, rel: &str) -> io::Result<Option<fs::Metadata>> {
+        match fs::symlink_metadata(self.abs(rel)) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// SHA-256 of the local file `rel`.
+    pub fn hash(&self, rel: &str) -> io::Result<String> {
+        hash_file(&self.abs(rel))
     }
 
     /// Size of the local file, if it is a regular file (`None` when missing or not a file).

@@ -5,7 +5,8 @@ use crate::remote::body::BodyError;
 use crate::remote::export::{stream_entries, Batcher, ExportItem};
 use crate::remote::scan::{BadKind, Decoded, EntryOutcome, Meta};
 use crate::remote::BodyStream;
-use crate::store::db::{Checkpoint, Db, FileMeta, Kind, MetaKey, Phase, State};
+use crate::store::db::{Checkpoint, Db, FileMeta, Kind, MetaKey, Phase, State, Unseen};
+use crate::sync::push::conflict::{Incoming, Verdict};
 use crate::store::mirror::WriteError;
 use crate::store::space::Need;
 use crate::store::{paths, LocalStore};
@@ -68,7 +69,13 @@ impl Engine {
                 ck
             }
             None => {
-                let phase = if self.config().use_export {
+                // The export places files without looking at local edits: with changes pending in
+                // the outbox, the guarded tree pull lists instead.
+                let pending = !self.read(|st| st.outbox_is_empty()).await?;
+                if pending && self.config().use_export {
+                    tracing::info!("local changes are pending: listing with the tree pull instead of the export, so none is overwritten");
+                }
+                let phase = if self.config().use_export && !pending {
                     Phase::Export
                 } else {
                     Phase::Tree
@@ -388,6 +395,7 @@ impl Engine {
             }
             // Hash-skip from the committed records: committed records are durable (syncfs before commit).
             let to_fetch = self.skip_committed(listed, &mut p).await?;
+            let to_fetch = self.guard_fetches(to_fetch, &mut p).await?;
             self.intend(to_fetch.iter().map(|j| j.rel.clone()).collect())
                 .await?;
             let mut results = futures_util::stream::iter(to_fetch)
@@ -503,6 +511,36 @@ impl Engine {
         Ok(to_fetch)
     }
 
+    /// Files about to be fetched over local edits: those to leave alone are stamped seen instead (see
+    /// `push::conflict`), the rest returned.
+    async fn guard_fetches(
+        &self,
+        jobs: Vec<FetchJob>,
+        p: &mut Pending,
+    ) -> Result<Vec<FetchJob>, SyncError> {
+        let claims = jobs
+            .iter()
+            .map(|j| {
+                let incoming = Incoming::Content {
+                    hash: j.listed_hash.clone(),
+                    revision: j.revision.clone(),
+                };
+                (j.rel.clone(), incoming)
+            })
+            .collect();
+        let verdicts = self.guard_local(claims).await?;
+        Ok(jobs
+            .into_iter()
+            .filter(|j| match verdicts.get(&j.rel) {
+                None | Some(Verdict::Apply) => true,
+                Some(_) => {
+                    p.keep_seen.push(j.rel.clone());
+                    false
+                }
+            })
+            .collect())
+    }
+
     /// Mark the snapshot complete: sweep unlisted records (guarded), set the events cursor to the tip
     /// taken before the snapshot, clear the checkpoint. A scoped traversal (one directory listed again)
     /// sweeps only within its directory and leaves the rest of the state alone.
@@ -559,6 +597,28 @@ impl Engine {
             finish: true,
             ..Default::default()
         };
+        // Local edits of files the remote no longer has are not swept (see `push::conflict`): in
+        // mirror mode the file stays (and is pushed), and so do the directories above it.
+        let claims = unseen
+            .iter()
+            .filter(|u| u.kind == Kind::File)
+            .map(|u| (u.path.clone(), Incoming::Deleted))
+            .collect();
+        let verdicts = self.guard_local(claims).await?;
+        let kept: Vec<String> = verdicts
+            .iter()
+            .filter(|(_, v)| **v == Verdict::KeepFile)
+            .map(|(r, _)| r.clone())
+            .collect();
+        let unseen: Vec<Unseen> = unseen
+            .into_iter()
+            .filter(|u| {
+                !kept
+                    .iter()
+                    .any(|k| k == &u.path || k.starts_with(&format!("{}/", u.path)))
+            })
+            .collect();
+        p.forget = kept;
         let store = self.store().clone();
         let removed = unseen.clone();
         let stray = orphans.clone();

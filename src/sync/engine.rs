@@ -119,6 +119,8 @@ pub struct SyncConfig {
     pub mass_delete_ratio: f64,
     /// Run one full re-listing (audit) at the next catch-up.
     pub force_audit: bool,
+    /// Two-way sync: which way changes flow, and the push side's settings.
+    pub push: crate::sync::push::PushConfig,
 }
 
 impl SyncConfig {
@@ -288,6 +290,13 @@ pub struct Pending {
     pub orphans: Vec<String>,
     /// The traversal is over: drop the checkpoint and the queue in the same transaction.
     pub finish: bool,
+    /// Records to delete while their local files stay (see [`crate::store::db::Batch::forget`]).
+    pub forget: Vec<String>,
+    /// Outbox rows whose change the remote now has (removed with the records).
+    pub pushed: Vec<String>,
+    /// Records left as they are, stamped seen by this snapshot (a local edit the listing must not
+    /// sweep or overwrite).
+    pub keep_seen: Vec<String>,
 }
 
 impl Pending {
@@ -321,6 +330,8 @@ pub struct Engine {
     /// Held by whoever applies feed events (a service sync pass, a realtime batch): see
     /// [`Engine::exclusive`].
     apply_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The push side's state in memory (why deletes are held, a delete storm's end).
+    push_state: Arc<std::sync::Mutex<crate::sync::push::pusher::PushState>>,
 }
 
 impl Engine {
@@ -341,6 +352,7 @@ impl Engine {
             sink: None,
             tally: Arc::default(),
             apply_lock: Arc::default(),
+            push_state: Arc::default(),
         }
     }
 
@@ -355,6 +367,12 @@ impl Engine {
     /// Tell `sink` what each later commit changes (the FUSE view's cache invalidation).
     pub fn set_sink(&mut self, sink: Arc<dyn ChangeSink>) {
         self.sink = Some(sink);
+    }
+
+    pub(crate) fn push_state(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::sync::push::pusher::PushState> {
+        self.push_state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn db(&self) -> &Db {
@@ -632,6 +650,15 @@ impl Engine {
                 }
                 for rel in &p.orphans {
                     b.pending_clear(rel)?;
+                }
+                for rel in &p.forget {
+                    b.forget(rel)?;
+                }
+                for rel in &p.pushed {
+                    b.outbox_remove(rel)?;
+                }
+                for rel in &p.keep_seen {
+                    b.touch_seen(rel, seen)?;
                 }
                 for (dir, rel, reason) in &p.unlisted {
                     b.unlisted(dir, rel.as_deref(), reason, seen)?;

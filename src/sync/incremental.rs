@@ -4,6 +4,7 @@ use crate::remote::types::Event;
 use crate::store::db::{Kind, MetaKey, Phase, State};
 use crate::store::paths;
 use crate::sync::engine::{Engine, FetchJob, Fetched, Pending, SyncError};
+use crate::sync::push::conflict::{Incoming, Verdict};
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
 
@@ -111,6 +112,28 @@ impl Engine {
                 }),
             }
         }
+        // Local edits are never overwritten silently (see `push::conflict`).
+        let claims = to_fetch
+            .iter()
+            .map(|j| {
+                let incoming = Incoming::Content {
+                    hash: j.listed_hash.clone(),
+                    revision: j.revision.clone(),
+                };
+                (j.rel.clone(), incoming)
+            })
+            .chain(deletes.iter().map(|(rel, _)| (rel.clone(), Incoming::Deleted)))
+            .collect();
+        let verdicts = self.guard_local(claims).await?;
+        let apply = |rel: &String| verdicts.get(rel).is_none_or(|v| *v == Verdict::Apply);
+        to_fetch.retain(|j| apply(&j.rel));
+        deletes.retain(|(rel, remote)| {
+            if verdicts.get(rel) == Some(&Verdict::KeepFile) {
+                p.forget.push(rel.clone());
+                p.cleared.push(remote.clone());
+            }
+            apply(rel)
+        });
         let (changed, removed) = (to_fetch.len(), deletes.len());
         self.remove_files(deletes, &mut p).await?;
         self.fetch_all(to_fetch, &mut p, false).await?;
@@ -265,6 +288,21 @@ impl Engine {
         if list.is_empty() {
             return Ok(0);
         }
+        let claims = list
+            .iter()
+            .map(|j| {
+                let incoming = Incoming::Content {
+                    hash: None,
+                    revision: None,
+                };
+                (j.rel.clone(), incoming)
+            })
+            .collect();
+        let verdicts = self.guard_local(claims).await?;
+        let list: Vec<FetchJob> = list
+            .into_iter()
+            .filter(|j| verdicts.get(&j.rel).is_none_or(|v| *v == Verdict::Apply))
+            .collect();
         let mut p = Pending::default();
         let n = self.fetch_all(list, &mut p, true).await?;
         let seen = self.read(|st| st.current_seen()).await?;

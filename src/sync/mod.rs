@@ -8,6 +8,7 @@ pub mod content;
 pub mod engine;
 pub mod incremental;
 pub mod progress;
+pub mod push;
 pub mod realtime;
 pub mod statefile;
 pub mod watchdog;

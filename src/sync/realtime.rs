@@ -39,6 +39,7 @@ use crate::remote::ws::{self, Incoming, StreamError};
 use crate::store::db::{event_seq, MetaKey};
 use crate::store::{paths, LocalStore};
 use crate::sync::engine::{now_rfc3339, Engine, SyncError};
+use crate::sync::push::conflict::{self, Verdict};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -507,7 +508,20 @@ async fn apply_batch(engine: &Engine, batch: Vec<Queued>) -> Result<Option<Appli
     };
     let last_event_id = last.event_id.clone();
     let last_ts = last.timestamp.clone();
-    let inline = take_inline(engine, &mut events);
+    let mut inline = take_inline(engine, &mut events);
+    // Never over a local edit (see `push::conflict`), nor rewriting bytes the file already has.
+    let claims = inline
+        .iter()
+        .map(|f| {
+            let incoming = conflict::Incoming::Content {
+                hash: Some(f.hash.clone()),
+                revision: f.revision.clone(),
+            };
+            (f.rel.clone(), incoming)
+        })
+        .collect();
+    let verdicts = engine.guard_local(claims).await?;
+    inline.retain(|f| verdicts.get(&f.rel).is_none_or(|v| *v == Verdict::Apply));
     let n_inline = inline.len();
     let t_write = Instant::now();
     if !inline.is_empty() {
@@ -556,6 +570,7 @@ struct InlineFile {
     content: String,
     encoding: Option<String>,
     hash: String,
+    revision: Option<String>,
 }
 
 /// Move the usable inline content out of `events` (they keep their metadata).
@@ -590,6 +605,7 @@ fn take_inline(engine: &Engine, events: &mut [Event]) -> Vec<InlineFile> {
             content,
             encoding: e.encoding.take(),
             hash,
+            revision: e.revision.clone(),
         });
     }
     out

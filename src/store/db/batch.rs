@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 pub struct Batch<'a> {
-    tx: Transaction<'a>,
+    pub(super) tx: Transaction<'a>,
     path: PathBuf,
     cache: &'a mut HashMap<String, (u64, i64)>,
     new_dirs: HashMap<String, (u64, i64)>,
@@ -38,7 +38,7 @@ impl<'a> Batch<'a> {
         }
     }
 
-    fn err(&self, source: rusqlite::Error) -> StateError {
+    pub(super) fn err(&self, source: rusqlite::Error) -> StateError {
         StateError::Sqlite {
             path: self.path.clone(),
             source,
@@ -294,6 +294,15 @@ impl<'a> Batch<'a> {
             removed: true,
         });
         Ok(Some(ino as u64))
+    }
+
+    /// Delete a file's record but leave the local file alone (the remote no longer has it, and the
+    /// local file is the user's: a pushed delete, or a local edit that outlives a remote delete).
+    pub fn forget(&mut self, rel: &str) -> Result<(), StateError> {
+        let n = self.removed_files.len();
+        self.delete(rel)?;
+        self.removed_files.truncate(n);
+        Ok(())
     }
 
     pub fn queue_push(&mut self, remote_dir: &str) -> Result<(), StateError> {

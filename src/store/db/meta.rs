@@ -34,6 +34,12 @@ pub enum MetaKey {
     /// The realtime stream's state as the service last recorded it (JSON: connected or polling, since
     /// when, why, the last event and its lag), for `mountd status`.
     RealtimeState,
+    /// The device number of the mirror directory when it was first pushed from: a mirror directory
+    /// now on another file system holds every local delete for an operator.
+    RootDevice,
+    /// "1": an operator allowed the local deletes held by the mass-deletion guard (cleared once no
+    /// delete is pending).
+    AllowDeletes,
     IdentityBaseUrl,
     IdentityWorkspace,
     IdentityRemoteRoot,
@@ -59,6 +65,8 @@ impl MetaKey {
             MetaKey::NoProgressRuns => "no_progress_runs",
             MetaKey::ExtraFiles => "extra_files",
             MetaKey::RealtimeState => "realtime_state",
+            MetaKey::RootDevice => "root_device",
+            MetaKey::AllowDeletes => "allow_deletes",
             MetaKey::IdentityBaseUrl => "identity.base_url",
             MetaKey::IdentityWorkspace => "identity.workspace",
             MetaKey::IdentityRemoteRoot => "identity.remote_root",

@@ -7,12 +7,14 @@
 //! database only through [`Db`], which runs all work on one dedicated thread.
 mod batch;
 mod meta;
+mod outbox;
 mod reader;
 mod schema;
 mod thread;
 
 pub use batch::Batch;
 pub use meta::{event_seq, MetaKey};
+pub use outbox::{Conflict, IssueKind, OpKind, Outgoing, OutboxSummary, WriteIssue};
 pub use reader::{Entry, StateReader};
 pub use thread::Db;
 

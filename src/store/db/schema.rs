@@ -1,7 +1,7 @@
 //! The schema of the state database, versioned by `PRAGMA user_version` with forward-only migrations.
 
 /// The schema version this build writes; a newer database is refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `MIGRATIONS[i]` takes a database from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -44,4 +44,39 @@ pub const MIGRATIONS: &[&str] = &[
      ALTER TABLE quarantine ADD COLUMN snapshot INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX entries_parent_ino ON entries(parent, ino);
      ALTER TABLE entries ADD COLUMN local_stat TEXT;",
+    // v3: two-way sync. `outbox`: one row per local path with a change not yet on the remote (the
+    // newest change of a path supersedes an older unpushed one), recorded in the same transaction as
+    // the local state it describes. `conflicts`: local versions kept aside when the remote's took their
+    // path. `write_issues`: paths the remote will not take as they are (write-denied, too large, a kind
+    // of file the remote cannot hold), reported once and not retried until they change.
+    "CREATE TABLE outbox(
+        path TEXT PRIMARY KEY,
+        op INTEGER NOT NULL,
+        base_revision TEXT,
+        content_hash TEXT,
+        size INTEGER NOT NULL DEFAULT 0,
+        local_stat TEXT,
+        held TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL);
+     CREATE TABLE conflicts(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL,
+        copy TEXT NOT NULL,
+        local_hash TEXT,
+        size INTEGER NOT NULL DEFAULT 0,
+        base_revision TEXT,
+        remote_revision TEXT,
+        reason TEXT NOT NULL,
+        created_at INTEGER NOT NULL);
+     CREATE INDEX conflicts_path ON conflicts(path);
+     CREATE TABLE write_issues(
+        path TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        local_stat TEXT,
+        token TEXT,
+        updated_at INTEGER NOT NULL);",
 ];

@@ -1,0 +1,168 @@
+//! Watching the plain-directory mirror (inotify, through the `notify` crate) for local changes while
+//! mountd runs.
+//!
+//! Events only say *where* to look: each changed path is compared with its record by
+//! [`Engine::record_local`] once it has settled, so the order and the exact kind of the events do not
+//! matter, and mountd's own writes (already recorded when the lock is released) come out unchanged.
+//! A path settles:
+//! * `--change-batch-window` (5 ms) after a writer closed it, it was renamed into place (an editor's
+//!   atomic save) or a directory appeared;
+//! * `--file-settle-delay` after its last write when no close was seen (a writer still at it);
+//! * `--atomic-save-settle-delay` after it was deleted or renamed away, so the rest of an editor's
+//!   save (the new file renamed over it) is seen as one update and the path is never missing on the
+//!   remote.
+//!
+//! A queue overflow in the kernel (`IN_Q_OVERFLOW`) rescans the whole mirror: no change is missed.
+//! Beyond `fs.inotify.max_user_watches` new directories are not watched: the watcher says so once and
+//! changes there are found by the next full scan (at start, or after an overflow).
+use crate::store::paths::RESERVED_DIR;
+use crate::sync::engine::Engine;
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+use notify::Watcher as _;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+/// The running watcher; dropping it stops watching.
+pub struct Watcher {
+    _inner: notify::RecommendedWatcher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What an event says about a path.
+enum Seen {
+    /// Complete for now: closed after writing, renamed into place, a new directory.
+    Settled,
+    /// Being written.
+    Writing,
+    /// Gone (deleted or renamed away).
+    Gone,
+    /// The kernel's queue overflowed: rescan everything.
+    Overflow,
+}
+
+fn classify(kind: &EventKind) -> Option<Seen> {
+    Some(match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Seen::Settled,
+        EventKind::Create(CreateKind::Folder) => Seen::Settled,
+        EventKind::Create(_) => Seen::Writing,
+        EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::From)) => Seen::Gone,
+        EventKind::Modify(ModifyKind::Name(_)) => Seen::Settled,
+        EventKind::Modify(ModifyKind::Metadata(_)) => return None,
+        EventKind::Modify(_) => Seen::Writing,
+        EventKind::Remove(_) => Seen::Gone,
+        _ => return None,
+    })
+}
+
+/// Start watching the mirror; settled changes are recorded in the outbox and `pushed` is notified.
+pub fn spawn(engine: Engine, pushed: Arc<Notify>) -> Result<Watcher, String> {
+    let root = engine.store().root().to_path_buf();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut inner = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
+        let _ = tx.send(r);
+    })
+    .map_err(|e| format!("cannot watch {}: {e}", root.display()))?;
+    inner
+        .watch(&root, notify::RecursiveMode::Recursive)
+        .map_err(|e| {
+            format!(
+                "cannot watch {}: {e} (raise fs.inotify.max_user_watches for large trees)",
+                root.display()
+            )
+        })?;
+    let task = tokio::spawn(debounce(engine, root, rx, pushed));
+    Ok(Watcher {
+        _inner: inner,
+        task,
+    })
+}
+
+/// The mirror-relative path of an event's path, unless it is outside the tree or reserved.
+fn relative(root: &Path, p: &Path) -> Option<String> {
+    let rel = p.strip_prefix(root).ok()?;
+    let s = rel.to_string_lossy().to_string();
+    if s == RESERVED_DIR || s.starts_with(&format!("{RESERVED_DIR}/")) {
+        return None;
+    }
+    Some(s)
+}
+
+async fn debounce(
+    engine: Engine,
+    root: PathBuf,
+    mut rx: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
+    pushed: Arc<Notify>,
+) {
+    let cfg = engine.config().push.clone();
+    let mut due: HashMap<String, Instant> = HashMap::new();
+    let mut warned = false;
+    loop {
+        let next = due.values().min().copied();
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { return };
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        // A watch that could not be added (the inotify limit): the next full scan finds
+                        // what changed there.
+                        if !warned {
+                            warned = true;
+                            tracing::warn!(error = %e, "the mirror watcher lost events; rescanning the mirror (raise fs.inotify.max_user_watches for large trees)");
+                        }
+                        due.insert(String::new(), Instant::now() + cfg.batch_window);
+                        continue;
+                    }
+                };
+                let seen = if ev.need_rescan() { Some(Seen::Overflow) } else { classify(&ev.kind) };
+                let Some(seen) = seen else { continue };
+                let now = Instant::now();
+                if let Seen::Overflow = seen {
+                    tracing::warn!("the kernel's inotify queue overflowed: rescanning the mirror");
+                    due.insert(String::new(), now + cfg.batch_window);
+                    continue;
+                }
+                let wait = match seen {
+                    Seen::Settled => cfg.batch_window,
+                    Seen::Writing => cfg.file_settle,
+                    Seen::Gone => cfg.atomic_save_settle,
+                    Seen::Overflow => Duration::ZERO,
+                };
+                for p in &ev.paths {
+                    if let Some(rel) = relative(&root, p) {
+                        due.insert(rel, now + wait);
+                    }
+                }
+            }
+            _ = sleep_until(next) => {
+                let now = Instant::now();
+                let ready: Vec<String> = due.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
+                for p in &ready {
+                    due.remove(p);
+                }
+                match engine.record_local(ready).await {
+                    Ok(d) if d.changes() > 0 => pushed.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot record local changes; they are looked at again by the next scan"),
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
