@@ -1,30 +1,37 @@
-//! The reference store without HTTP: a [`Workspace`] answers tree, file, events and export requests
-//! with exactly the JSON bodies the routes serve (no faults, no auth), for in-process clients. A
-//! [`crate::RemoteHandle`] shares its store through [`crate::RemoteHandle::workspace`], and a
-//! workspace can also stand alone, with no server at all.
+//! The reference store without HTTP: a [`Workspace`] answers tree, file, events, export and write
+//! requests with exactly the JSON bodies the routes serve (no faults, no auth, no scope; the body
+//! cap holds), for in-process clients. A [`crate::RemoteHandle`] shares its store through
+//! [`crate::RemoteHandle::workspace`], and a workspace can also stand alone, with no server at all.
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use crate::export::FileJson;
-use crate::store::absolute;
-use crate::{RemoteConfig, Shared};
+use crate::store::{absolute, decode_content};
+use crate::{writes, Counts, RemoteConfig, Shared};
 
-/// An error answer: status, relayfile error code and message.
+/// An error answer: status, relayfile error code, message and the extra members of its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: u16,
     pub code: String,
     pub message: String,
+    /// Members of the error body besides `code`, `message` and `correlationId`: a 409
+    /// `revision_conflict` carries `expectedRevision` (the `If-Match` sent, quotes and `W/`
+    /// stripped), `currentRevision` (`rev_N`) and, for text content, `currentContentPreview`
+    /// (its first 120 characters). Empty for every other error.
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
-    fn new(status: u16, code: &str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: u16, code: &str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code: code.into(),
             message: message.into(),
+            extra: serde_json::Map::new(),
         }
     }
 }
@@ -88,6 +95,27 @@ impl Workspace {
         self.shared.page_size.store(n.max(1), Ordering::SeqCst);
     }
 
+    /// Caps write request bodies at `n` bytes (a larger one → 413 `payload_too_large`).
+    pub fn set_max_body_bytes(&self, n: usize) {
+        self.shared.set_max_body_bytes(n);
+    }
+
+    /// The current revision (`rev_N`) of the file at `path`.
+    pub fn revision(&self, path: &str) -> Option<String> {
+        self.shared.revision(path)
+    }
+
+    /// The decoded bytes of the file at `path`.
+    pub fn content(&self, path: &str) -> Option<Vec<u8>> {
+        self.shared.content(path)
+    }
+
+    /// Snapshot of the request counters (in-process writes count in `writes_applied` and
+    /// `writes_per_path`, nothing else).
+    pub fn counts(&self) -> Counts {
+        self.shared.counts().clone()
+    }
+
     /// Every file under `/` with its decoded bytes, sorted by path.
     pub fn files(&self) -> Vec<(String, Vec<u8>)> {
         self.shared
@@ -95,8 +123,7 @@ impl Workspace {
             .snapshot("/")
             .into_iter()
             .map(|r| {
-                let bytes = crate::store::decode_content(&r.content, r.base64)
-                    .expect("stored content decodes");
+                let bytes = decode_content(&r.content, r.base64).expect("stored content decodes");
                 (r.path.clone(), bytes)
             })
             .collect()
@@ -155,4 +182,32 @@ impl Workspace {
         out.push(b']');
         out
     }
+
+    /// `PUT /fs/file?path=P` with body `body` and header `If-Match: if_match`: the 202 body
+    /// `{"opId","status":"queued","targetRevision"}`, or 413, 412 (no `If-Match`), 400 (bad JSON
+    /// or base64), 404 (a revision for an absent path), 409 `revision_conflict`.
+    pub fn put_json(
+        &self,
+        path: &str,
+        body: &[u8],
+        if_match: Option<&str>,
+    ) -> Result<Vec<u8>, ApiError> {
+        writes::put(&self.shared, path, body, if_match).map(to_vec)
+    }
+
+    /// `DELETE /fs/file?path=P` with `If-Match: if_match`: the 202 body, or 412, 404 (absent),
+    /// 409 `revision_conflict`.
+    pub fn delete_json(&self, path: &str, if_match: Option<&str>) -> Result<Vec<u8>, ApiError> {
+        writes::delete(&self.shared, path, if_match).map(to_vec)
+    }
+
+    /// `POST /fs/bulk` with body `body`: the 202 body `{"written","errorCount","errors",
+    /// "results","correlationId":""}`, or 413, 400 for the request as a whole.
+    pub fn bulk_json(&self, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+        writes::bulk(&self.shared, body, &BTreeMap::new(), "").map(to_vec)
+    }
+}
+
+fn to_vec(v: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&v).expect("JSON serializes")
 }

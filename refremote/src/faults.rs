@@ -6,6 +6,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use crate::api::ApiError;
+
 /// The fault set. Every field defaults to "no fault".
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -80,6 +82,45 @@ pub struct Faults {
     /// `/fs/ws`: live-event queue capacity of connections opened from now on (default 4096);
     /// on overflow the server closes with 1013 (after sending what the queue holds).
     pub ws_buffer: Option<usize>,
+    /// Sleep before each write (`PUT`/`DELETE /fs/file`, `POST /fs/bulk`) is processed: a client
+    /// that gives up meanwhile leaves no write.
+    pub write_delay_ms: u64,
+    /// Per path write denial (an ACL deny): a `PUT`/`DELETE` of a key (absolute path) answers
+    /// that error, other paths are written; in a bulk the file is listed in `errors` with the
+    /// error's code (e.g. `forbidden`) and the other files are written.
+    pub write_path_faults: BTreeMap<String, ErrorFault>,
+    /// The next N accepted writes (`PUT`/`DELETE` answered 202, every `POST /fs/bulk` answered
+    /// 202) are applied to the store (revision, event, counters) and then get no answer at all:
+    /// the connection is closed before a byte of the response is sent. Counts down to `None`.
+    pub drop_answer_after_write: Option<u32>,
+    /// Refuse deletes beyond `max_per_window` within a window with 429 `delete_storm_rejected`.
+    pub delete_storm: Option<DeleteStorm>,
+}
+
+/// Burst guard on `DELETE /fs/file`: a window opens at the first delete after the previous one
+/// ended and admits `max_per_window` deletes during `window_ms`; the others answer 429
+/// `delete_storm_rejected` with `Retry-After: retry_after` (default `"60"`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeleteStorm {
+    pub max_per_window: u32,
+    pub window_ms: u64,
+    #[serde(default = "sixty")]
+    pub retry_after: String,
+}
+
+fn sixty() -> String {
+    "60".to_string()
+}
+
+impl DeleteStorm {
+    /// `max_per_window` deletes per `window_ms`, `Retry-After: 60`.
+    pub fn new(max_per_window: u32, window_ms: u64) -> Self {
+        DeleteStorm {
+            max_per_window,
+            window_ms,
+            retry_after: sixty(),
+        }
+    }
 }
 
 /// An error answer: status, `code` (`"html"` → an HTML proxy page) and an optional verbatim
@@ -148,12 +189,29 @@ impl Faults {
         f.count -= 1;
         Some(f.error.clone())
     }
+
+    /// Consumes one `drop_answer_after_write`: true when this accepted write gets no answer.
+    pub(crate) fn take_drop_answer(&mut self) -> bool {
+        match self.drop_answer_after_write {
+            Some(n) if n > 0 => {
+                self.drop_answer_after_write = (n > 1).then_some(n - 1);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Error body `{"code","message","correlationId"}`, or an HTML page for code `"html"`.
 pub fn error_response(status: u16, code: &str, message: &str, correlation_id: &str) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if code == "html" {
+    api_error_response(&ApiError::new(status, code, message), correlation_id)
+}
+
+/// Error body `{"code","message","correlationId"}` plus the error's `extra` members (a 409's
+/// `expectedRevision`, `currentRevision`...), or an HTML page for code `"html"`.
+pub(crate) fn api_error_response(e: &ApiError, correlation_id: &str) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if e.code == "html" {
         return (
             status,
             [(header::CONTENT_TYPE, "text/html")],
@@ -161,10 +219,10 @@ pub fn error_response(status: u16, code: &str, message: &str, correlation_id: &s
         )
             .into_response();
     }
-    let body = serde_json::json!({
-        "code": code,
-        "message": message,
-        "correlationId": correlation_id,
-    });
+    let mut body = serde_json::Map::new();
+    body.insert("code".into(), e.code.clone().into());
+    body.insert("message".into(), e.message.clone().into());
+    body.insert("correlationId".into(), correlation_id.into());
+    body.extend(e.extra.clone());
     (status, axum::Json(body)).into_response()
 }

@@ -4,7 +4,45 @@
 //!
 //! Routes (under `/v1/workspaces/{ws}/fs`): `tree`, `file` (GET/PUT/DELETE), `export`, `events`,
 //! `bulk`, and the realtime WebSocket `ws` (see below); `/health`; the unauthenticated loopback
-//! control API `/_control/{counts,reset-counts,faults,page-size}`.
+//! control API `/_control/`: `counts` (GET), `reset-counts` (POST), `requests` (GET), `faults`
+//! (GET/PUT), `page-size?n=N`, `max-body-bytes?n=N`, `read-only?on=true|false` (PUT).
+//!
+//! ## Writes: `PUT`/`DELETE /fs/file?path=P`, `POST /fs/bulk`
+//!
+//! As the real server enforces them (the same code serves [`Workspace::put_json`],
+//! [`Workspace::delete_json`] and [`Workspace::bulk_json`], without auth and faults):
+//!
+//! * Scope: a token without `fs:write` ([`RemoteHandle::set_read_only`], `--read-only`) gets
+//!   403 `forbidden` on every write; reads still work.
+//! * Body cap: a `PUT` or bulk body over [`RemoteConfig::max_body_bytes`] (1 MiB by default;
+//!   `--max-body-bytes`, [`RemoteHandle::set_max_body_bytes`]) → 413 `payload_too_large`.
+//! * `PUT` body `{"contentType","content","encoding"?: "base64"}`; invalid JSON or base64 → 400.
+//! * `If-Match` is required on `PUT` and `DELETE` (missing → 412 `precondition_failed`): `0` =
+//!   only if absent, `*` = whatever is there, else the exact current `rev_N` (surrounding quotes
+//!   and a `W/` prefix are stripped). A revision for an absent path → 404; a `DELETE` of an
+//!   absent path → 404 whatever the `If-Match`.
+//! * A precondition that does not hold → 409 `{"code":"revision_conflict","message",
+//!   "correlationId","expectedRevision","currentRevision","currentContentPreview"?}`.
+//! * Accepted → 202 `{"opId":"op_N","status":"queued","targetRevision":"rev_M"}`: `rev_M` is
+//!   the path's new revision, the one its `file.created` / `file.updated` / `file.deleted`
+//!   event carries on `/fs/events` and `/fs/ws`.
+//! * Bulk body `{"files":[{path,contentType,content,encoding?,ifMatch?}]}` (no `ifMatch` = write
+//!   whatever is there) → 202 `{"written","errorCount","errors":[{path,code,message,
+//!   expectedRevision?,currentRevision?}],"results":[{path,revision,contentType,opId}],
+//!   "correlationId"}`; a precondition failure is code `conflict`. Each file written is one
+//!   revision and one event. Bulk has no delete.
+//! * Counters: [`Counts::put`], [`Counts::delete`], [`Counts::bulk`] (requests),
+//!   [`Counts::writes_applied`] and [`Counts::writes_per_path`] (files written or deleted).
+//!
+//! Write faults ([`Faults`]), all off by default:
+//!
+//! | field | JSON example | effect |
+//! | --- | --- | --- |
+//! | `fail_next` routes `put`, `delete`, `bulk` | `{"fail_next":[{"route":"put","count":2,"error":{"status":503,"code":"unavailable"}}]}` | the next N requests of that route answer the error (5xx, 429 with `retry_after`...), nothing written |
+//! | `write_delay_ms` | `{"write_delay_ms":500}` | sleep before each write is processed |
+//! | `write_path_faults` | `{"write_path_faults":{"/locked.md":{"status":403,"code":"forbidden"}}}` | writes of that path answer the error (an ACL deny); in a bulk it is listed in `errors` with that code, the other files are written |
+//! | `drop_answer_after_write` | `{"drop_answer_after_write":1}` | the next N accepted writes (202) are applied (revision, event, counters), then the connection closes with no byte of answer |
+//! | `delete_storm` | `{"delete_storm":{"max_per_window":5,"window_ms":10000,"retry_after":"60"}}` | deletes beyond 5 in a window answer 429 `delete_storm_rejected` with `Retry-After: 60` (default `"60"`) |
 //!
 //! ## Realtime WebSocket `GET /v1/workspaces/{ws}/fs/ws`
 //!
@@ -45,12 +83,13 @@ mod routes;
 mod seed;
 mod store;
 mod stream;
+mod writes;
 mod ws;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -60,7 +99,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use api::{ApiError, Workspace};
-pub use faults::{ErrorFault, FailNext, Faults, PathFault};
+pub use faults::{DeleteStorm, ErrorFault, FailNext, Faults, PathFault};
 pub use store::sha256_hex;
 pub use ws::DEFAULT_WS_BUFFER;
 
@@ -73,7 +112,13 @@ pub struct RemoteConfig {
     pub page_size: usize,
     /// Directory whose files seed the store at start (remote path = `/` + relative path).
     pub seed_dir: Option<PathBuf>,
+    /// Largest write request body (`PUT /fs/file`, `POST /fs/bulk`); a larger one → 413
+    /// `payload_too_large`. The real server's default: 1 MiB.
+    pub max_body_bytes: usize,
 }
+
+/// The real relayfile server's default body cap (`RELAYFILE_MAX_BODY_BYTES`): 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
 impl Default for RemoteConfig {
     fn default() -> Self {
@@ -81,6 +126,7 @@ impl Default for RemoteConfig {
             token: "test-token".to_string(),
             page_size: 1000,
             seed_dir: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 }
@@ -103,6 +149,11 @@ pub struct Counts {
     pub ws_messages: u64,
     /// `GET /fs/file` requests per path.
     pub file_paths: BTreeMap<String, u64>,
+    /// Files written or deleted in the store through the write API (`PUT`, `DELETE`, each
+    /// file of a bulk), in-process writes of a [`Workspace`] included.
+    pub writes_applied: u64,
+    /// [`Counts::writes_applied`] per path.
+    pub writes_per_path: BTreeMap<String, u64>,
     pub unauthorized: u64,
     pub missing_correlation: u64,
     /// Requests refused by [`Faults::rate_limit_per_sec`] (429 `rate_limited`).
@@ -154,7 +205,13 @@ const REQUEST_LOG_MAX: usize = 1_000_000;
 pub(crate) struct Shared {
     /// Expected bearer token (changed by [`RemoteHandle::set_token`]).
     token: Mutex<String>,
+    /// The token lacks the `fs:write` scope ([`RemoteHandle::set_read_only`]).
+    read_only: AtomicBool,
     page_size: AtomicUsize,
+    /// Write body cap in bytes.
+    max_body: AtomicUsize,
+    /// Last `op_<n>` number given to an accepted write.
+    ops: AtomicU64,
     store: Mutex<store::Store>,
     faults: Mutex<Faults>,
     counts: Mutex<Counts>,
@@ -167,6 +224,9 @@ pub(crate) struct Shared {
     log: Mutex<Vec<LoggedRequest>>,
     /// Rate limit window: its start and the requests admitted in it.
     rate: Mutex<(Instant, u32)>,
+    /// [`Faults::delete_storm`] window: its start and the deletes admitted in it (`None`: no
+    /// window open).
+    storm: Mutex<Option<(Instant, u32)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -177,7 +237,10 @@ impl Shared {
     fn new(cfg: &RemoteConfig, shutdown: watch::Receiver<bool>) -> Arc<Shared> {
         Arc::new(Shared {
             token: Mutex::new(cfg.token.clone()),
+            read_only: AtomicBool::new(false),
             page_size: AtomicUsize::new(cfg.page_size.max(1)),
+            max_body: AtomicUsize::new(cfg.max_body_bytes),
+            ops: AtomicU64::new(0),
             store: Mutex::new(store::Store::default()),
             faults: Mutex::new(Faults::default()),
             counts: Mutex::new(Counts::default()),
@@ -186,7 +249,66 @@ impl Shared {
             started: Instant::now(),
             log: Mutex::new(Vec::new()),
             rate: Mutex::new((Instant::now(), 0)),
+            storm: Mutex::new(None),
         })
+    }
+
+    /// `Some(Retry-After)` when [`Faults::delete_storm`] refuses a delete now.
+    pub(crate) fn delete_storm(&self) -> Option<String> {
+        let storm = self.faults().delete_storm.clone()?;
+        let now = Instant::now();
+        let mut w = lock(&self.storm);
+        let (start, n) = match *w {
+            Some((start, n))
+                if now.duration_since(start) < Duration::from_millis(storm.window_ms) =>
+            {
+                (start, n)
+            }
+            _ => (now, 0),
+        };
+        if n >= storm.max_per_window {
+            *w = Some((start, n));
+            return Some(storm.retry_after);
+        }
+        *w = Some((start, n + 1));
+        None
+    }
+
+    /// Replaces the faults; restarts the `tree_hang_after` count and the delete storm window.
+    fn set_faults(&self, f: Faults) {
+        *self.faults() = f;
+        self.faults_changed();
+    }
+
+    fn faults_changed(&self) {
+        self.tree_since_faults.store(0, Ordering::SeqCst);
+        *lock(&self.storm) = None;
+    }
+
+    pub(crate) fn max_body_bytes(&self) -> usize {
+        self.max_body.load(Ordering::SeqCst)
+    }
+
+    fn set_max_body_bytes(&self, n: usize) {
+        self.max_body.store(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn read_only(&self) -> bool {
+        self.read_only.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn next_op(&self) -> u64 {
+        self.ops.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn revision(&self, path: &str) -> Option<String> {
+        let r = self.store().get(&store::absolute(path))?;
+        Some(format!("rev_{}", r.revision))
+    }
+
+    fn content(&self, path: &str) -> Option<Vec<u8>> {
+        let r = self.store().get(&store::absolute(path))?;
+        Some(store::decode_content(&r.content, r.base64).expect("stored content decodes"))
     }
 
     /// `Some(Retry-After seconds)` when [`Faults::rate_limit_per_sec`] refuses a request now.
@@ -353,16 +475,39 @@ impl RemoteHandle {
         *lock(&self.shared.token) = token.to_string();
     }
 
-    /// Replaces the fault set (and restarts the `tree_hang_after` count).
-    pub fn set_faults(&self, f: Faults) {
-        *self.shared.faults() = f;
-        self.shared.tree_since_faults.store(0, Ordering::SeqCst);
+    /// The expected token lacks (`true`) or has (`false`, the default) the `fs:write` scope:
+    /// without it every write answers 403 `forbidden`, reads still work. Independent of
+    /// [`RemoteHandle::set_token`].
+    pub fn set_read_only(&self, read_only: bool) {
+        self.shared.read_only.store(read_only, Ordering::SeqCst);
     }
 
-    /// Edits the fault set in place (and restarts the `tree_hang_after` count).
+    /// Caps write request bodies at `n` bytes (a larger one → 413 `payload_too_large`).
+    pub fn set_max_body_bytes(&self, n: usize) {
+        self.shared.set_max_body_bytes(n);
+    }
+
+    /// The current revision (`rev_N`) of the file at `path`.
+    pub fn revision(&self, path: &str) -> Option<String> {
+        self.shared.revision(path)
+    }
+
+    /// The decoded bytes of the file at `path`.
+    pub fn content(&self, path: &str) -> Option<Vec<u8>> {
+        self.shared.content(path)
+    }
+
+    /// Replaces the fault set (and restarts the `tree_hang_after` count and the
+    /// `delete_storm` window).
+    pub fn set_faults(&self, f: Faults) {
+        self.shared.set_faults(f);
+    }
+
+    /// Edits the fault set in place (and restarts the `tree_hang_after` count and the
+    /// `delete_storm` window).
     pub fn update_faults(&self, f: impl FnOnce(&mut Faults)) {
         f(&mut self.shared.faults());
-        self.shared.tree_since_faults.store(0, Ordering::SeqCst);
+        self.shared.faults_changed();
     }
 
     /// Current fault set.

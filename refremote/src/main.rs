@@ -1,8 +1,8 @@
 //! `mountd-remote`: the reference relayfile remote as a standalone server, for the demo, the
 //! benchmarks and manual testing. Serves the relayfile API (see the `mountd_remote` library),
 //! including the realtime WebSocket `/v1/workspaces/{ws}/fs/ws?token=...`, with switchable
-//! faults (`--faults` or `PUT /_control/faults`, e.g. `'{"ws_stall_after":10}'`) until
-//! SIGINT/SIGTERM.
+//! faults (`--faults` or `PUT /_control/faults`, e.g. `'{"ws_stall_after":10}'`) and the
+//! writes' rules (`If-Match`, `--max-body-bytes`, `--read-only`) until SIGINT/SIGTERM.
 //!
 //! Prints exactly one line to stdout, `listening on http://ADDR`, then logs to stderr.
 
@@ -40,6 +40,13 @@ struct Args {
     /// Entries per /fs/tree page.
     #[arg(long, default_value_t = 1000)]
     page_size: usize,
+    /// Largest write request body (PUT /fs/file, POST /fs/bulk); a larger one gets 413
+    /// payload_too_large. Suffixes K, M, G (powers of 1024).
+    #[arg(long, value_name = "SIZE", default_value = "1048576", value_parser = parse_size)]
+    max_body_bytes: usize,
+    /// The token lacks the fs:write scope: every write gets 403 forbidden, reads work.
+    #[arg(long)]
+    read_only: bool,
     /// Initial fault set as JSON (see `Faults`), e.g. '{"export_delay_ms":2000}'.
     #[arg(long)]
     faults: Option<String>,
@@ -131,6 +138,7 @@ async fn main() {
         token,
         page_size: args.page_size.max(1),
         seed_dir: args.root.clone(),
+        max_body_bytes: args.max_body_bytes,
     };
     let remote = match RemoteHandle::start_on(cfg, args.listen).await {
         Ok(r) => r,
@@ -150,6 +158,7 @@ async fn main() {
     if let Some(f) = faults {
         remote.set_faults(f);
     }
+    remote.set_read_only(args.read_only);
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {}", remote.base_url());

@@ -7,28 +7,25 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use serde::Deserialize;
 
+use super::api::ApiError;
 use super::export::{export_response, FileJson};
-use super::faults::{error_response, ErrorFault, Faults, PathFault};
-use super::store::{absolute, decode_content, sha256_hex};
-use super::{LoggedRequest, Shared};
+use super::faults::{api_error_response, error_response, ErrorFault, Faults, PathFault};
+use super::store::absolute;
+use super::{writes, LoggedRequest, Shared};
 
 type S = State<Arc<Shared>>;
 type Q = Query<HashMap<String, String>>;
 
 /// File bodies with more content than this are streamed in pieces.
 const STREAM_OVER: usize = 1 << 20;
-
-/// Largest accepted write body.
-const MAX_WRITE_BODY: usize = 1 << 20;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let ws = "/v1/workspaces/{ws}/fs";
@@ -47,6 +44,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_control/reset-counts", post(ctl_reset_counts))
         .route("/_control/faults", get(ctl_get_faults).put(ctl_put_faults))
         .route("/_control/page-size", put(ctl_page_size))
+        .route("/_control/max-body-bytes", put(ctl_max_body_bytes))
+        .route("/_control/read-only", put(ctl_read_only))
         .route("/_control/requests", get(ctl_requests))
         .fallback(|| async { error_response(404, "not_found", "no such route", "") })
         .layer(DefaultBodyLimit::max(64 << 20))
@@ -380,143 +379,114 @@ struct EventsPage {
     next_cursor: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WriteFile {
-    #[serde(default)]
-    path: String,
-    #[serde(default)]
-    content_type: String,
-    content: String,
-    #[serde(default)]
-    encoding: Option<String>,
-}
-
-/// Validates and stores one write; `Err((status, code, message))`.
-fn write_file(
-    s: &Shared,
-    path: &str,
-    w: WriteFile,
-    if_match: Option<&str>,
-) -> Result<u64, (u16, &'static str, String)> {
-    let b64 = w
-        .encoding
-        .as_deref()
-        .is_some_and(|e| e.eq_ignore_ascii_case("base64"));
-    let bytes = decode_content(&w.content, b64).map_err(|m| (400, "bad_request", m))?;
-    let ct = if w.content_type.is_empty() {
-        if b64 {
-            "application/octet-stream"
-        } else {
-            "text/plain"
-        }
-        .to_string()
-    } else {
-        w.content_type
-    };
-    let mut st = s.store();
-    check_if_match(st.get(path).map(|r| r.revision), if_match)?;
-    Ok(st.put(path, w.content, b64, ct, sha256_hex(&bytes)))
-}
-
-fn check_if_match(
-    current: Option<u64>,
-    if_match: Option<&str>,
-) -> Result<(), (u16, &'static str, String)> {
-    let Some(m) = if_match.map(|m| m.trim().trim_matches('"')) else {
-        return Ok(());
-    };
-    let fail = |msg: String| Err((412, "precondition_failed", msg));
-    match (m, current) {
-        ("*", _) | ("", _) | ("0", None) => Ok(()),
-        ("0", Some(_)) => fail("file already exists".into()),
-        (m, Some(r)) if m != format!("rev_{r}") => {
-            fail(format!("revision mismatch: current rev_{r}, If-Match {m}"))
-        }
-        _ => Ok(()),
+/// 403 `forbidden` when the token lacks the `fs:write` scope.
+#[allow(clippy::result_large_err)]
+fn writable(s: &Shared, corr: &str) -> Result<(), Response> {
+    if s.read_only() {
+        return Err(error_response(
+            403,
+            "forbidden",
+            "token lacks the fs:write scope",
+            corr,
+        ));
     }
+    Ok(())
 }
 
 fn if_match(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
 }
 
-async fn put_file(State(s): S, headers: HeaderMap, Query(q): Q, body: Bytes) -> Response {
-    let corr = tri!(begin(&s, "put", &headers, None));
-    if body.len() > MAX_WRITE_BODY {
-        return error_response(413, "payload_too_large", "body over 1 MiB", &corr);
+/// The request body, read to its end (so the client always gets the answer), of which at most
+/// `keep` bytes are kept.
+#[allow(clippy::result_large_err)]
+async fn read_body(body: Body, keep: usize, corr: &str) -> Result<Vec<u8>, Response> {
+    let mut out = Vec::new();
+    let mut s = body.into_data_stream();
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk.map_err(|e| bad_request(&format!("reading the body: {e}"), corr))?;
+        let room = keep.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
-    let Some(path) = q.get("path").map(|p| absolute(p)) else {
+    Ok(out)
+}
+
+/// The write's answer: 202 with its body, its error, or, under
+/// [`Faults::drop_answer_after_write`], no answer at all.
+fn write_answer(s: &Shared, res: Result<serde_json::Value, ApiError>, corr: &str) -> Response {
+    match res {
+        Ok(_) if s.faults().take_drop_answer() => no_answer(),
+        Ok(v) => (StatusCode::ACCEPTED, Json(v)).into_response(),
+        Err(e) => api_error_response(&e, corr),
+    }
+}
+
+/// A 202 whose body fails at once: hyper gives up the connection before it has flushed the
+/// head, so the client gets no byte of an answer (a transport error). Logged as 202.
+fn no_answer() -> Response {
+    let fail = futures_util::stream::once(async {
+        Err::<Bytes, _>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "injected lost answer (reference remote)",
+        ))
+    });
+    (StatusCode::ACCEPTED, Body::from_stream(fail)).into_response()
+}
+
+/// Sleeps [`Faults::write_delay_ms`], then the error of [`Faults::write_path_faults`] for
+/// `path`, if any.
+#[allow(clippy::result_large_err)]
+async fn write_faults(s: &Shared, path: Option<&str>, corr: &str) -> Result<(), Response> {
+    let delay = s.faults().write_delay_ms;
+    sleep_ms(delay).await;
+    let denied = path.and_then(|p| s.faults().write_path_faults.get(p).cloned());
+    match denied {
+        Some(e) => Err(e.response(corr)),
+        None => Ok(()),
+    }
+}
+
+/// The `path` query parameter, absolute.
+fn query_path(q: &HashMap<String, String>) -> Option<String> {
+    q.get("path").map(|p| absolute(p))
+}
+
+async fn put_file(State(s): S, headers: HeaderMap, Query(q): Q, body: Body) -> Response {
+    let corr = tri!(begin(&s, "put", &headers, None));
+    tri!(writable(&s, &corr));
+    let Some(path) = query_path(&q) else {
         return bad_request("missing path", &corr);
     };
-    let w: WriteFile = match serde_json::from_slice(&body) {
-        Ok(w) => w,
-        Err(e) => return bad_request(&format!("invalid body: {e}"), &corr),
-    };
-    match write_file(&s, &path, w, if_match(&headers)) {
-        Ok(rev) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({"revision": format!("rev_{rev}")})),
-        )
-            .into_response(),
-        Err((st, code, m)) => error_response(st, code, &m, &corr),
-    }
+    let body = tri!(read_body(body, s.max_body_bytes().saturating_add(1), &corr).await);
+    tri!(write_faults(&s, Some(&path), &corr).await);
+    let res = writes::put(&s, &path, &body, if_match(&headers));
+    write_answer(&s, res, &corr)
 }
 
 async fn delete_file(State(s): S, headers: HeaderMap, Query(q): Q) -> Response {
     let corr = tri!(begin(&s, "delete", &headers, None));
-    let Some(path) = q.get("path").map(|p| absolute(p)) else {
+    tri!(writable(&s, &corr));
+    let Some(path) = query_path(&q) else {
         return bad_request("missing path", &corr);
     };
-    let mut st = s.store();
-    let current = st.get(&path).map(|r| r.revision);
-    if current.is_none() {
-        return error_response(404, "not_found", "file not found", &corr);
+    if let Some(ra) = s.delete_storm() {
+        return ErrorFault::new(429, "delete_storm_rejected")
+            .with_retry_after(&ra)
+            .response(&corr);
     }
-    if let Err((code, c, m)) = check_if_match(current, if_match(&headers)) {
-        return error_response(code, c, &m, &corr);
-    }
-    let rev = st.delete(&path).expect("file exists");
-    drop(st);
-    (
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({"revision": format!("rev_{rev}")})),
-    )
-        .into_response()
+    tri!(write_faults(&s, Some(&path), &corr).await);
+    let res = writes::delete(&s, &path, if_match(&headers));
+    write_answer(&s, res, &corr)
 }
 
-#[derive(Deserialize)]
-struct BulkBody {
-    files: Vec<WriteFile>,
-}
-
-async fn bulk(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
+async fn bulk(State(s): S, headers: HeaderMap, body: Body) -> Response {
     let corr = tri!(begin(&s, "bulk", &headers, None));
-    if body.len() > MAX_WRITE_BODY {
-        return error_response(413, "payload_too_large", "body over 1 MiB", &corr);
-    }
-    let b: BulkBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => return bad_request(&format!("invalid body: {e}"), &corr),
-    };
-    let mut written = 0u64;
-    let mut errors = Vec::new();
-    for w in b.files {
-        let path = absolute(&w.path);
-        match write_file(&s, &path, w, None) {
-            Ok(_) => written += 1,
-            Err((_, code, m)) => {
-                errors.push(serde_json::json!({"path": path, "code": code, "message": m}))
-            }
-        }
-    }
-    (
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({
-            "written": written, "errorCount": errors.len(), "errors": errors,
-        })),
-    )
-        .into_response()
+    tri!(writable(&s, &corr));
+    let body = tri!(read_body(body, s.max_body_bytes().saturating_add(1), &corr).await);
+    tri!(write_faults(&s, None, &corr).await);
+    let denied = s.faults().write_path_faults.clone();
+    let res = writes::bulk(&s, &body, &denied, &corr);
+    write_answer(&s, res, &corr)
 }
 
 async fn ctl_counts(State(s): S) -> Response {
@@ -537,9 +507,28 @@ async fn ctl_get_faults(State(s): S) -> Response {
 }
 
 async fn ctl_put_faults(State(s): S, Json(f): Json<Faults>) -> StatusCode {
-    *s.faults() = f;
-    s.tree_since_faults.store(0, Ordering::SeqCst);
+    s.set_faults(f);
     StatusCode::NO_CONTENT
+}
+
+async fn ctl_max_body_bytes(State(s): S, Query(q): Q) -> Response {
+    match q.get("n").and_then(|n| n.parse::<usize>().ok()) {
+        Some(n) => {
+            s.set_max_body_bytes(n);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => bad_request("n must be a byte count", ""),
+    }
+}
+
+async fn ctl_read_only(State(s): S, Query(q): Q) -> Response {
+    match q.get("on").map(String::as_str) {
+        Some(v @ ("true" | "false")) => {
+            s.read_only.store(v == "true", Ordering::SeqCst);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => bad_request("on must be true or false", ""),
+    }
 }
 
 async fn ctl_page_size(State(s): S, Query(q): Q) -> Response {

@@ -328,7 +328,7 @@ async fn writes_control_and_seed() {
             .unwrap()
             .status()
             .as_u16(),
-        412
+        409
     );
     let (_, v) = get_json(&r, "file?path=/new.txt").await;
     assert_eq!(v["contentHash"], mountd_remote::sha256_hex(b"new"));
@@ -364,6 +364,7 @@ async fn writes_control_and_seed() {
         .put(&url)
         .bearer_auth("test-token")
         .header("X-Correlation-Id", "corr_big")
+        .header("If-Match", "*")
         .json(&serde_json::json!({"content": big}))
         .send()
         .await
