@@ -153,6 +153,14 @@ impl Metrics {
         self.conflicts_total.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Pending local changes and unsettled conflicts, as last counted.
+    pub fn outbox_brief(&self) -> (u64, u64) {
+        (
+            self.outbox[0].load(Ordering::Relaxed),
+            self.outbox[3].load(Ordering::Relaxed),
+        )
+    }
+
     /// The outbox as just counted.
     pub fn set_outbox(&self, s: &crate::store::db::OutboxSummary) {
         let v = [

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use common::Harness;
 use futures_util::StreamExt;
 use mountd::remote::fault::{Fault, FaultyRemote, Op, Rule};
-use mountd::remote::types::{EventsPage, TreeEntry, TreePage};
+use mountd::remote::types::{BulkOutcome, EventsPage, PushFile, TreeEntry, TreePage, WriteOutcome};
 use mountd::remote::{BodyStream, ByteStream, Remote, RemoteError};
 use mountd::store::db::{Db, Identity, State};
 use mountd::store::LocalStore;
@@ -294,6 +294,19 @@ impl Remote for Lazy {
         let close = futures_util::stream::once(async { Ok(Bytes::from_static(b"]")) });
         Ok(body(open.chain(self.object()).chain(close)))
     }
+
+    // A read-only remote: the pull-only engine of these tests never writes.
+    async fn put_file(&self, _: &str, _: &PushFile) -> Result<WriteOutcome, RemoteError> {
+        unreachable!("pull-only")
+    }
+
+    async fn delete_file(&self, _: &str, _: &str) -> Result<WriteOutcome, RemoteError> {
+        unreachable!("pull-only")
+    }
+
+    async fn bulk(&self, _: &[PushFile]) -> Result<BulkOutcome, RemoteError> {
+        unreachable!("pull-only")
+    }
 }
 
 /// An engine over a temp mirror, reading `remote` through a fault layer.
@@ -332,6 +345,7 @@ fn bench(size: usize, use_export: bool) -> Bench {
         memory_budget: 64 << 20,
         mass_delete_ratio: 0.5,
         force_audit: false,
+        push: Default::default(),
     };
     let engine = Engine::new(
         faults.clone(),

@@ -109,6 +109,7 @@ fn remote_on(h: &Harness, addr: SocketAddr, files: &[(&str, &[u8])]) -> RemoteHa
                 token: TOKEN.into(),
                 page_size: 1000,
                 seed_dir: None,
+                ..Default::default()
             },
             addr,
         ))

@@ -160,6 +160,13 @@ fn status_text(s: &Shown, engine: &Engine) -> String {
                 Some(d) => format!("serving; last sync {} ago", age(d)),
                 None => "serving".to_string(),
             };
+            let (pending, conflicts) = crate::metrics::Metrics::global().outbox_brief();
+            if pending > 0 {
+                t.push_str(&format!("; {pending} local change(s) pending"));
+            }
+            if conflicts > 0 {
+                t.push_str(&format!("; {conflicts} conflict(s) (mountd conflicts)"));
+            }
             if s.realtime {
                 t.push_str(if crate::metrics::Metrics::global().realtime_connected() {
                     "; realtime stream connected"
@@ -352,7 +359,7 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
             {
                 Ok(m) => {
                     s.engine.set_sink(m.sink());
-                    tracing::info!(mountpoint = %mnt.display(), "mounted read-only");
+                    tracing::info!(mountpoint = %mnt.display(), "mounted");
                     Some(m)
                 }
                 Err(e) => {
@@ -382,6 +389,14 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
             tracing::warn!(error = %e, "cannot record the realtime stream's state");
         }
         None
+    };
+    // Two-way sync: the watcher (plain directory) and the pusher, beside the pull.
+    let push = match start_push(&s.engine, mount.is_none(), a.interval).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("mountd: error: {e}");
+            return exit::FAILED;
+        }
     };
     shown.lock().unwrap().phase = Phase::Serving;
     let text = status_text(&shown.lock().unwrap(), &s.engine);
@@ -456,7 +471,9 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
         }
     };
     notify(&[sd_notify::NotifyState::Stopping]);
-    // Stop the stream before the mount goes: no commit (and no cache invalidation) after it.
+    // Stop the stream and the push side before the mount goes: no commit (and no cache
+    // invalidation) after it. A push cut short is pushed again, once, at the next start.
+    drop(push);
     drop(realtime);
     if let Some(m) = mount {
         m.unmount();
@@ -465,6 +482,85 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
     match stop {
         Stop::Signal => stopped("signal"),
         Stop::Fatal(code) => code,
+    }
+}
+
+/// The push side of a running service; dropping it stops both tasks.
+struct PushSide {
+    _watcher: Option<crate::sync::push::watch::Watcher>,
+    pusher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PushSide {
+    fn drop(&mut self) {
+        self.pusher.abort();
+    }
+}
+
+/// In mirror mode: watch a plain-directory mirror (started before the scan of what changed while
+/// mountd was not running, so nothing falls in between) and push the outbox whenever something is
+/// recorded, and every interval while pushes fail.
+async fn start_push(
+    engine: &Engine,
+    plain: bool,
+    interval: Duration,
+) -> Result<Option<PushSide>, String> {
+    if !engine.config().push.two_way() {
+        return Ok(None);
+    }
+    let kick = Arc::new(tokio::sync::Notify::new());
+    let watcher = if plain {
+        let w = crate::sync::push::watch::spawn(engine.clone(), kick.clone())?;
+        let found = engine
+            .record_local(vec![String::new()])
+            .await
+            .map_err(|e| format!("cannot scan the mirror for local changes: {e}"))?;
+        tracing::info!(
+            changes = found.changes(),
+            dir = %engine.store().root().display(),
+            "watching the mirror directory for local changes (two-way sync)"
+        );
+        Some(w)
+    } else {
+        None
+    };
+    let pusher = tokio::spawn(push_loop(engine.clone(), kick, interval));
+    Ok(Some(PushSide {
+        _watcher: watcher,
+        pusher,
+    }))
+}
+
+/// Push what is pending; then wait for the next recorded change (or, while something is pending,
+/// retry with backoff).
+async fn push_loop(engine: Engine, kick: Arc<tokio::sync::Notify>, interval: Duration) {
+    let mut failures = Failures::default();
+    loop {
+        let wait = match engine.push_pending().await {
+            Ok(p) => {
+                failures.recovered("push");
+                if p.files > 0 {
+                    tracing::debug!(files = p.files, requests = p.requests, "pushed local changes");
+                }
+                let left = engine.read(|st| st.outbox_summary()).await;
+                match left {
+                    Ok(l) if l.pending > l.held => Some(jittered(interval)),
+                    _ => None,
+                }
+            }
+            Err(e) => {
+                let wait = backoff(failures.count + 1, interval);
+                failures.failed("push", &e, wait);
+                Some(wait)
+            }
+        };
+        match wait {
+            Some(w) => tokio::select! {
+                _ = kick.notified() => {}
+                _ = tokio::time::sleep(w) => {}
+            },
+            None => kick.notified().await,
+        }
     }
 }
 

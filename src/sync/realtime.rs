@@ -677,6 +677,7 @@ mod tests {
             content: content.into(),
             encoding: encoding.map(str::to_string),
             hash,
+            revision: None,
         };
         let h = |b: &[u8]| crate::remote::types::sha256_hex(b);
         write_inline(

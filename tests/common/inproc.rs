@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use mountd::remote::fault::FaultyRemote;
 use mountd::remote::retry::{RetryPolicy, Retrying};
-use mountd::remote::types::{EventsPage, TreePage};
+use mountd::remote::types::{BulkOutcome, EventsPage, PushFile, TreePage, WriteAck, WriteOutcome};
 use mountd::remote::{BodyStream, Remote, RemoteError};
 use mountd::store::db::{Db, Identity, State};
 use mountd::store::LocalStore;
@@ -112,6 +112,50 @@ impl Remote for InProc {
     async fn export(&self, path: &str) -> Result<BodyStream, RemoteError> {
         Ok(chunked(Bytes::from(self.ws.export_json(path)), self.cid()))
     }
+
+    async fn put_file(&self, path: &str, file: &PushFile) -> Result<WriteOutcome, RemoteError> {
+        let body = serde_json::to_vec(file).unwrap();
+        written("put", self.ws.put_json(path, &body, Some(&file.if_match)), self.cid())
+    }
+
+    async fn delete_file(&self, path: &str, if_match: &str) -> Result<WriteOutcome, RemoteError> {
+        written("delete", self.ws.delete_json(path, Some(if_match)), self.cid())
+    }
+
+    async fn bulk(&self, files: &[PushFile]) -> Result<BulkOutcome, RemoteError> {
+        let cid = self.cid();
+        let body = serde_json::to_vec(&serde_json::json!({ "files": files })).unwrap();
+        let out = self
+            .ws
+            .bulk_json(&body)
+            .map_err(|e| http("bulk", e, cid.clone()))?;
+        parse("bulk", &out, cid)
+    }
+}
+
+/// A write's answer as the HTTP client reads it: 2xx accepted, 409 conflict, 404 absent.
+fn written(
+    op: &str,
+    r: Result<Vec<u8>, ApiError>,
+    cid: String,
+) -> Result<WriteOutcome, RemoteError> {
+    match r {
+        Ok(body) => {
+            let ack: WriteAck = parse(op, &body, cid)?;
+            Ok(WriteOutcome::Accepted {
+                revision: ack.target_revision.or(ack.revision),
+            })
+        }
+        Err(e) if e.status == 409 => Ok(WriteOutcome::Conflict {
+            current: e
+                .extra
+                .get("currentRevision")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+        }),
+        Err(e) if e.status == 404 => Ok(WriteOutcome::Absent),
+        Err(e) => Err(http(op, e, cid)),
+    }
 }
 
 /// A workspace, a fault injector in front of it, and an engine over a temp mirror that can be
@@ -143,6 +187,7 @@ impl Rig {
                 memory_budget: 64 << 20,
                 mass_delete_ratio: 0.5,
                 force_audit: false,
+                push: Default::default(),
             },
             limits: Limits {
                 idle: Duration::from_secs(10),

@@ -35,6 +35,7 @@ impl Harness {
                 token: TOKEN.into(),
                 page_size,
                 seed_dir: None,
+                ..Default::default()
             }))
             .expect("reference remote starts");
         let tmp = tempfile::tempdir().unwrap();
