@@ -105,6 +105,8 @@ fn main() {
         }
         Some(Command::Man) => std::process::exit(mountd::cli::completions::man()),
         Some(Command::Reset(r)) => std::process::exit(mountd::cli::reset::command(&r)),
+        Some(Command::Conflicts(c)) => std::process::exit(mountd::cli::conflicts::conflicts(&c)),
+        Some(Command::Outbox(o)) => std::process::exit(mountd::cli::conflicts::outbox(&o)),
         Some(Command::Check(_)) => {
             eprintln!("mountd: error: write `check` first: mountd check [FLAGS]");
             std::process::exit(mountd::cli::exit::USAGE);

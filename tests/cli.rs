@@ -421,22 +421,28 @@ fn go_values_and_reference_limits_are_accepted() {
     let r = check(&h, &[], &["--once", "--sync-mode", "write-only"]);
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(
-        r.stderr.contains("never writes to the remote"),
+        r.stderr.contains("mountd always applies remote changes"),
         "{}",
         r.all()
     );
+    // mirror is two-way (the default): accepted without a warning; it contradicts --read-only.
     let r = check(&h, &[], &["--once", "--sync-mode", "mirror"]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(r.stderr.matches("read-only").count(), 1, "{}", r.all());
+    assert!(!r.stderr.contains("WARN"), "{}", r.all());
+    let r = check(&h, &[], &["--once", "--sync-mode", "mirror", "--read-only"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("contradicts --read-only"), "{}", r.all());
     // --mode fuse needs a mountpoint of its own.
     let r = check(&h, &[("RELAYFILE_MOUNT_MODE", "fuse")], &[]);
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("--mountpoint"), "{}", r.all());
-    // Writeback one-shots: nothing to push, exit 0 without a request.
+    // Push one-shots: an empty outbox pushes nothing and pulls nothing (no listing, no export).
     let r = run_cmd(env_cmd(&h, &["--flush-outbox-once"]));
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(r.stdout.contains("nothing to push"), "{}", r.all());
+    assert!(r.stdout.contains("pushed 0 local change(s)"), "{}", r.all());
     assert_eq!(h.remote.counts().tree + h.remote.counts().export, 0);
+    let r = run_cmd(env_cmd(&h, &["--flush-outbox-once", "--read-only"]));
+    assert_eq!(r.code, 2, "{}", r.all());
 }
 
 #[test]
@@ -609,7 +615,8 @@ fn adopt_takes_over_existing_files_verified_by_hash() {
     let r = h.run(&["--no-export"]);
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(!m.join(".mountd").exists());
-    let r = h.run(&["--no-export", "--adopt"]);
+    // Pull-only: the remote's tree is taken as it is (mirror mode would push extra.txt).
+    let r = h.run(&["--no-export", "--adopt", "--read-only"]);
     assert_eq!(r.code, 0, "{}", r.all());
     let c = h.remote.counts();
     assert_eq!(
@@ -622,13 +629,24 @@ fn adopt_takes_over_existing_files_verified_by_hash() {
         std::fs::read(m.join("docs/d1/f00001.txt")).unwrap(),
         b"file 1\n"
     );
+    let copies = common::read_tree(&m.join(".mountd/conflicts"));
+    assert_eq!(
+        copies.values().collect::<Vec<_>>(),
+        vec![&b"stale\n".to_vec()],
+        "the replaced local bytes are kept as a conflict copy: {copies:?}"
+    );
+    assert!(
+        r.stderr.contains("docs/d1/f00001.txt"),
+        "the conflict copy is reported: {}",
+        r.all()
+    );
     assert_eq!(
         std::fs::read(m.join("extra.txt")).unwrap(),
         b"only here\n",
         "an adopted file the remote lacks is never deleted"
     );
     // Owned now: later runs need no --adopt.
-    assert_eq!(h.run(&[]).code, 0);
+    assert_eq!(h.run(&["--read-only"]).code, 0);
 }
 
 #[test]

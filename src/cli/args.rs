@@ -170,6 +170,12 @@ pub enum Command {
     /// forget the state DB's identity, bootstrap-complete flag and events cursor, so the next run
     /// verifies every file by hash and fetches only what differs.
     Reset(ResetArgs),
+    /// Two-way sync: list the conflicts (local versions kept aside when the remote's version took
+    /// their path), or settle one: `mountd conflicts resolve PATH --keep local|remote`.
+    Conflicts(ConflictsArgs),
+    /// Two-way sync: the local changes not yet pushed; `mountd outbox allow-deletes` lets local
+    /// deletes held by the mass-deletion guard go.
+    Outbox(OutboxArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions(CompletionsArgs),
     /// Print the man page (roff) to stdout, e.g. `mountd man > mountd.1`.
@@ -222,6 +228,69 @@ pub struct ResetArgs {
     /// Workspace id (only used to find the state DB under --state-dir).
     #[arg(long, env = "RELAYFILE_WORKSPACE")]
     pub workspace: Option<String>,
+}
+
+/// Which mirror a maintenance command is about.
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// The mirror's local directory (its state DB is <dir>/.mountd/state.db unless --state-db).
+    #[arg(long, env = "RELAYFILE_LOCAL_DIR")]
+    pub local_dir: Option<PathBuf>,
+    /// Path of the SQLite state database.
+    #[arg(long, env = "MOUNTD_STATE_DB")]
+    pub state_db: Option<PathBuf>,
+    /// Directory of private state (with --workspace: the state DB is derived as for a run).
+    #[arg(long, env = "RELAYFILE_MOUNT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Workspace id (only used to find the state DB under --state-dir).
+    #[arg(long, env = "RELAYFILE_WORKSPACE")]
+    pub workspace: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConflictsArgs {
+    #[command(subcommand)]
+    pub action: Option<ConflictsAction>,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
+    /// Machine-readable output (the list).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConflictsAction {
+    /// Settle a conflict: `--keep local` puts the local version back at the path (it is pushed on
+    /// top of the remote's current revision by the running service, or by the next run);
+    /// `--keep remote` drops the local copy.
+    Resolve {
+        /// The conflict's path (as listed) or its id.
+        path: String,
+        /// Which version stays at the path.
+        #[arg(long, value_enum)]
+        keep: Keep,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Keep {
+    Local,
+    Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct OutboxArgs {
+    #[command(subcommand)]
+    pub action: Option<OutboxAction>,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxAction {
+    /// Let the local deletes held by the mass-deletion guard go (pushed by the running service at
+    /// its next push, or by the next run).
+    AllowDeletes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod check;
 pub mod compat;
+pub mod conflicts;
 pub mod completions;
 pub mod exit;
 pub mod lock;

@@ -116,7 +116,7 @@ pub async fn run_once(a: &RunArgs) -> i32 {
             if quarantined > 0 {
                 eprintln!("mountd: {quarantined} file(s) quarantined (not mirrored); see `mountd status` for paths and reasons");
             }
-            let pushed_ok = report_push(e, &outbox, &conflicts, &issues);
+            let pushed_ok = report_push(e, two_way, &outbox, &conflicts, &issues);
             if outbox.held > 0 {
                 exit::MASS_DELETE
             } else if quarantined > 0 || !unlisted.is_empty() || pushed_ok == PushState::Unsettled
@@ -161,6 +161,7 @@ enum PushState {
 /// Say what keeps the push side from being converged, naming each path.
 fn report_push(
     e: &Engine,
+    two_way: bool,
     outbox: &OutboxSummary,
     conflicts: &[Conflict],
     issues: &[WriteIssue],
@@ -177,7 +178,8 @@ fn report_push(
             c.path
         );
     }
-    let mut blocking = !conflicts.is_empty();
+    // In pull-only mode a conflict copy is a report, not something left to push.
+    let mut blocking = two_way && !conflicts.is_empty();
     for i in issues {
         let what = match i.kind {
             IssueKind::Denied => "write denied",

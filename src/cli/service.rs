@@ -542,9 +542,11 @@ async fn push_loop(engine: Engine, kick: Arc<tokio::sync::Notify>, interval: Dur
                 if p.files > 0 {
                     tracing::debug!(files = p.files, requests = p.requests, "pushed local changes");
                 }
+                // While something is pending (failed pushes, held deletes an operator may allow),
+                // look again every interval.
                 let left = engine.read(|st| st.outbox_summary()).await;
                 match left {
-                    Ok(l) if l.pending > l.held => Some(jittered(interval)),
+                    Ok(l) if l.pending > 0 => Some(jittered(interval)),
                     _ => None,
                 }
             }

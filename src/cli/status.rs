@@ -14,7 +14,7 @@ pub const EXIT_CODES_HELP: &str = "EXIT CODES:\n  \
     0  healthy: bootstrap complete, the last sync succeeded, nothing quarantined\n  \
     1  the bootstrap is not complete (no usable mirror yet)\n  \
     2  usage error, or no usable state database\n  \
-    5  healthy except for quarantined files (listed)\n  \
+    5  healthy except for quarantined files, unsettled conflicts, write-denied or too-large files (listed)\n  \
     7  degraded: complete, but the last sync failed (remote unavailable or failing); the mirror holds the\n     \
     last good state. `lastError`, `errorSince` and `failedAttempts` say what and since when\n\n\
     Whether a daemon holds the mirror (and its pid) is reported, not reflected in the exit code.";
@@ -72,7 +72,7 @@ pub fn exit_code(s: &Status) -> i32 {
         exit::FAILED
     } else if s.degraded {
         DEGRADED
-    } else if !s.quarantined.is_empty() {
+    } else if !s.quarantined.is_empty() || s.push.unsettled() {
         exit::QUARANTINED
     } else {
         exit::OK
@@ -121,6 +121,48 @@ pub struct Status {
     pub realtime: Option<crate::sync::realtime::RealtimeState>,
     /// True while a running service has the stream connected.
     pub realtime_connected: bool,
+    /// Two-way sync: local changes not yet on the remote, conflicts, write issues.
+    pub push: PushStatus,
+}
+
+/// The push side in `mountd status`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushStatus {
+    /// Pending local changes, their bytes, the age of the oldest (seconds), and how many deletes
+    /// wait for an operator (the mass-deletion guard).
+    pub pending: u64,
+    pub pending_bytes: u64,
+    pub oldest_pending_seconds: Option<u64>,
+    pub held_deletes: u64,
+    pub changes: Vec<crate::store::db::Outgoing>,
+    pub conflicts: Vec<crate::store::db::Conflict>,
+    pub write_issues: Vec<crate::store::db::WriteIssue>,
+}
+
+impl PushStatus {
+    /// Something an operator must settle (exit 5).
+    pub fn unsettled(&self) -> bool {
+        !self.conflicts.is_empty()
+            || self
+                .write_issues
+                .iter()
+                .any(|i| i.kind != crate::store::db::IssueKind::Unsupported)
+    }
+
+    fn read(st: &State) -> Result<PushStatus, StateError> {
+        let sum = st.outbox_summary()?;
+        let now = crate::store::db::now_secs();
+        Ok(PushStatus {
+            pending: sum.pending,
+            pending_bytes: sum.bytes,
+            oldest_pending_seconds: sum.oldest.map(|t| now.saturating_sub(t).max(0) as u64),
+            held_deletes: sum.held,
+            changes: st.outbox()?.into_iter().take(100).collect(),
+            conflicts: st.conflicts()?,
+            write_issues: st.write_issues()?,
+        })
+    }
 }
 
 impl Status {
@@ -219,6 +261,7 @@ pub fn read(st: &State) -> Result<Status, StateError> {
         no_progress_runs: st.no_progress_runs()?,
         traversal,
         quarantined: st.quarantined()?,
+        push: PushStatus::read(st)?,
         remote: Remote {
             base_url: st.meta(MetaKey::IdentityBaseUrl)?,
             workspace: st.meta(MetaKey::IdentityWorkspace)?,
@@ -354,5 +397,49 @@ pub fn render(s: &Status) -> String {
             if q.permanent { ", permanent" } else { "" }
         ));
     }
+    render_push(&s.push, &mut out);
     out
+}
+
+fn render_push(p: &PushStatus, out: &mut String) {
+    let oldest = p
+        .oldest_pending_seconds
+        .map_or(String::new(), |a| format!(", oldest {}", ago(a)));
+    out.push_str(&format!(
+        "local changes: {} pending ({}{oldest})\n",
+        p.pending,
+        crate::store::space::human_bytes(p.pending_bytes)
+    ));
+    for c in &p.changes {
+        let op = match c.op {
+            crate::store::db::OpKind::Put => "write",
+            crate::store::db::OpKind::Delete => "delete",
+        };
+        let why = c
+            .held
+            .as_deref()
+            .or(c.last_error.as_deref())
+            .map_or(String::new(), |w| format!(": {w}"));
+        out.push_str(&format!("  {op} {:?}{why}\n", c.path));
+    }
+    if p.held_deletes > 0 {
+        out.push_str(&format!(
+            "held deletes:  {} (allow with `mountd outbox allow-deletes`, or restore the files)\n",
+            p.held_deletes
+        ));
+    }
+    out.push_str(&format!("conflicts:     {}\n", p.conflicts.len()));
+    for c in &p.conflicts {
+        out.push_str(&format!(
+            "  {:?}: {} (local on {}, remote {}); local copy {}\n",
+            c.path,
+            c.reason,
+            c.base_revision.as_deref().unwrap_or("(new file)"),
+            c.remote_revision.as_deref().unwrap_or("(unknown)"),
+            c.copy
+        ));
+    }
+    for i in &p.write_issues {
+        out.push_str(&format!("not pushed:    {:?}: {}\n", i.path, i.detail));
+    }
 }

@@ -656,6 +656,7 @@ impl Engine {
                 }
                 for rel in &p.pushed {
                     b.outbox_remove(rel)?;
+                    b.write_issue_clear(rel)?;
                 }
                 for rel in &p.keep_seen {
                     b.touch_seen(rel, seen)?;

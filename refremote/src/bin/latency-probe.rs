@@ -1,10 +1,18 @@
-//! `latency-probe`: remote write → visible on disk, for `scripts/bench-mount.sh`.
+//! `latency-probe`: remote write → visible on disk (`scripts/bench-mount.sh`), and local write →
+//! readable on the server (`--push`, `scripts/bench-push.sh`).
 //!
-//! For each sample: a random pause (0..`--pause-ms`), then `PUT /fs/file` of a fresh small text file
-//! on one kept-alive TCP connection (`TCP_NODELAY`, one write per request), and reads of
-//! `ROOT/<path>` every `--poll-us` until it holds the new bytes. The time runs from just before the
+//! Pull (default): for each sample, a random pause (0..`--pause-ms`), then `PUT /fs/file` of a fresh
+//! small text file on one kept-alive TCP connection (`TCP_NODELAY`, one write per request), and reads
+//! of `ROOT/<path>` every `--poll-us` until it holds the new bytes. The time runs from just before the
 //! request is written to the first read that sees the new bytes (so it includes the PUT's round
-//! trip). Prints one line per sample: the latency in milliseconds, or `timeout`.
+//! trip).
+//!
+//! Push (`--push`): for each sample, the same pause, then the file is saved into `ROOT` as an editor
+//! does (a temp file written, then renamed over the target), and `GET /fs/file` is asked every
+//! `--poll-us` until the server holds the new bytes. With `--burst N`, each sample writes N new files
+//! at once into a fresh directory and waits until the server's `totalFiles` for it is N.
+//!
+//! Prints one line per sample: the latency in milliseconds, or `timeout`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -47,6 +55,12 @@ struct Args {
     /// Give up on a sample after this long.
     #[arg(long, default_value_t = 30)]
     timeout_s: u64,
+    /// Measure local write → readable on the server instead.
+    #[arg(long)]
+    push: bool,
+    /// With --push: N new files (1 KiB each) per sample, all at once.
+    #[arg(long, default_value_t = 0)]
+    burst: u32,
 }
 
 struct Conn {
@@ -55,7 +69,14 @@ struct Conn {
 }
 
 impl Conn {
-    fn put(&mut self, path_q: &str, ws: &str, token: &str, body: &str) -> std::io::Result<u16> {
+    /// One request on the kept-alive connection; the answer's status and body.
+    fn request(
+        &mut self,
+        method: &str,
+        target: &str,
+        token: &str,
+        body: &str,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         if self.stream.is_none() {
             let s = TcpStream::connect(&self.host)?;
             s.set_nodelay(true)?;
@@ -64,7 +85,7 @@ impl Conn {
         }
         let r = self.stream.as_mut().expect("connected");
         let req = format!(
-            "PUT /v1/workspaces/{ws}/fs/file?path={path_q} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nX-Correlation-Id: latency_probe_{}\r\nIf-Match: *\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nX-Correlation-Id: latency_probe_{}\r\nIf-Match: *\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.host,
             std::process::id() as u64 * 1_000_000 + u64::from(rand_u32() % 1_000_000),
             body.len()
@@ -95,7 +116,21 @@ impl Conn {
         }
         let mut body = vec![0; len];
         r.read_exact(&mut body)?;
-        Ok(status)
+        Ok((status, body))
+    }
+
+    /// [`Conn::request`], once more on a new connection when the kept-alive one broke.
+    fn retried(
+        &mut self,
+        method: &str,
+        target: &str,
+        token: &str,
+        body: &str,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        self.request(method, target, token, body).or_else(|_| {
+            self.stream = None;
+            self.request(method, target, token, body)
+        })
     }
 }
 
@@ -127,37 +162,111 @@ fn main() {
             u64::from(rand_u32()) % a.pause_ms
         };
         std::thread::sleep(Duration::from_millis(pause));
-        let name = format!("latency-{}-{i}.txt", a.label);
-        let remote = format!("{}/{name}", a.dir.trim_end_matches('/'));
+        let sample = Sample {
+            a: &a,
+            token: &token,
+            i,
+        };
+        let r = if !a.push {
+            sample.pull(&mut conn)
+        } else if a.burst > 0 {
+            sample.burst(&mut conn)
+        } else {
+            sample.push(&mut conn)
+        };
+        match r {
+            Some(d) => println!("{:.1}", d.as_secs_f64() * 1000.0),
+            None => println!("timeout"),
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+struct Sample<'a> {
+    a: &'a Args,
+    token: &'a str,
+    i: u32,
+}
+
+impl Sample<'_> {
+    fn remote(&self, name: &str) -> String {
+        format!("{}/{name}", self.a.dir.trim_end_matches('/'))
+    }
+
+    /// Wait until `done` holds (polling every `--poll-us`); the time since `t0`, `None` past the limit.
+    fn until(&self, t0: Instant, mut done: impl FnMut() -> bool) -> Option<Duration> {
+        let limit = Duration::from_secs(self.a.timeout_s);
+        loop {
+            if done() {
+                return Some(t0.elapsed());
+            }
+            if t0.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(self.a.poll_us));
+        }
+    }
+
+    /// A PUT on the server until the file under `--root` holds its bytes.
+    fn pull(&self, conn: &mut Conn) -> Option<Duration> {
+        let (a, i) = (self.a, self.i);
+        let remote = self.remote(&format!("latency-{}-{i}.txt", a.label));
         let want = format!("latency {} sample {i} {}\n", a.label, rand_u32());
         let body = serde_json::json!({"contentType": "text/plain", "content": want}).to_string();
         let local = a.root.join(remote.trim_start_matches('/'));
         let t0 = Instant::now();
-        let mut status = conn.put(&remote, &a.workspace, &token, &body);
-        if status.is_err() {
-            // The kept-alive connection broke: once more on a new one.
-            conn.stream = None;
-            status = conn.put(&remote, &a.workspace, &token, &body);
-        }
-        match status {
-            Ok(s) if (200..300).contains(&s) => {}
+        let target = format!("/v1/workspaces/{}/fs/file?path={remote}", a.workspace);
+        match conn.retried("PUT", &target, self.token, &body) {
+            Ok((s, _)) if (200..300).contains(&s) => {}
             other => {
                 eprintln!("latency-probe: PUT {remote} failed: {other:?}");
                 std::process::exit(1);
             }
         }
-        let limit = Duration::from_secs(a.timeout_s);
-        loop {
-            if std::fs::read(&local).ok().as_deref() == Some(want.as_bytes()) {
-                println!("{:.1}", t0.elapsed().as_secs_f64() * 1000.0);
-                break;
-            }
-            if t0.elapsed() > limit {
-                println!("timeout");
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(a.poll_us));
+        self.until(t0, || {
+            std::fs::read(&local).ok().as_deref() == Some(want.as_bytes())
+        })
+    }
+
+    /// An editor's save under `--root` until `GET /fs/file` answers its bytes.
+    fn push(&self, conn: &mut Conn) -> Option<Duration> {
+        let (a, i) = (self.a, self.i);
+        let remote = self.remote(&format!("push-{}-{i}.txt", a.label));
+        let want = format!("push {} sample {i} {}\n", a.label, rand_u32());
+        let local = a.root.join(remote.trim_start_matches('/'));
+        let tmp = local.with_extension("txt.swp");
+        let target = format!("/v1/workspaces/{}/fs/file?path={remote}", a.workspace);
+        let t0 = Instant::now();
+        std::fs::write(&tmp, &want).expect("write the temp file");
+        std::fs::rename(&tmp, &local).expect("rename it into place");
+        self.until(t0, || {
+            conn.retried("GET", &target, self.token, "")
+                .ok()
+                .filter(|(s, _)| *s == 200)
+                .and_then(|(_, b)| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v["content"].as_str() == Some(want.as_str()))
+        })
+    }
+
+    /// `--burst` new 1 KiB files at once until the server counts them all.
+    fn burst(&self, conn: &mut Conn) -> Option<Duration> {
+        let (a, i) = (self.a, self.i);
+        let dir = self.remote(&format!("burst-{}-{i}", a.label));
+        let local = a.root.join(dir.trim_start_matches('/'));
+        std::fs::create_dir_all(&local).expect("burst directory");
+        let target = format!("/v1/workspaces/{}/fs/tree?path={dir}&depth=1", a.workspace);
+        let line = format!("burst {} sample {i}\n", a.label);
+        let content = line.repeat(1024 / line.len() + 1)[..1024].to_string();
+        let t0 = Instant::now();
+        for n in 0..a.burst {
+            std::fs::write(local.join(format!("f{n:05}.txt")), &content).expect("write a file");
         }
-        let _ = std::io::stdout().flush();
+        let want = u64::from(a.burst);
+        self.until(t0, || {
+            conn.retried("GET", &target, self.token, "")
+                .ok()
+                .and_then(|(_, b)| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v["totalFiles"].as_u64() == Some(want))
+        })
     }
 }

@@ -17,7 +17,7 @@
 //! changes there are found by the next full scan (at start, or after an overflow).
 use crate::store::paths::RESERVED_DIR;
 use crate::sync::engine::Engine;
-use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 use notify::Watcher as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -55,7 +55,7 @@ fn classify(kind: &EventKind) -> Option<Seen> {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => Seen::Settled,
         EventKind::Create(CreateKind::Folder) => Seen::Settled,
         EventKind::Create(_) => Seen::Writing,
-        EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::From)) => Seen::Gone,
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => Seen::Gone,
         EventKind::Modify(ModifyKind::Name(_)) => Seen::Settled,
         EventKind::Modify(ModifyKind::Metadata(_)) => return None,
         EventKind::Modify(_) => Seen::Writing,
@@ -132,15 +132,19 @@ async fn debounce(
                     due.insert(String::new(), now + cfg.batch_window);
                     continue;
                 }
-                let wait = match seen {
+                let wait = |seen: &Seen| match seen {
                     Seen::Settled => cfg.batch_window,
                     Seen::Writing => cfg.file_settle,
                     Seen::Gone => cfg.atomic_save_settle,
                     Seen::Overflow => Duration::ZERO,
                 };
-                for p in &ev.paths {
+                // A rename with both names: the old one is gone (it may be the first half of an
+                // editor's save), the new one settled.
+                let both = matches!(ev.kind, EventKind::Modify(ModifyKind::Name(RenameMode::Both)));
+                for (i, p) in ev.paths.iter().enumerate() {
+                    let seen = if both && i == 0 { &Seen::Gone } else { &seen };
                     if let Some(rel) = relative(&root, p) {
-                        due.insert(rel, now + wait);
+                        due.insert(rel, now + wait(seen));
                     }
                 }
             }
