@@ -15,7 +15,9 @@ pub async fn attempt(s: &Setup) -> Result<Attempt, SyncError> {
     crate::sync::attempt::attempt(&s.engine, s.limits).await
 }
 
-/// Push until nothing more goes through (a change rebased on a deleted remote file goes next round).
+/// Push until the outbox is empty or a round sends nothing (what is left waits for an operator, a
+/// changed file or a later run). A few rounds at most: a change whose base the remote deleted goes
+/// again as a new file in the next round.
 pub async fn flush(e: &Engine) -> Result<Pushed, SyncError> {
     let mut total = Pushed::default();
     for _ in 0..3 {
@@ -25,8 +27,8 @@ pub async fn flush(e: &Engine) -> Result<Pushed, SyncError> {
         total.conflicts += r.conflicts;
         total.failed += r.failed;
         total.held = r.held.clone();
-        let left = e.read(|st| st.outbox_is_empty()).await?;
-        if left || r.files == 0 {
+        let empty = e.read(|st| st.outbox_is_empty()).await?;
+        if empty || r.requests == 0 {
             break;
         }
     }

@@ -260,7 +260,7 @@ impl LocalStore {
             .map_err(|e| WriteError::local(&self.abs(parent), e))?;
         let target = self.abs(rel);
         if let Some(by) = self.unnamed {
-            match open_unnamed(&self.abs(parent)) {
+            match self.in_dir(parent, || open_unnamed(&self.abs(parent))) {
                 Ok(mut f) => {
                     let v = fill(&mut f, &target)?;
                     self.link_unnamed(&f, by, rel, &target)?;
@@ -320,7 +320,9 @@ impl LocalStore {
         let parent = paths::parent(rel);
         self.ensure_dir(parent)
             .map_err(|e| WriteError::local(&self.abs(parent), e))?;
-        let mut f = open_unnamed(&self.abs(parent)).map_err(local)?;
+        let mut f = self
+            .in_dir(parent, || open_unnamed(&self.abs(parent)))
+            .map_err(local)?;
         f.write_all(bytes).map_err(local)?;
         match link_unnamed_at(&f, &target, by) {
             Ok(()) => return Ok(Placement::Written(f.metadata().ok().map(|m| key_of(&m)))),
@@ -421,7 +423,7 @@ impl LocalStore {
         let target = self.abs(rel);
         self.clear_dir_in_way(rel, &target)?;
         let from = tmp.path.take().expect("temp file not persisted twice");
-        fs::rename(&from, &target).map_err(|e| {
+        self.in_dir(parent, || fs::rename(&from, &target)).map_err(|e| {
             let _ = fs::remove_file(&from);
             WriteError::local(&target, e)
         })
@@ -447,6 +449,21 @@ impl LocalStore {
     pub fn remove_dir_if_empty(&self, rel: &str) {
         if fs::remove_dir(self.abs(rel)).is_ok() {
             self.forget_dirs(rel);
+        }
+    }
+
+    /// Run `op` in directory `dir` (made sure of by [`LocalStore::ensure_dir`]); when it finds the
+    /// directory gone (a user removed or renamed it in a two-way mirror since it was made), make it
+    /// again and run `op` once more.
+    fn in_dir<T>(&self, dir: &str, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Any directory of the chain may be the one that went.
+                self.known_dirs.lock().unwrap().clear();
+                self.ensure_dir(dir)?;
+                op()
+            }
+            r => r,
         }
     }
 

@@ -128,6 +128,11 @@ impl Engine {
                             let unchanged = matches!(&incoming, Incoming::Content { hash: Some(h), .. }
                                 if rec.as_ref().and_then(|r| r.content_hash.as_ref()) == Some(h));
                             if o.op == OpKind::Delete && unchanged {
+                                // The remote rewrote the same bytes: the delete goes on top of
+                                // the new revision.
+                                if let Incoming::Content { revision: Some(r), .. } = &incoming {
+                                    acts.push(Act::Rebase(rel.clone(), Some(r.clone())));
+                                }
                                 verdicts.insert(rel, Verdict::Skip);
                             } else {
                                 // The edit wins over the delete (the file comes back), or both
@@ -254,7 +259,12 @@ impl Engine {
                                 hash,
                                 size,
                                 stat,
-                            } => b.outbox_put(&rel, base.as_deref(), &hash, size, Some(&stat))?,
+                            } => {
+                                b.outbox_put(&rel, base.as_deref(), &hash, size, Some(&stat))?;
+                                // An existing row keeps its base otherwise: the remote deleted the
+                                // path, so the edit goes as a new file.
+                                b.outbox_rebase(&rel, base.as_deref())?;
+                            }
                             Act::Conflict {
                                 rel,
                                 copy,
