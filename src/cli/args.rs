@@ -487,7 +487,7 @@ pub struct RunArgs {
     /// The server's request body cap (relayfile's RELAYFILE_MAX_BODY_BYTES, 1 MiB by default):
     /// pushes are batched within it, and a file whose encoded body exceeds it is reported as too
     /// large and kept locally (suffixes K, M, G).
-    #[arg(long, env = "MOUNTD_MAX_PUSH_BYTES", value_parser = parse_size, default_value = "1M", help_heading = "Two-way sync")]
+    #[arg(long, env = "MOUNTD_MAX_PUSH_BYTES", value_parser = parse_body_cap, default_value = "1M", help_heading = "Two-way sync")]
     pub max_push_bytes: u64,
     /// A completed listing holding less than this share of the tracked files is not trusted
     /// (refused, exit 6) (alias: RELAYFILE_SNAPSHOT_DELETE_MIN_RATIO).
@@ -723,8 +723,18 @@ impl RunArgs {
     }
 }
 
-/// A byte size: `65536`, `512K`, `64M`, `1G` (powers of 1024).
+/// A byte size: `65536`, `512K`, `64M`, `1G` (powers of 1024), at least 1M (`--memory-budget`).
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    parse_bytes(s, 1 << 20, "1M, such as 64M or 1G")
+}
+
+/// A server's request body cap (`--max-push-bytes`): `65536`, `64K`, `1M`, at least 1K (a server's
+/// RELAYFILE_MAX_BODY_BYTES may be below 1M).
+pub fn parse_body_cap(s: &str) -> Result<u64, String> {
+    parse_bytes(s, 1 << 10, "1K, such as 256K or 1M")
+}
+
+fn parse_bytes(s: &str, min: u64, least: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, mul) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
@@ -742,8 +752,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(mul))
-        .filter(|n| *n >= 1 << 20)
-        .ok_or_else(|| format!("{s:?}: use a size of at least 1M, such as 64M or 1G"))
+        .filter(|n| *n >= min)
+        .ok_or_else(|| format!("{s:?}: use a size of at least {least}"))
 }
 
 fn parse_mode(s: &str) -> Result<u16, String> {
