@@ -361,7 +361,7 @@ fn a_full_disk_under_the_state_database_says_which_and_what_it_needed() {
     let mut h = Harness::with_page_size(200);
     // The mirror has room; the state DB's file system (128 KiB) does not hold 3,000 records.
     let dir = h.tmp.path().join("dbfs");
-    let _fs = Tmpfs::mount(&dir, "128k");
+    let _fs = Tmpfs::mount(&dir, "160k");
     let db = dir.join("state.db");
     for i in 0..3000 {
         h.put(

@@ -182,7 +182,9 @@ fn empty_export_never_marks_a_populated_mirror_complete() {
         ..Default::default()
     });
     h.remote.reset_counts();
-    let r = h.run(&[]);
+    // Pull-only: in mirror mode the files of a mirror whose state was lost are local changes to
+    // push, and the guarded tree pull lists instead of the export.
+    let r = h.run(&["--read-only"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stderr.contains("export returned no files"), "{}", r.all());
     h.assert_mirror_exact();
@@ -197,6 +199,29 @@ fn empty_export_never_marks_a_populated_mirror_complete() {
 }
 
 #[test]
+fn a_lost_state_db_in_mirror_mode_pushes_nothing_and_loses_nothing() {
+    let mut h = Harness::new();
+    h.sample_tree(20);
+    assert_eq!(h.run(&[]).code, 0);
+    h.remove_state_db();
+    std::fs::write(h.local().join("docs/d1/f00001.txt"), b"edited while the state was lost\n")
+        .unwrap();
+    h.remote.reset_counts();
+    // Every local file is new to mountd now: the same bytes as the remote's converge, the one that
+    // differs is kept as a conflict copy, nothing is written to the remote.
+    let r = h.run(&[]);
+    assert_eq!(r.code, 5, "{}", r.all());
+    assert!(r.stderr.contains("conflict: docs/d1/f00001.txt"), "{}", r.all());
+    h.assert_mirror_exact();
+    assert_eq!(h.remote.counts().writes_applied, 0, "nothing pushed");
+    let copies = common::read_tree(&h.local().join(".mountd/conflicts"));
+    assert_eq!(
+        copies.values().collect::<Vec<_>>(),
+        vec![&b"edited while the state was lost\n".to_vec()]
+    );
+}
+
+#[test]
 fn shrunk_export_with_tracked_files_falls_through() {
     let mut h = Harness::new();
     h.sample_tree(30);
@@ -207,7 +232,7 @@ fn shrunk_export_with_tracked_files_falls_through() {
         ..Default::default()
     });
     h.remote.reset_counts();
-    let r = h.run(&[]);
+    let r = h.run(&["--read-only"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stderr.contains("less than 50% of the"), "{}", r.all());
     assert!(r.stdout.contains("via tree"), "{}", r.all());

@@ -1,6 +1,6 @@
 //! Wiring: turn validated arguments into an engine (HTTP remote with retries, local store, database
 //! thread, progress), checking everything a run needs before its first request.
-use crate::cli::args::{validate_timeouts, ProgressMode, RunArgs};
+use crate::cli::args::{validate_timeouts, ProgressMode, PushOnce, RunArgs};
 use crate::cli::exit;
 use crate::remote::http::{ClientConfig, HttpRemote, TokenSource};
 use crate::remote::retry::{RetryPolicy, Retrying};
@@ -127,6 +127,10 @@ pub fn log_startup(a: &RunArgs, p: &Preflight) {
     tracing::info!(
         mode = if a.once {
             "once"
+        } else if let Some(PushOnce::FlushOutbox) = a.push_once() {
+            "flush-outbox-once"
+        } else if a.push_once().is_some() {
+            "push-local-once"
         } else if p.mountpoint.is_some() {
             "service (FUSE)"
         } else {
@@ -153,6 +157,8 @@ pub fn log_startup(a: &RunArgs, p: &Preflight) {
         stall_limit = a.stall_limit,
         mass_delete_ratio = a.mass_delete_ratio,
         adopt = a.adopt,
+        sync_mode = if a.read_only { "pull-only" } else { "mirror" },
+        max_push_bytes = a.max_push_bytes,
         "mountd {} starting",
         env!("CARGO_PKG_VERSION")
     );
