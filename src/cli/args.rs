@@ -135,10 +135,10 @@ fn parse_secret(s: &str) -> Result<Secret, String> {
 #[command(
     name = "mountd",
     version,
-    about = "Mirror a relayfile workspace to local disk, keep it in sync, and serve it read-only over FUSE",
+    about = "Mirror a relayfile workspace to local disk, keep it in sync both ways, and serve it over FUSE",
     long_about = "mountd copies a remote relayfile workspace onto local disk and keeps it in sync.\n\n\
     With --once it bootstraps (or catches up) the mirror and exits: 0 only when the mirror is complete.\n\
-    Without --once it runs as a service: bootstrap if needed, then mount a read-only FUSE view at\n\
+    Without --once it runs as a service: bootstrap if needed, then mount a FUSE view (read-only) at\n\
     --mountpoint (or, with --no-fuse / --mode poll, keep --local-dir in sync as a plain directory) and\n\
     apply the events feed.\n\n\
     mountd is a drop-in for relayfile-mount: its flags and RELAYFILE_* variables are accepted (see\n\
@@ -148,7 +148,7 @@ fn parse_secret(s: &str) -> Result<Secret, String> {
     after_long_help = concat!(
         "Run `mountd check ...` to validate a configuration without any network request.\n\n",
         "LOGGING:\n  Logs go to stderr: human-readable (colours only on a terminal) or --log-format json.\n  The filter is, first match wins: -v/-vv/-q/-qq on the command line (debug, trace, warn, error),\n  then MOUNTD_LOG, then RUST_LOG (tracing EnvFilter syntax, e.g. info,mountd=debug), then info.\n  The token is never logged.\n\n",
-        "EXIT CODES:\n  0    complete and consistent\n  1    failed (remote or local error after retries; see the diagnosis)\n  2    usage or configuration error (including a dangerous configuration, a state DB of another\n       mirror, or a lock held by another mountd)\n  3    authentication or authorization failure (401/403): check the token and workspace\n  4    stalled: no progress within the idle timeout, hard cap reached, or no progress in several runs\n  5    complete except for quarantined files (see `mountd status`)\n  6    refused: the completion would delete too much of the mirror (see --allow-mass-delete)\n  130  --once interrupted by SIGINT (143: by SIGTERM); the state is kept, the next run resumes"
+        "EXIT CODES:\n  0    complete and consistent (mirror mode: both directions converged)\n  1    failed (remote or local error after retries; see the diagnosis)\n  2    usage or configuration error (including a dangerous configuration, a state DB of another\n       mirror, or a lock held by another mountd)\n  3    authentication or authorization failure (401/403): check the token and workspace\n  4    stalled: no progress within the idle timeout, hard cap reached, or no progress in several runs\n  5    complete except for quarantined files, conflicts, write-denied or too-large files (see\n       `mountd status`, `mountd conflicts`)\n  6    refused: the completion would delete too much of the mirror, or local deletes are held\n       (see --allow-mass-delete, `mountd outbox allow-deletes`)\n  130  --once interrupted by SIGINT (143: by SIGTERM); the state is kept, the next run resumes"
     )
 )]
 pub struct Cli {
