@@ -3,7 +3,8 @@
 #   1. build (debug by default; --release for an optimized build),
 #   2. make a sample tree (nested dirs, a binary file, an empty file, a unicode name, ~200 small files),
 #   3. serve it with `mountd-remote`,
-#   4. `mountd --once` into a mirror directory, then `mountd status`,
+#   4. `mountd --once` into a mirror directory, then `mountd status`; a local edit pushed by the next
+#      `mountd --once` (two-way sync),
 #   5. run the mount service: as root with /dev/fuse, a read-only FUSE mount (ls, find, cat); else
 #      --no-fuse (the mirror directory itself is kept in sync),
 #   6. write a file on the remote and watch it appear (the service polls every 2 s).
@@ -153,6 +154,18 @@ else
     echo "demo.sh: the mirror differs from the sample" >&2
     exit 1
 fi
+
+say "two-way sync: a local edit, pushed by the next mountd --once"
+printf '$ echo "edited locally" > %s/hello-from-local.txt\n' "$MIRROR"
+echo "edited locally" >"$MIRROR/hello-from-local.txt"
+run "$MOUNTD" --once "${COMMON[@]}" || {
+    echo "demo.sh: the push failed" >&2
+    exit 1
+}
+printf '$ curl %s/v1/workspaces/demo/fs/file?path=/hello-from-local.txt\n' "$URL"
+curl -sS --fail-with-body "$URL/v1/workspaces/demo/fs/file?path=/hello-from-local.txt" \
+    -H "$AUTH" -H 'X-Correlation-Id: demo_get_1'
+echo
 
 # ---------------------------------------------------------------------------------------------------
 put_remote_file() {

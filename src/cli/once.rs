@@ -89,6 +89,7 @@ pub async fn run_once(a: &RunArgs) -> i32 {
         }
     };
     crate::metrics::Metrics::global().set_outbox(&outbox);
+    e.progress().set_push(&outbox);
     match r {
         Ok((at, pushed)) => {
             e.progress().final_write("complete");

@@ -244,6 +244,14 @@ impl Progress {
     }
 
     /// Record the last error for the state file; written with the next checkpoint (no progress, no write).
+    /// The push side as last counted (written with the next checkpoint).
+    pub fn set_push(&self, s: &crate::store::db::OutboxSummary) {
+        let mut c = self.inner.content.lock().unwrap();
+        c.pending_changes = s.pending;
+        c.conflicts = s.conflicts;
+        c.not_pushed = s.denied + s.too_large;
+    }
+
     pub fn set_error(&self, err: Option<String>) {
         self.inner.content.lock().unwrap().last_error = err;
     }

@@ -15,6 +15,11 @@ pub struct StateFileContent {
     pub bytes: u64,
     pub current_path: String,
     pub last_error: Option<String>,
+    /// Two-way sync: local changes not yet on the remote, unsettled conflicts, and local files the
+    /// remote will not take as they are (write-denied, too large).
+    pub pending_changes: u64,
+    pub conflicts: u64,
+    pub not_pushed: u64,
     pub pid: u32,
     pub updated_at: String,
 }

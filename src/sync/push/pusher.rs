@@ -114,6 +114,7 @@ impl Engine {
         }
         let summary = self.read(|st| st.outbox_summary()).await?;
         crate::metrics::Metrics::global().set_outbox(&summary);
+        self.progress().set_push(&summary);
         Ok(report)
     }
 
