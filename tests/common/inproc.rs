@@ -245,6 +245,54 @@ impl Rig {
         self.engine = None;
     }
 
+    /// A rig whose engine pushes local changes too (`--sync-mode mirror`).
+    pub fn two_way(page_size: usize) -> Rig {
+        let mut r = Rig::new(page_size);
+        r.cfg.push.direction = mountd::sync::push::Direction::Mirror;
+        r
+    }
+
+    /// Write `bytes` at `rel` in the mirror directory (parents created), as a user would.
+    pub fn write_local(&self, rel: &str, bytes: &[u8]) {
+        let p = self.local().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+
+    /// Remove the file `rel` from the mirror directory.
+    pub fn remove_local(&self, rel: &str) {
+        std::fs::remove_file(self.local().join(rel)).unwrap();
+    }
+
+    /// The bytes of the mirror's file `rel` (`None`: absent).
+    pub fn local_bytes(&self, rel: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.local().join(rel)).ok()
+    }
+
+    /// The remote's bytes at `path` (`None`: absent).
+    pub fn remote_bytes(&self, path: &str) -> Option<Vec<u8>> {
+        self.ws.content(path)
+    }
+
+    /// The start scan of the mirror directory: local changes recorded in the outbox.
+    pub async fn record(&mut self) -> mountd::sync::push::detect::Detected {
+        self.engine()
+            .record_local(vec![String::new()])
+            .await
+            .unwrap()
+    }
+
+    /// What `--once` does after its pull: push until nothing more goes through.
+    pub async fn flush(&mut self) -> Result<mountd::sync::push::pusher::Pushed, SyncError> {
+        mountd::cli::once::flush(&self.engine()).await
+    }
+
+    /// Record the local changes, then push them.
+    pub async fn push(&mut self) -> mountd::sync::push::pusher::Pushed {
+        self.record().await;
+        self.flush().await.unwrap()
+    }
+
     /// One attempt under the watchdog and the stall guard.
     pub async fn attempt(&mut self) -> Result<&'static str, SyncError> {
         let e = self.engine();
