@@ -88,18 +88,7 @@ async fn once_or_signal(a: &RunArgs) -> Result<i32, (&'static str, i32)> {
 fn main() {
     let (cli, matches, check) = compat::parse(std::env::args_os().collect());
     let mut run = match cli.command {
-        Some(Command::Status(mut s)) => {
-            if let (None, Some(_), Some(d)) = (&s.state_db, &s.state_dir, &s.local_dir) {
-                s.state_db = mountd::cli::safety::state_db_for(
-                    d,
-                    None,
-                    s.state_dir.as_ref(),
-                    s.workspace.as_deref(),
-                )
-                .ok();
-            }
-            std::process::exit(mountd::cli::status::command(&s));
-        }
+        Some(Command::Status(s)) => std::process::exit(mountd::cli::status::command(&s)),
         Some(Command::Completions(c)) => {
             std::process::exit(mountd::cli::completions::completions(c.shell))
         }

@@ -428,7 +428,11 @@ fn go_values_and_reference_limits_are_accepted() {
     // mirror is two-way (the default): accepted without a warning; it contradicts --read-only.
     let r = check(&h, &[], &["--once", "--sync-mode", "mirror"]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(!r.stderr.contains("--sync-mode"), "no warning about it: {}", r.all());
+    assert!(
+        !r.stderr.contains("--sync-mode"),
+        "no warning about it: {}",
+        r.all()
+    );
     assert!(r.stderr.contains("sync_mode=\"mirror\""), "{}", r.all());
     let r = check(&h, &[], &["--once", "--sync-mode", "mirror", "--read-only"]);
     assert_eq!(r.code, 2, "{}", r.all());

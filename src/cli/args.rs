@@ -169,7 +169,7 @@ pub enum Command {
     /// Re-tie a mirror to new settings (e.g. after a typo in --base-url) without losing its files:
     /// forget the state DB's identity, bootstrap-complete flag and events cursor, so the next run
     /// verifies every file by hash and fetches only what differs.
-    Reset(ResetArgs),
+    Reset(MirrorArgs),
     /// Two-way sync: list the conflicts (local versions kept aside when the remote's version took
     /// their path), or settle one: `mountd conflicts resolve PATH --keep local|remote`.
     Conflicts(ConflictsArgs),
@@ -197,37 +197,11 @@ pub struct CompletionsArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The mirror's local directory (its state DB is <dir>/.mountd/state.db unless --state-db).
-    #[arg(long, env = "RELAYFILE_LOCAL_DIR")]
-    pub local_dir: Option<PathBuf>,
-    /// Path of the SQLite state database.
-    #[arg(long, env = "MOUNTD_STATE_DB")]
-    pub state_db: Option<PathBuf>,
-    /// Directory of private state (with --workspace: the state DB is derived as for a run).
-    #[arg(long, env = "RELAYFILE_MOUNT_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Workspace id (only used to find the state DB under --state-dir).
-    #[arg(long, env = "RELAYFILE_WORKSPACE")]
-    pub workspace: Option<String>,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct ResetArgs {
-    /// The mirror's local directory.
-    #[arg(long, env = "RELAYFILE_LOCAL_DIR")]
-    pub local_dir: Option<PathBuf>,
-    /// Path of the SQLite state database [default: <local-dir>/.mountd/state.db].
-    #[arg(long, env = "MOUNTD_STATE_DB")]
-    pub state_db: Option<PathBuf>,
-    /// Directory of private state (with --workspace: the state DB is derived as for a run).
-    #[arg(long, env = "RELAYFILE_MOUNT_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Workspace id (only used to find the state DB under --state-dir).
-    #[arg(long, env = "RELAYFILE_WORKSPACE")]
-    pub workspace: Option<String>,
 }
 
 /// Which mirror a maintenance command is about.
@@ -245,6 +219,23 @@ pub struct MirrorArgs {
     /// Workspace id (only used to find the state DB under --state-dir).
     #[arg(long, env = "RELAYFILE_WORKSPACE")]
     pub workspace: Option<String>,
+}
+
+impl MirrorArgs {
+    /// The state database these arguments name (absolute).
+    pub fn state_db(&self) -> Result<PathBuf, String> {
+        let db = match (&self.state_db, &self.local_dir) {
+            (None, None) => return Err("pass --local-dir DIR (or --state-db PATH)".into()),
+            (Some(p), _) => p.clone(),
+            (None, Some(d)) => crate::cli::safety::state_db_for(
+                d,
+                None,
+                self.state_dir.as_ref(),
+                self.workspace.as_deref(),
+            )?,
+        };
+        Ok(crate::cli::safety::abs_path(&db))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -652,7 +643,12 @@ pub struct RunArgs {
 pub struct CompatArgs {
     /// mirror (the default: remote changes pulled, local changes pushed), pull-only (alias
     /// --read-only) or write-only (refused).
-    #[arg(long, env = "RELAYFILE_MOUNT_SYNC_MODE", value_enum, help_heading = "Two-way sync")]
+    #[arg(
+        long,
+        env = "RELAYFILE_MOUNT_SYNC_MODE",
+        value_enum,
+        help_heading = "Two-way sync"
+    )]
     pub sync_mode: Option<SyncMode>,
     /// Realtime events over /fs/ws [default: true]: changes are applied as they arrive; polling
     /// /fs/events every --interval continues as the safety net and the fallback while the stream is down.

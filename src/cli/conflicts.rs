@@ -2,27 +2,21 @@
 //! two-way sync. They work on the state database whether or not a service runs: settling a conflict
 //! only moves files in the mirror directory (the running service's watcher, or the next run's scan,
 //! records what that changes) and removes the conflict's row.
-use crate::cli::args::{ConflictsAction, ConflictsArgs, Keep, MirrorArgs, OutboxAction, OutboxArgs};
+use crate::cli::args::{
+    ConflictsAction, ConflictsArgs, Keep, MirrorArgs, OutboxAction, OutboxArgs,
+};
 use crate::cli::exit;
-use crate::cli::safety::{abs_path, state_db_for};
+use crate::cli::safety::abs_path;
 use crate::store::db::{Conflict, MetaKey, State};
 use std::path::{Path, PathBuf};
 
 /// The state database and the mirror root named by `m`.
 fn open(m: &MirrorArgs, cmd: &str) -> Result<(State, PathBuf), i32> {
-    let db = match (&m.state_db, &m.local_dir) {
-        (None, None) => {
-            eprintln!("mountd {cmd}: pass --local-dir DIR (or --state-db PATH)");
-            return Err(exit::USAGE);
-        }
-        (Some(p), _) => p.clone(),
-        (None, Some(d)) => state_db_for(d, None, m.state_dir.as_ref(), m.workspace.as_deref())
-            .map_err(|e| {
-                eprintln!("mountd {cmd}: {e}");
-                exit::USAGE
-            })?,
-    };
-    let st = State::open_existing(&abs_path(&db)).map_err(|e| {
+    let db = m.state_db().map_err(|e| {
+        eprintln!("mountd {cmd}: {e}");
+        exit::USAGE
+    })?;
+    let st = State::open_existing(&db).map_err(|e| {
         eprintln!("mountd {cmd}: {e}");
         exit::USAGE
     })?;
@@ -30,7 +24,9 @@ fn open(m: &MirrorArgs, cmd: &str) -> Result<(State, PathBuf), i32> {
         (Some(d), _) => abs_path(d),
         (None, Ok(Some(d))) => PathBuf::from(d),
         _ => {
-            eprintln!("mountd {cmd}: the state DB does not name its mirror directory: pass --local-dir");
+            eprintln!(
+                "mountd {cmd}: the state DB does not name its mirror directory: pass --local-dir"
+            );
             return Err(exit::USAGE);
         }
     };
@@ -83,7 +79,9 @@ pub fn conflicts(a: &ConflictsArgs) -> i32 {
                 .max_by_key(|c| c.id)
                 .cloned();
             let Some(c) = found else {
-                eprintln!("mountd conflicts: no conflict for {path:?} (`mountd conflicts` lists them)");
+                eprintln!(
+                    "mountd conflicts: no conflict for {path:?} (`mountd conflicts` lists them)"
+                );
                 return exit::USAGE;
             };
             match resolve(&mut st, &root, &c, *keep) {
@@ -129,7 +127,10 @@ fn resolve(st: &mut State, root: &Path, c: &Conflict, keep: Keep) -> Result<Stri
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(format!("cannot remove {}: {e}", copy.display())),
             }
-            format!("kept the remote version of {}; the local copy is gone", c.path)
+            format!(
+                "kept the remote version of {}; the local copy is gone",
+                c.path
+            )
         }
     };
     let mut b = st.batch().map_err(|e| e.to_string())?;

@@ -5,8 +5,8 @@
 pub mod args;
 pub mod check;
 pub mod compat;
-pub mod conflicts;
 pub mod completions;
+pub mod conflicts;
 pub mod exit;
 pub mod lock;
 pub mod metrics_server;

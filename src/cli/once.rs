@@ -55,11 +55,7 @@ pub async fn run_once(a: &RunArgs) -> i32 {
             None => Some(attempt(&s).await?),
             Some(_) => None,
         };
-        let pushed = if two_way {
-            Some(flush(e).await?)
-        } else {
-            None
-        };
+        let pushed = if two_way { Some(flush(e).await?) } else { None };
         Ok::<_, SyncError>((at, pushed))
     }
     .await;
@@ -122,8 +118,7 @@ pub async fn run_once(a: &RunArgs) -> i32 {
             let pushed_ok = report_push(e, two_way, &outbox, &conflicts, &issues);
             if outbox.held > 0 {
                 exit::MASS_DELETE
-            } else if quarantined > 0 || !unlisted.is_empty() || pushed_ok == PushState::Unsettled
-            {
+            } else if quarantined > 0 || !unlisted.is_empty() || pushed_ok == PushState::Unsettled {
                 exit::QUARANTINED
             } else if pushed_ok == PushState::Pending {
                 exit::FAILED

@@ -2,9 +2,8 @@
 //! directory, another workspace) without losing its files. The state DB forgets its identity, the
 //! bootstrap-complete flag, the events cursor and any unfinished traversal; file records stay, so the
 //! next run re-lists the remote and verifies every local file by hash, fetching only what differs.
-use crate::cli::args::ResetArgs;
+use crate::cli::args::MirrorArgs;
 use crate::cli::exit;
-use crate::cli::safety::{abs_path, state_db_for};
 use crate::store::db::{MetaKey, State, StateError};
 
 /// The rows `reset` deletes.
@@ -32,24 +31,14 @@ fn reset(st: &mut State) -> Result<(), StateError> {
 }
 
 /// `mountd reset`.
-pub fn command(r: &ResetArgs) -> i32 {
-    let db = match (&r.state_db, &r.local_dir) {
-        (None, None) => {
-            eprintln!("mountd reset: pass --local-dir DIR (or --state-db PATH)");
+pub fn command(r: &MirrorArgs) -> i32 {
+    let db = match r.state_db() {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("mountd reset: {e}");
             return exit::USAGE;
         }
-        (Some(p), _) => p.clone(),
-        (None, Some(d)) => {
-            match state_db_for(d, None, r.state_dir.as_ref(), r.workspace.as_deref()) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("mountd reset: {e}");
-                    return exit::USAGE;
-                }
-            }
-        }
     };
-    let db = abs_path(&db);
     if !db.exists() {
         eprintln!(
             "mountd reset: no state DB at {}: nothing to reset (the next run ties the mirror to its settings)",

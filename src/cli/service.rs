@@ -540,7 +540,11 @@ async fn push_loop(engine: Engine, kick: Arc<tokio::sync::Notify>, interval: Dur
             Ok(p) => {
                 failures.recovered("push");
                 if p.files > 0 {
-                    tracing::debug!(files = p.files, requests = p.requests, "pushed local changes");
+                    tracing::debug!(
+                        files = p.files,
+                        requests = p.requests,
+                        "pushed local changes"
+                    );
                 }
                 // While something is pending (failed pushes, held deletes an operator may allow),
                 // look again every interval.

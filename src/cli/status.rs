@@ -21,11 +21,10 @@ pub const EXIT_CODES_HELP: &str = "EXIT CODES:\n  \
 
 /// `mountd status`.
 pub fn command(s: &StatusArgs) -> i32 {
-    let db = match (&s.state_db, &s.local_dir) {
-        (Some(p), _) => p.clone(),
-        (None, Some(d)) => crate::cli::setup::state_db_path(d, None),
-        (None, None) => {
-            eprintln!("mountd status: pass --local-dir DIR or --state-db PATH");
+    let db = match s.mirror.state_db() {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("mountd status: {e}");
             return exit::USAGE;
         }
     };

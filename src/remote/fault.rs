@@ -422,11 +422,7 @@ impl Remote for FaultyRemote {
 
 /// With [`Fault::LoseAnswer`], the write `r` went through but its answer is replaced by a transport
 /// error after the request was sent.
-fn lost_answer<T>(
-    op: Op,
-    f: Option<Fault>,
-    r: Result<T, RemoteError>,
-) -> Result<T, RemoteError> {
+fn lost_answer<T>(op: Op, f: Option<Fault>, r: Result<T, RemoteError>) -> Result<T, RemoteError> {
     match f {
         Some(Fault::LoseAnswer) => Err(RemoteError::Transport {
             op: op.name().into(),

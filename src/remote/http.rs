@@ -6,7 +6,9 @@
 //! lives in the bootstrap engine.
 
 use super::error::{parse_retry_after, RemoteError};
-use super::types::{BulkOutcome, ErrorBody, EventsPage, PushFile, TreePage, WriteAck, WriteOutcome};
+use super::types::{
+    BulkOutcome, ErrorBody, EventsPage, PushFile, TreePage, WriteAck, WriteOutcome,
+};
 use super::{BodyStream, Remote};
 use futures_util::TryStreamExt;
 use std::path::PathBuf;

@@ -423,10 +423,11 @@ impl LocalStore {
         let target = self.abs(rel);
         self.clear_dir_in_way(rel, &target)?;
         let from = tmp.path.take().expect("temp file not persisted twice");
-        self.in_dir(parent, || fs::rename(&from, &target)).map_err(|e| {
-            let _ = fs::remove_file(&from);
-            WriteError::local(&target, e)
-        })
+        self.in_dir(parent, || fs::rename(&from, &target))
+            .map_err(|e| {
+                let _ = fs::remove_file(&from);
+                WriteError::local(&target, e)
+            })
     }
 
     /// Remove a file (missing, or a directory in its place, is fine).

@@ -6,7 +6,6 @@ use crate::remote::export::{stream_entries, Batcher, ExportItem};
 use crate::remote::scan::{BadKind, Decoded, EntryOutcome, Meta};
 use crate::remote::BodyStream;
 use crate::store::db::{Checkpoint, Db, FileMeta, Kind, MetaKey, Phase, State, Unseen};
-use crate::sync::push::conflict::{Incoming, Verdict};
 use crate::store::mirror::WriteError;
 use crate::store::space::Need;
 use crate::store::{paths, LocalStore};
@@ -14,6 +13,7 @@ use crate::sync::content::{place, Staged, Stager, EXPORT_QUEUE};
 use crate::sync::engine::{
     Engine, FetchJob, Fetched, FileError, Pending, QuarantineNote, Recorded, SyncError,
 };
+use crate::sync::push::conflict::{Incoming, Verdict};
 use futures_util::StreamExt;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -518,16 +518,7 @@ impl Engine {
         jobs: Vec<FetchJob>,
         p: &mut Pending,
     ) -> Result<Vec<FetchJob>, SyncError> {
-        let claims = jobs
-            .iter()
-            .map(|j| {
-                let incoming = Incoming::Content {
-                    hash: j.listed_hash.clone(),
-                    revision: j.revision.clone(),
-                };
-                (j.rel.clone(), incoming)
-            })
-            .collect();
+        let claims = jobs.iter().map(|j| (j.rel.clone(), j.incoming())).collect();
         let verdicts = self.guard_local(claims).await?;
         Ok(jobs
             .into_iter()

@@ -122,7 +122,11 @@ impl Engine {
                 };
                 (j.rel.clone(), incoming)
             })
-            .chain(deletes.iter().map(|(rel, _)| (rel.clone(), Incoming::Deleted)))
+            .chain(
+                deletes
+                    .iter()
+                    .map(|(rel, _)| (rel.clone(), Incoming::Deleted)),
+            )
             .collect();
         let verdicts = self.guard_local(claims).await?;
         let apply = |rel: &String| verdicts.get(rel).is_none_or(|v| *v == Verdict::Apply);

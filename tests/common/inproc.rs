@@ -115,11 +115,19 @@ impl Remote for InProc {
 
     async fn put_file(&self, path: &str, file: &PushFile) -> Result<WriteOutcome, RemoteError> {
         let body = serde_json::to_vec(file).unwrap();
-        written("put", self.ws.put_json(path, &body, Some(&file.if_match)), self.cid())
+        written(
+            "put",
+            self.ws.put_json(path, &body, Some(&file.if_match)),
+            self.cid(),
+        )
     }
 
     async fn delete_file(&self, path: &str, if_match: &str) -> Result<WriteOutcome, RemoteError> {
-        written("delete", self.ws.delete_json(path, Some(if_match)), self.cid())
+        written(
+            "delete",
+            self.ws.delete_json(path, Some(if_match)),
+            self.cid(),
+        )
     }
 
     async fn bulk(&self, files: &[PushFile]) -> Result<BulkOutcome, RemoteError> {

@@ -14,7 +14,7 @@ mod thread;
 
 pub use batch::Batch;
 pub use meta::{event_seq, MetaKey};
-pub use outbox::{Conflict, IssueKind, OpKind, Outgoing, OutboxSummary, WriteIssue};
+pub use outbox::{Conflict, IssueKind, LocalVersion, OpKind, OutboxSummary, Outgoing, WriteIssue};
 pub use reader::{Entry, StateReader};
 pub use thread::Db;
 

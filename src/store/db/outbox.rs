@@ -86,6 +86,19 @@ pub struct OutboxSummary {
     pub unsupported: u64,
 }
 
+/// A local file's version to push: what a put row of the outbox records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalVersion {
+    /// Local relative path.
+    pub rel: String,
+    /// The remote revision it was made on (`None`: a new file).
+    pub base: Option<String>,
+    pub hash: String,
+    pub size: u64,
+    /// The local file's identity when it was read.
+    pub stat: Option<String>,
+}
+
 /// A local version kept aside because the remote's version took its path.
 #[derive(Debug, Clone, Serialize)]
 pub struct Conflict {
@@ -171,21 +184,18 @@ impl State {
 
     /// Every pending change, in path order (for `mountd status`).
     pub fn outbox(&self) -> Result<Vec<Outgoing>, StateError> {
-        self.outbox_batch(i64::MAX, usize::MAX >> 1)
-            .map(|mut v| {
-                v.sort_by(|a, b| a.path.cmp(&b.path));
-                v
-            })
+        self.outbox_batch(i64::MAX, usize::MAX >> 1).map(|mut v| {
+            v.sort_by(|a, b| a.path.cmp(&b.path));
+            v
+        })
     }
 
     /// Pending deletes (the mass-deletion guard counts them).
     pub fn outbox_deletes(&self) -> Result<u64, StateError> {
         self.conn
-            .query_row(
-                "SELECT count(*) FROM outbox WHERE op = 2",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
+            .query_row("SELECT count(*) FROM outbox WHERE op = 2", [], |r| {
+                r.get::<_, i64>(0)
+            })
             .map(|n| n as u64)
             .map_err(|e| self.err(e))
     }
@@ -224,7 +234,9 @@ impl State {
             .prepare_cached("SELECT kind, count(*) FROM write_issues GROUP BY kind")
             .map_err(|e| self.err(e))?;
         let rows = s
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
             .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| self.err(e))?;
         for (kind, n) in rows {
@@ -360,16 +372,9 @@ fn issue_from_row(r: &Row) -> rusqlite::Result<WriteIssue> {
 }
 
 impl Batch<'_> {
-    /// Record (or supersede) a put of `rel`. A newer change replaces an unpushed older one; the base
+    /// Record (or supersede) a put of `v.rel`. A newer change replaces an unpushed older one; the base
     /// revision and the first-recorded time of an existing row are kept.
-    pub fn outbox_put(
-        &mut self,
-        rel: &str,
-        base: Option<&str>,
-        hash: &str,
-        size: u64,
-        stat: Option<&str>,
-    ) -> Result<(), StateError> {
+    pub fn outbox_put(&mut self, v: &LocalVersion) -> Result<(), StateError> {
         let now = now_secs();
         self.tx
             .prepare_cached(
@@ -379,7 +384,9 @@ impl Batch<'_> {
                    size = excluded.size, local_stat = excluded.local_stat, held = NULL,
                    updated_at = excluded.updated_at",
             )
-            .and_then(|mut s| s.execute(params![rel, base, hash, size as i64, stat, now]))
+            .and_then(|mut s| {
+                s.execute(params![v.rel, v.base, v.hash, v.size as i64, v.stat, now])
+            })
             .map_err(|e| self.err(e))?;
         Ok(())
     }
@@ -390,7 +397,10 @@ impl Batch<'_> {
         let existing: Option<(i64, Option<String>)> = self
             .tx
             .prepare_cached("SELECT op, base_revision FROM outbox WHERE path = ?1")
-            .and_then(|mut s| s.query_row([rel], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .and_then(|mut s| {
+                s.query_row([rel], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
             .map_err(|e| self.err(e))?;
         let base = match existing {
             Some((_, b)) => b,
@@ -449,25 +459,24 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Keep a conflict's local copy on record; returns its id.
-    #[allow(clippy::too_many_arguments)]
-    pub fn conflict_add(
-        &mut self,
-        rel: &str,
-        copy: &str,
-        local_hash: Option<&str>,
-        size: u64,
-        base: Option<&str>,
-        remote: Option<&str>,
-        reason: &str,
-    ) -> Result<i64, StateError> {
+    /// Keep a conflict's local copy on record (`c.id` and `c.created_at` are assigned); returns its id.
+    pub fn conflict_add(&mut self, c: &Conflict) -> Result<i64, StateError> {
         self.tx
             .prepare_cached(
                 "INSERT INTO conflicts(path, copy, local_hash, size, base_revision, remote_revision, reason, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .and_then(|mut s| {
-                s.execute(params![rel, copy, local_hash, size as i64, base, remote, reason, now_secs()])
+                s.execute(params![
+                    c.path,
+                    c.copy,
+                    c.local_hash,
+                    c.size as i64,
+                    c.base_revision,
+                    c.remote_revision,
+                    c.reason,
+                    now_secs()
+                ])
             })
             .map_err(|e| self.err(e))?;
         Ok(self.tx.last_insert_rowid())
@@ -550,13 +559,24 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut st = open(d.path());
         let mut b = st.batch().unwrap();
-        b.outbox_put("a", Some("rev_1"), "h1", 3, Some("s1")).unwrap();
-        b.outbox_put("a", Some("rev_9"), "h2", 4, Some("s2")).unwrap();
-        b.outbox_put("new", None, "h3", 1, None).unwrap();
+        let v = |rel: &str, base: Option<&str>, hash: &str, size| LocalVersion {
+            rel: rel.into(),
+            base: base.map(str::to_string),
+            hash: hash.into(),
+            size,
+            stat: None,
+        };
+        b.outbox_put(&v("a", Some("rev_1"), "h1", 3)).unwrap();
+        b.outbox_put(&v("a", Some("rev_9"), "h2", 4)).unwrap();
+        b.outbox_put(&v("new", None, "h3", 1)).unwrap();
         b.commit().unwrap();
         let a = st.outgoing("a").unwrap().unwrap();
         assert_eq!(
-            (a.base_revision.as_deref(), a.content_hash.as_deref(), a.size),
+            (
+                a.base_revision.as_deref(),
+                a.content_hash.as_deref(),
+                a.size
+            ),
             (Some("rev_1"), Some("h2"), 4),
             "the base of the first change is kept, the content is the newest"
         );
@@ -566,7 +586,10 @@ mod tests {
         b.commit().unwrap();
         assert!(st.outgoing("new").unwrap().is_none());
         let a = st.outgoing("a").unwrap().unwrap();
-        assert_eq!((a.op, a.base_revision.as_deref()), (OpKind::Delete, Some("rev_1")));
+        assert_eq!(
+            (a.op, a.base_revision.as_deref()),
+            (OpKind::Delete, Some("rev_1"))
+        );
         let s = st.outbox_summary().unwrap();
         assert_eq!((s.pending, s.bytes), (1, 0));
         assert_eq!(st.outbox_deletes().unwrap(), 1);

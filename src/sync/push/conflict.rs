@@ -19,7 +19,7 @@
 //! A conflict copy is a hard link to the local file, made before the remote version is written, under
 //! `<mirror>/.mountd/conflicts/` (outside the synced tree: never pushed, never served), named after
 //! the file with `.conflict-<unix time>-<first 8 hex digits of its SHA-256>` before its extension.
-use crate::store::db::{Conflict, FileRecord, Kind, OpKind, State};
+use crate::store::db::{Conflict, FileRecord, Kind, LocalVersion, OpKind, State};
 use crate::store::mirror::key_of;
 use crate::store::paths::RESERVED_DIR;
 use crate::sync::engine::{Engine, SyncError};
@@ -33,6 +33,16 @@ pub enum Incoming {
         revision: Option<String>,
     },
     Deleted,
+}
+
+impl crate::sync::engine::FetchJob {
+    /// What the remote has at this job's path, as the guard needs it.
+    pub fn incoming(&self) -> Incoming {
+        Incoming::Content {
+            hash: self.listed_hash.clone(),
+            revision: self.revision.clone(),
+        }
+    }
 }
 
 /// What the pull may do with a path.
@@ -63,32 +73,15 @@ pub fn copy_path(rel: &str, hash: &str, now: i64) -> String {
         _ => (name, ""),
     };
     let h8 = &hash[..hash.len().min(8)];
-    format!(
-        "{}/{dir}{stem}.conflict-{now}-{h8}{ext}",
-        conflicts_dir()
-    )
+    format!("{}/{dir}{stem}.conflict-{now}-{h8}{ext}", conflicts_dir())
 }
 
 /// A state change the guard decided, applied in one transaction after looking at every path.
 enum Act {
     DropRow(String),
     Rebase(String, Option<String>),
-    Put {
-        rel: String,
-        base: Option<String>,
-        hash: String,
-        size: u64,
-        stat: String,
-    },
-    Conflict {
-        rel: String,
-        copy: String,
-        hash: String,
-        size: u64,
-        base: Option<String>,
-        remote: Option<String>,
-        reason: &'static str,
-    },
+    Put(LocalVersion),
+    Conflict(Conflict),
 }
 
 impl Engine {
@@ -189,24 +182,24 @@ impl Engine {
                                 acts.push(Act::Rebase(rel.clone(), revision));
                             }
                             if out.is_none() {
-                                acts.push(Act::Put {
+                                acts.push(Act::Put(LocalVersion {
                                     rel: rel.clone(),
                                     base: rec.revision.clone(),
                                     hash,
                                     size,
-                                    stat,
-                                });
+                                    stat: Some(stat),
+                                }));
                             }
                             verdicts.insert(rel, Verdict::Skip);
                         }
                         Incoming::Deleted if two_way => {
-                            acts.push(Act::Put {
+                            acts.push(Act::Put(LocalVersion {
                                 rel: rel.clone(),
                                 base: None,
                                 hash,
                                 size,
-                                stat,
-                            });
+                                stat: Some(stat),
+                            }));
                             verdicts.insert(rel, Verdict::KeepFile);
                         }
                         incoming => {
@@ -229,15 +222,17 @@ impl Engine {
                             store
                                 .keep_aside(&rel, &copy)
                                 .map_err(|e| SyncError::local(&store.abs(&copy), &e))?;
-                            acts.push(Act::Conflict {
-                                rel,
+                            acts.push(Act::Conflict(Conflict {
+                                id: 0,
+                                path: rel,
                                 copy,
-                                hash,
+                                local_hash: Some(hash),
                                 size,
-                                base,
-                                remote,
-                                reason,
-                            });
+                                base_revision: base,
+                                remote_revision: remote,
+                                reason: reason.into(),
+                                created_at: now,
+                            }));
                         }
                     }
                 }
@@ -253,48 +248,16 @@ impl Engine {
                                 b.set_revision(&rel, revision.as_deref())?;
                                 b.outbox_rebase(&rel, revision.as_deref())?;
                             }
-                            Act::Put {
-                                rel,
-                                base,
-                                hash,
-                                size,
-                                stat,
-                            } => {
-                                b.outbox_put(&rel, base.as_deref(), &hash, size, Some(&stat))?;
+                            Act::Put(v) => {
+                                b.outbox_put(&v)?;
                                 // An existing row keeps its base otherwise: the remote deleted the
                                 // path, so the edit goes as a new file.
-                                b.outbox_rebase(&rel, base.as_deref())?;
+                                b.outbox_rebase(&v.rel, v.base.as_deref())?;
                             }
-                            Act::Conflict {
-                                rel,
-                                copy,
-                                hash,
-                                size,
-                                base,
-                                remote,
-                                reason,
-                            } => {
-                                b.outbox_remove(&rel)?;
-                                let id = b.conflict_add(
-                                    &rel,
-                                    &copy,
-                                    Some(&hash),
-                                    size,
-                                    base.as_deref(),
-                                    remote.as_deref(),
-                                    reason,
-                                )?;
-                                kept.push(Conflict {
-                                    id,
-                                    path: rel,
-                                    copy,
-                                    local_hash: Some(hash),
-                                    size,
-                                    base_revision: base,
-                                    remote_revision: remote,
-                                    reason: reason.into(),
-                                    created_at: now,
-                                });
+                            Act::Conflict(mut c) => {
+                                b.outbox_remove(&c.path)?;
+                                c.id = b.conflict_add(&c)?;
+                                kept.push(c);
                             }
                         }
                     }
@@ -340,7 +303,10 @@ mod tests {
             copy_path("docs/a.md", h, 7),
             ".mountd/conflicts/docs/a.conflict-7-abcdef01.md"
         );
-        assert_eq!(copy_path("x", h, 7), ".mountd/conflicts/x.conflict-7-abcdef01");
+        assert_eq!(
+            copy_path("x", h, 7),
+            ".mountd/conflicts/x.conflict-7-abcdef01"
+        );
         assert_eq!(
             copy_path(".bashrc", h, 7),
             ".mountd/conflicts/.bashrc.conflict-7-abcdef01"

@@ -9,7 +9,7 @@
 //! local (the remote has none). What the remote cannot hold (symlinks, devices, FIFOs, sockets, a
 //! second hard link to a file already seen, names that are not UTF-8 or that mountd could not mirror
 //! back) is noted once as a write issue and never pushed.
-use crate::store::db::{FileRecord, IssueKind, Kind, OpKind, State};
+use crate::store::db::{FileRecord, IssueKind, Kind, LocalVersion, OpKind, State};
 use crate::store::mirror::key_of;
 use crate::store::paths::{self, RESERVED_DIR};
 use crate::store::LocalStore;
@@ -93,13 +93,7 @@ impl Engine {
 
 /// One decision of a pass.
 enum Note {
-    Put {
-        rel: String,
-        base: Option<String>,
-        hash: String,
-        size: u64,
-        stat: String,
-    },
+    Put(LocalVersion),
     Delete {
         rel: String,
         base: Option<String>,
@@ -268,7 +262,11 @@ impl Pass<'_> {
         // Only names the pull could mirror back are pushed.
         let remote = paths::to_remote(self.root, rel);
         if let Err(why) = paths::to_local(self.root, &remote) {
-            return self.unsupported(rel, &format!("its name cannot be mirrored: {why}"), Some(stat));
+            return self.unsupported(
+                rel,
+                &format!("its name cannot be mirrored: {why}"),
+                Some(stat),
+            );
         }
         if let Some(i) = self.st.write_issue(rel)? {
             if i.kind != IssueKind::Denied && i.local_stat.as_deref() == Some(stat.as_str()) {
@@ -297,13 +295,13 @@ impl Pass<'_> {
                 return Ok(());
             }
         }
-        self.out.push(Note::Put {
+        self.out.push(Note::Put(LocalVersion {
             rel: rel.to_string(),
             base: rec.and_then(|r| r.revision.clone()),
             hash,
             size: m.len(),
-            stat,
-        });
+            stat: Some(stat),
+        }));
         Ok(())
     }
 
@@ -337,7 +335,9 @@ impl Pass<'_> {
                         known_issue.insert(rel.clone());
                     }
                 }
-                Note::Put { rel, .. } | Note::Delete { rel, .. } | Note::Unchanged { rel, .. } => {
+                Note::Put(LocalVersion { rel, .. })
+                | Note::Delete { rel, .. }
+                | Note::Unchanged { rel, .. } => {
                     if let Some(o) = self.st.outgoing(rel)? {
                         pending.insert(rel.clone(), o);
                     }
@@ -347,17 +347,11 @@ impl Pass<'_> {
         let mut b = self.st.batch()?;
         for n in self.out {
             match n {
-                Note::Put {
-                    rel,
-                    base,
-                    hash,
-                    size,
-                    stat,
-                } => {
-                    let same = pending.get(&rel).is_some_and(|o| {
-                        o.op == OpKind::Put && o.content_hash.as_deref() == Some(hash.as_str())
+                Note::Put(v) => {
+                    let same = pending.get(&v.rel).is_some_and(|o| {
+                        o.op == OpKind::Put && o.content_hash.as_deref() == Some(v.hash.as_str())
                     });
-                    b.outbox_put(&rel, base.as_deref(), &hash, size, Some(&stat))?;
+                    b.outbox_put(&v)?;
                     if !same {
                         d.puts += 1;
                     }
@@ -383,7 +377,13 @@ impl Pass<'_> {
                         d.unsupported += 1;
                         tracing::warn!(path = %rel, reason = %detail, "not pushed: the remote cannot hold it");
                     }
-                    b.write_issue_set(&rel, IssueKind::Unsupported, &detail, stat.as_deref(), None)?;
+                    b.write_issue_set(
+                        &rel,
+                        IssueKind::Unsupported,
+                        &detail,
+                        stat.as_deref(),
+                        None,
+                    )?;
                 }
             }
         }

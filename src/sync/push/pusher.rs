@@ -20,7 +20,7 @@ use super::conflict::copy_path;
 use crate::remote::retry::DELETE_STORM;
 use crate::remote::types::{BulkOutcome, PushFile, WriteOutcome};
 use crate::remote::RemoteError;
-use crate::store::db::{FileMeta, IssueKind, MetaKey, OpKind, Outgoing, State};
+use crate::store::db::{Conflict, FileMeta, IssueKind, MetaKey, OpKind, Outgoing, State};
 use crate::store::mirror::key_of;
 use crate::store::paths;
 use crate::sync::engine::{Engine, FetchJob, Fetched, Pending, Recorded, SyncError};
@@ -70,13 +70,30 @@ struct Staged {
 
 /// What became of one pushed change.
 enum Fate {
-    Done { staged: Staged, revision: Option<String> },
-    Conflict { staged: Staged },
+    Done {
+        staged: Staged,
+        revision: Option<String>,
+    },
+    Conflict {
+        staged: Staged,
+    },
     /// The base revision no longer exists on the remote: push it as a new file next time.
-    Absent { rel: String },
-    Denied { rel: String, why: String },
-    TooLarge { rel: String, stat: String, why: String },
-    Failed { rel: String, why: String },
+    Absent {
+        rel: String,
+    },
+    Denied {
+        rel: String,
+        why: String,
+    },
+    TooLarge {
+        rel: String,
+        stat: String,
+        why: String,
+    },
+    Failed {
+        rel: String,
+        why: String,
+    },
 }
 
 impl Engine {
@@ -200,7 +217,9 @@ impl Engine {
         let mut state = self.push_state();
         if reason != state.held {
             match &reason {
-                Some(why) => tracing::warn!(reason = %why, "holding local deletes: none is pushed until an operator allows it (`mountd outbox allow-deletes`, or --allow-mass-delete); restore the files to cancel"),
+                Some(why) => {
+                    tracing::warn!(reason = %why, "holding local deletes: none is pushed until an operator allows it (`mountd outbox allow-deletes`, or --allow-mass-delete); restore the files to cancel")
+                }
                 None if state.held.is_some() => tracing::info!("local deletes no longer held"),
                 None => {}
             }
@@ -358,9 +377,15 @@ impl Engine {
         let token = self.config().push.token_id.clone();
         for n in &notes {
             match n {
-                Fate::Denied { rel, why } => tracing::warn!(path = %rel, error = %why, "write denied (403): the local file is kept and not pushed again until the token changes"),
-                Fate::TooLarge { rel, why, .. } => tracing::warn!(path = %rel, error = %why, "too large for the server's body cap: the local file is kept and not pushed until it changes"),
-                Fate::Failed { rel, why } => tracing::warn!(path = %rel, error = %why, "push failed; it is retried later"),
+                Fate::Denied { rel, why } => {
+                    tracing::warn!(path = %rel, error = %why, "write denied (403): the local file is kept and not pushed again until the token changes")
+                }
+                Fate::TooLarge { rel, why, .. } => {
+                    tracing::warn!(path = %rel, error = %why, "too large for the server's body cap: the local file is kept and not pushed until it changes")
+                }
+                Fate::Failed { rel, why } => {
+                    tracing::warn!(path = %rel, error = %why, "push failed; it is retried later")
+                }
                 _ => {}
             }
             if matches!(n, Fate::Failed { .. }) {
@@ -443,26 +468,27 @@ impl Engine {
                 }
                 self.commit(p, seen, None, vec![]).await?;
                 report.conflicts += 1;
+                let mut c = Conflict {
+                    id: 0,
+                    path: rel,
+                    copy,
+                    local_hash: Some(s.hash),
+                    size: s.size,
+                    base_revision: s.row.base_revision,
+                    remote_revision: remote_rev,
+                    reason: "changed on both sides".into(),
+                    created_at: crate::store::db::now_secs(),
+                };
                 let c = self
                     .db()
                     .run(move |st: &mut State| -> Result<_, SyncError> {
                         let mut b = st.batch()?;
-                        let id = b.conflict_add(
-                            &rel,
-                            &copy,
-                            Some(&s.hash),
-                            s.size,
-                            s.row.base_revision.as_deref(),
-                            remote_rev.as_deref(),
-                            "changed on both sides",
-                        )?;
+                        c.id = b.conflict_add(&c)?;
                         b.commit()?;
-                        Ok(st.conflicts()?.into_iter().find(|c| c.id == id))
+                        Ok(c)
                     })
                     .await?;
-                if let Some(c) = c {
-                    self.report_conflict(&c);
-                }
+                self.report_conflict(&c);
                 Ok(())
             }
             Fetched::Failed { error, .. } if error.status() == Some(404) => {
@@ -485,7 +511,11 @@ impl Engine {
     }
 
     /// Push deletes, a few at a time.
-    async fn push_deletes(&self, rows: Vec<Outgoing>, report: &mut Pushed) -> Result<(), SyncError> {
+    async fn push_deletes(
+        &self,
+        rows: Vec<Outgoing>,
+        report: &mut Pushed,
+    ) -> Result<(), SyncError> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -602,8 +632,11 @@ fn bulk_fates(batch: Vec<Staged>, out: BulkOutcome) -> Vec<Fate> {
         .into_iter()
         .map(|r| (r.path, r.revision))
         .collect();
-    let mut errors: std::collections::HashMap<String, crate::remote::types::BulkError> =
-        out.errors.into_iter().map(|e| (e.path.clone(), e)).collect();
+    let mut errors: std::collections::HashMap<String, crate::remote::types::BulkError> = out
+        .errors
+        .into_iter()
+        .map(|e| (e.path.clone(), e))
+        .collect();
     batch
         .into_iter()
         .map(|s| {
