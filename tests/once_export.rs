@@ -204,14 +204,21 @@ fn a_lost_state_db_in_mirror_mode_pushes_nothing_and_loses_nothing() {
     h.sample_tree(20);
     assert_eq!(h.run(&[]).code, 0);
     h.remove_state_db();
-    std::fs::write(h.local().join("docs/d1/f00001.txt"), b"edited while the state was lost\n")
-        .unwrap();
+    std::fs::write(
+        h.local().join("docs/d1/f00001.txt"),
+        b"edited while the state was lost\n",
+    )
+    .unwrap();
     h.remote.reset_counts();
     // Every local file is new to mountd now: the same bytes as the remote's converge, the one that
     // differs is kept as a conflict copy, nothing is written to the remote.
     let r = h.run(&[]);
     assert_eq!(r.code, 5, "{}", r.all());
-    assert!(r.stderr.contains("conflict: docs/d1/f00001.txt"), "{}", r.all());
+    assert!(
+        r.stderr.contains("conflict: docs/d1/f00001.txt"),
+        "{}",
+        r.all()
+    );
     h.assert_mirror_exact();
     assert_eq!(h.remote.counts().writes_applied, 0, "nothing pushed");
     let copies = common::read_tree(&h.local().join(".mountd/conflicts"));
