@@ -14,7 +14,8 @@
 //! | deleted | the edit wins: the file stays and is pushed as a new file ([`Verdict::KeepFile`]) | deleted, local bytes kept as a conflict copy |
 //!
 //! and for a local delete still pending: a remote change brings the file back (the edit wins over the
-//! delete); a remote delete settles it.
+//! delete); a remote delete settles it. A local delete not recorded yet (mirror mode) that meets the
+//! recorded bytes (mountd's own write coming back) is left alone: the detection records it.
 //!
 //! A conflict copy is a hard link to the local file, made before the remote version is written, under
 //! `<mirror>/.mountd/conflicts/` (outside the synced tree: never pushed, never served), named after
@@ -116,14 +117,35 @@ impl Engine {
                         .map_err(|e| SyncError::local(&store.abs(&rel), &e))?
                         .filter(|m| m.is_file());
                     let Some(meta) = local else {
+                        let unchanged = matches!(&incoming, Incoming::Content { hash: Some(h), .. }
+                            if rec.as_ref().and_then(|r| r.content_hash.as_ref()) == Some(h));
+                        if out.is_none() && two_way && unchanged {
+                            // Deleted (or renamed away) locally and not recorded yet (the watcher
+                            // waits out an atomic save's settle delay), while the remote still has
+                            // the recorded bytes (mountd's own write coming back, say): nothing to
+                            // apply. Writing it would bring the file back (a renamed directory
+                            // would reappear at its old name), and its delete would never be
+                            // pushed. The detection records the delete.
+                            if let Incoming::Content {
+                                revision: Some(r), ..
+                            } = &incoming
+                            {
+                                if rec.as_ref().and_then(|x| x.revision.as_ref()) != Some(r) {
+                                    acts.push(Act::Rebase(rel.clone(), Some(r.clone())));
+                                }
+                            }
+                            verdicts.insert(rel, Verdict::Skip);
+                            continue;
+                        }
                         // Nothing local: a pending local delete meets the remote's change.
                         if let Some(o) = out {
-                            let unchanged = matches!(&incoming, Incoming::Content { hash: Some(h), .. }
-                                if rec.as_ref().and_then(|r| r.content_hash.as_ref()) == Some(h));
                             if o.op == OpKind::Delete && unchanged {
                                 // The remote rewrote the same bytes: the delete goes on top of
                                 // the new revision.
-                                if let Incoming::Content { revision: Some(r), .. } = &incoming {
+                                if let Incoming::Content {
+                                    revision: Some(r), ..
+                                } = &incoming
+                                {
                                     acts.push(Act::Rebase(rel.clone(), Some(r.clone())));
                                 }
                                 verdicts.insert(rel, Verdict::Skip);
@@ -144,8 +166,13 @@ impl Engine {
                     if !edited {
                         // The local file is the recorded version; if that is what the remote has,
                         // only the revision may move (mountd's own write coming back, say).
-                        if let (Some(r), Incoming::Content { hash: Some(h), revision }) =
-                            (&rec, &incoming)
+                        if let (
+                            Some(r),
+                            Incoming::Content {
+                                hash: Some(h),
+                                revision,
+                            },
+                        ) = (&rec, &incoming)
                         {
                             if r.content_hash.as_deref() == Some(h.as_str()) {
                                 if revision.is_some() && *revision != r.revision {
@@ -170,12 +197,15 @@ impl Engine {
                         .unwrap_or_else(|| rec.as_ref().and_then(|r| r.revision.clone()));
                     let size = meta.len();
                     match incoming {
-                        Incoming::Content { hash: Some(h), .. } if h.eq_ignore_ascii_case(&hash) => {
+                        Incoming::Content { hash: Some(h), .. }
+                            if h.eq_ignore_ascii_case(&hash) =>
+                        {
                             acts.push(Act::DropRow(rel));
                         }
-                        Incoming::Content { hash: Some(h), revision }
-                            if two_way && rec_hash.as_deref() == Some(h.as_str()) =>
-                        {
+                        Incoming::Content {
+                            hash: Some(h),
+                            revision,
+                        } if two_way && rec_hash.as_deref() == Some(h.as_str()) => {
                             // The remote still has what the local edit was made on.
                             let rec = rec.as_ref().expect("a recorded hash has a record");
                             if revision.is_some() && revision != rec.revision {
@@ -207,9 +237,10 @@ impl Engine {
                                 Incoming::Content { revision, .. } if two_way => {
                                     (revision, "changed on both sides")
                                 }
-                                Incoming::Content { revision, .. } => {
-                                    (revision, "local edit replaced by the remote version (pull-only)")
-                                }
+                                Incoming::Content { revision, .. } => (
+                                    revision,
+                                    "local edit replaced by the remote version (pull-only)",
+                                ),
                                 Incoming::Deleted => {
                                     (None, "local edit of a file the remote deleted (pull-only)")
                                 }
@@ -239,7 +270,9 @@ impl Engine {
                 let mut kept = Vec::new();
                 if !acts.is_empty() {
                     // The copies are durable before their rows.
-                    store.sync().map_err(|e| SyncError::local(store.root(), &e))?;
+                    store
+                        .sync()
+                        .map_err(|e| SyncError::local(store.root(), &e))?;
                     let mut b = st.batch()?;
                     for act in acts {
                         match act {
