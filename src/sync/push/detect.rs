@@ -25,6 +25,9 @@ pub struct Detected {
     pub deletes: u64,
     /// Paths newly noted as impossible to push.
     pub unsupported: u64,
+    /// Changed files whose change was already pending (recorded by the pull's guard, say, which wakes
+    /// no pusher): the pusher must still be woken for them.
+    pub pending: u64,
 }
 
 impl Detected {
@@ -36,8 +39,12 @@ impl Detected {
         self.puts += o.puts;
         self.deletes += o.deletes;
         self.unsupported += o.unsupported;
+        self.pending += o.pending;
     }
 }
+
+/// Paths (files, or directories each visited without their subdirectories) compared per transaction.
+const PATHS_PER_PASS: usize = 256;
 
 /// Hard-linked files met so far in a pass: (device, inode) → the first path.
 type Links = HashMap<(u64, u64), String>;
@@ -54,7 +61,9 @@ impl Engine {
         stack.sort();
         stack.dedup();
         let mut links = Links::new();
-        while let Some(rel) = stack.pop() {
+        while !stack.is_empty() {
+            // Up to a batch of paths (a burst of new files, say) per lock and transaction.
+            let batch = stack.split_off(stack.len().saturating_sub(PATHS_PER_PASS));
             let _exclusive = self.exclusive().await;
             let store = self.store().clone();
             let root = self.config().remote_root.clone();
@@ -71,7 +80,10 @@ impl Engine {
                         links: &mut l,
                         out: Vec::new(),
                     };
-                    let subdirs = pass.visit(&rel)?;
+                    let mut subdirs = Vec::new();
+                    for rel in &batch {
+                        subdirs.extend(pass.visit(rel)?);
+                    }
                     let d = pass.commit()?;
                     Ok((subdirs, d, l))
                 })
@@ -352,7 +364,9 @@ impl Pass<'_> {
                         o.op == OpKind::Put && o.content_hash.as_deref() == Some(v.hash.as_str())
                     });
                     b.outbox_put(&v)?;
-                    if !same {
+                    if same {
+                        d.pending += 1;
+                    } else {
                         d.puts += 1;
                     }
                 }

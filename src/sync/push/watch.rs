@@ -155,7 +155,7 @@ async fn debounce(
                     due.remove(p);
                 }
                 match engine.record_local(ready).await {
-                    Ok(d) if d.changes() > 0 => pushed.notify_one(),
+                    Ok(d) if d.changes() > 0 || d.pending > 0 => pushed.notify_one(),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot record local changes; they are looked at again by the next scan"),
                 }
