@@ -66,7 +66,7 @@ service_pid=$!
 # Ready once the first pass ran: the service logs nothing at -q, so wait for its state DB's WAL to
 # settle by asking the server for one round trip through the mirror (a probe save).
 mkdir -p "$DIR/d001"
-probe=(--url "$URL" --workspace bench --token-file "$TOKEN" --root "$DIR" --push --timeout-s 30)
+probe=(--url "$URL" --workspace bench --token-file "$TOKEN" --root "$DIR" --push)
 "$PROBE" "${probe[@]}" --samples 1 --pause-ms 0 --label warmup >/dev/null
 
 counts() { curl -s "$URL/_control/counts"; }

@@ -301,13 +301,16 @@ fn changes(
         .collect()
 }
 
+/// What a path must hold after a step (`None`: absent), and the local bytes a conflict copy must hold.
+type Expect = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// What each path must hold after the step (`None`: absent), and whether a conflict copy of local
 /// bytes must exist for it.
 fn expected(
     before: &BTreeMap<String, Vec<u8>>,
     local: &BTreeMap<String, Last>,
     remote: &BTreeMap<String, Last>,
-) -> BTreeMap<String, (Option<Vec<u8>>, Option<Vec<u8>>)> {
+) -> BTreeMap<String, Expect> {
     let mut out = BTreeMap::new();
     let paths: BTreeSet<&String> = local.keys().chain(remote.keys()).collect();
     for p in paths {

@@ -208,16 +208,16 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct MirrorArgs {
     /// The mirror's local directory (its state DB is <dir>/.mountd/state.db unless --state-db).
-    #[arg(long, env = "RELAYFILE_LOCAL_DIR")]
+    #[arg(long, env = "RELAYFILE_LOCAL_DIR", global = true)]
     pub local_dir: Option<PathBuf>,
     /// Path of the SQLite state database.
-    #[arg(long, env = "MOUNTD_STATE_DB")]
+    #[arg(long, env = "MOUNTD_STATE_DB", global = true)]
     pub state_db: Option<PathBuf>,
     /// Directory of private state (with --workspace: the state DB is derived as for a run).
-    #[arg(long, env = "RELAYFILE_MOUNT_STATE_DIR")]
+    #[arg(long, env = "RELAYFILE_MOUNT_STATE_DIR", global = true)]
     pub state_dir: Option<PathBuf>,
     /// Workspace id (only used to find the state DB under --state-dir).
-    #[arg(long, env = "RELAYFILE_WORKSPACE")]
+    #[arg(long, env = "RELAYFILE_WORKSPACE", global = true)]
     pub workspace: Option<String>,
 }
 

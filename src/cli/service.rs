@@ -485,6 +485,9 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
     }
 }
 
+/// Longest a push waits for a burst of local changes to end before it sends what it has.
+const PUSH_GATHER: Duration = Duration::from_millis(100);
+
 /// The push side of a running service; dropping it stops both tasks.
 struct PushSide {
     _watcher: Option<crate::sync::push::watch::Watcher>,
@@ -532,10 +535,19 @@ async fn start_push(
 }
 
 /// Push what is pending; then wait for the next recorded change (or, while something is pending,
-/// retry with backoff).
+/// retry with backoff). A burst of changes is taken together: after a change is recorded the push
+/// waits until none came for `--change-batch-window`, at most [`PUSH_GATHER`].
 async fn push_loop(engine: Engine, kick: Arc<tokio::sync::Notify>, interval: Duration) {
+    let window = engine.config().push.batch_window;
     let mut failures = Failures::default();
     loop {
+        let gather = tokio::time::Instant::now() + PUSH_GATHER;
+        while let Ok(()) = tokio::time::timeout_at(
+            (tokio::time::Instant::now() + window).min(gather),
+            kick.notified(),
+        )
+        .await
+        {}
         let wait = match engine.push_pending().await {
             Ok(p) => {
                 failures.recovered("push");

@@ -297,6 +297,10 @@ pub struct Pending {
     /// Records left as they are, stamped seen by this snapshot (a local edit the listing must not
     /// sweep or overwrite).
     pub keep_seen: Vec<String>,
+    /// The records describe local files mountd did not write (pushed ones): no durability barrier
+    /// is needed before them (if a crash takes the user's bytes back, the file no longer matches its
+    /// record and is looked at again).
+    pub nothing_written: bool,
 }
 
 impl Pending {
@@ -618,7 +622,7 @@ impl Engine {
         let changes = self
             .db
             .run(move |st: &mut State| -> Result<_, SyncError> {
-                if !p.files.is_empty() || !p.deletes.is_empty() {
+                if !p.nothing_written && (!p.files.is_empty() || !p.deletes.is_empty()) {
                     store
                         .sync()
                         .map_err(|e| SyncError::local(store.root(), &e))?;

@@ -333,7 +333,10 @@ impl Engine {
     /// rest noted.
     async fn settle(&self, fates: Vec<Fate>, report: &mut Pushed) -> Result<(), SyncError> {
         let m = crate::metrics::Metrics::global();
-        let mut p = Pending::default();
+        let mut p = Pending {
+            nothing_written: true,
+            ..Default::default()
+        };
         let mut conflicts = Vec::new();
         let mut notes: Vec<Fate> = Vec::new();
         for f in fates {
