@@ -414,6 +414,7 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = hup.recv() => tracing::info!("SIGHUP: syncing now"),
+            _ = s.engine.check_requested() => tracing::info!("the realtime stream reconnected without a cursor: checking the mirror now"),
             _ = term.recv() => break Stop::Signal,
             _ = int.recv() => break Stop::Signal,
         }
@@ -432,6 +433,8 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
                     e.sync_pass().await?;
                 }
                 e.retry_quarantine().await?;
+                // The safety poll's count check: a mismatch lists again at once.
+                e.confirm_complete().await?;
                 Ok(())
             });
         let r = tokio::select! {
