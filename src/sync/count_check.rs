@@ -25,6 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Catch-up-and-recheck rounds for a server that changes while it is checked, before the listing.
 pub const RECHECK_ROUNDS: u32 = 3;
+/// Consecutive service passes that may put off the listing while the server keeps changing through
+/// every round (its count moves, so a mismatch is no evidence of a gap) before it is listed anyway.
+pub const BUSY_DEFERRALS: u32 = 3;
 /// A server whose count fell by at least this many files (and below the mass-delete ratio of the
 /// mirror's) is named rewound, as the mass-deletion guard would hold such a sweep anyway.
 const FAR_BELOW_MIN: u64 = 20;
@@ -205,10 +208,15 @@ impl Engine {
     /// Before "complete" (and on every safety poll): check the count; on a mismatch catch up and
     /// check again (at most [`RECHECK_ROUNDS`] times, and only while the catch-up applies events),
     /// then list the mirror again in this run. A rewound server is named before the listing, whose
-    /// sweep then deletes nothing without `--allow-mass-delete`. Returns the last check.
-    pub async fn confirm_complete(&self) -> Result<CountCheck, SyncError> {
+    /// sweep then deletes nothing without `--allow-mass-delete`. With `defer_busy` (the service's
+    /// passes: one round each), a server that kept changing is checked again at the next pass
+    /// instead (at most [`BUSY_DEFERRALS`] passes in a row). Returns the last check.
+    pub async fn confirm_complete(&self, defer_busy: bool) -> Result<CountCheck, SyncError> {
         let feed = self.read(|st| st.has_feed()).await?;
+        // The service checks again at its next pass: one round there.
+        let rounds = if defer_busy { 1 } else { RECHECK_ROUNDS };
         let mut round = 0;
+        let mut busy = false;
         let first = loop {
             let check = self.count_check().await?;
             match check.verdict {
@@ -218,7 +226,11 @@ impl Engine {
                 }
                 _ => {}
             }
-            if check.rewound.is_some() || !feed || round >= RECHECK_ROUNDS {
+            if check.rewound.is_some() || !feed {
+                break check;
+            }
+            if round >= rounds {
+                busy = true;
                 break check;
             }
             round += 1;
@@ -227,6 +239,17 @@ impl Engine {
                 break check;
             }
         };
+        if busy && defer_busy && self.defer_busy_listing(BUSY_DEFERRALS) {
+            tracing::info!(server = ?first.server, mirror = first.mirror,
+                "the server kept changing while its count was checked; checking again at the next pass");
+            return self
+                .record_check(CountCheck {
+                    verdict: Verdict::Inconclusive,
+                    action: "the server kept changing; checked again at the next pass".into(),
+                    ..first
+                })
+                .await;
+        }
         Metrics::global().count_mismatch();
         if let Some(why) = &first.rewound {
             tracing::warn!(cause = %why, server = ?first.server, mirror = first.mirror,
@@ -252,7 +275,7 @@ impl Engine {
             // The listing is the authority; a count that still differs is the server's own
             // inconsistency (or a change in between), not a reason to loop.
             tracing::warn!(server = ?after.server, mirror = after.mirror,
-                "the server's count still differs from its own listing; checked again at the next pass");
+                "the server's count still differs after a full listing (it changed meanwhile, or counts differently from its listing); checked again at the next pass");
         }
         self.record_check(after).await
     }
@@ -287,6 +310,9 @@ impl Engine {
             }
             Verdict::Inconclusive => tracing::info!(check = %check.describe(), "count check"),
             _ => tracing::debug!(check = %check.describe(), "count check"),
+        }
+        if check.verdict == Verdict::Match {
+            self.defer_busy_listing(0);
         }
         Metrics::global().set_count_check(check.server, check.mirror, check.verdict);
         let json = serde_json::to_string(&check)

@@ -343,6 +343,8 @@ pub struct Engine {
     push_state: Arc<std::sync::Mutex<crate::sync::push::pusher::PushState>>,
     /// Wakes the service's poll loop for a pass (with its count check) now.
     check_now: Arc<tokio::sync::Notify>,
+    /// Service passes in a row that put off a listing because the server kept changing.
+    busy_deferrals: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Engine {
@@ -365,6 +367,7 @@ impl Engine {
             apply_lock: Arc::default(),
             push_state: Arc::default(),
             check_now: Arc::default(),
+            busy_deferrals: Arc::default(),
         }
     }
 
@@ -380,6 +383,21 @@ impl Engine {
     /// reconnected without a cursor: it replays only the server's recent events).
     pub fn request_check(&self) {
         self.check_now.notify_one();
+    }
+
+    /// Put off a listing for a server that keeps changing: `true` while fewer than `limit` passes in
+    /// a row did (counted); a `limit` of 0 resets the count.
+    pub fn defer_busy_listing(&self, limit: u32) -> bool {
+        use std::sync::atomic::Ordering;
+        if limit == 0 {
+            self.busy_deferrals.store(0, Ordering::Relaxed);
+            return false;
+        }
+        if self.busy_deferrals.fetch_add(1, Ordering::Relaxed) < limit {
+            return true;
+        }
+        self.busy_deferrals.store(0, Ordering::Relaxed);
+        false
     }
 
     /// Resolves once [`Engine::request_check`] was called (at once if it was since the last time).
@@ -468,7 +486,7 @@ impl Engine {
             }
         };
         // "Complete" is checked against the server's own count, not assumed from the feed.
-        self.confirm_complete().await?;
+        self.confirm_complete(false).await?;
         match self.tally_systemic() {
             Some(e) => Err(e),
             None => Ok(how),
