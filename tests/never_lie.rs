@@ -946,6 +946,9 @@ fn a_server_that_restarted_empty_exits_6_naming_it_and_keeps_every_file() {
     );
     let after = read_tree(&h.local());
     assert_eq!(after.len(), 48, "nothing deleted on disk");
+    // Two-way mode (the default): nothing the server lost is pushed back either.
+    assert_eq!(h.remote.counts().writes_applied, 0, "nothing pushed");
+    assert_eq!(h.remote.file_count(), 8);
     assert_eq!(
         after.keys().collect::<Vec<_>>(),
         before.keys().collect::<Vec<_>>()
@@ -959,4 +962,6 @@ fn a_server_that_restarted_empty_exits_6_naming_it_and_keeps_every_file() {
     let r = h.run(&["--allow-mass-delete"]);
     assert_eq!(r.code, 0, "{}", r.all());
     h.assert_mirror_exact();
+    assert_eq!(h.remote.counts().writes_applied, 0, "nothing pushed");
+    assert_eq!(h.remote.file_count(), 8);
 }
