@@ -38,12 +38,23 @@ const PATHS: &[&str] = &[
 
 #[derive(Debug, Clone)]
 enum LocalOp {
-    Write { p: usize, bytes: Vec<u8> },
+    Write {
+        p: usize,
+        bytes: Vec<u8>,
+    },
     /// An editor's save: a temp file renamed over the target.
-    AtomicSave { p: usize, bytes: Vec<u8> },
-    Delete { p: usize },
+    AtomicSave {
+        p: usize,
+        bytes: Vec<u8>,
+    },
+    Delete {
+        p: usize,
+    },
     /// Rename a file to another path of the set (when the target is free).
-    Rename { from: usize, to: usize },
+    Rename {
+        from: usize,
+        to: usize,
+    },
     /// Rename directory `d` to `dd` (or back), with everything in it.
     RenameDir,
 }
@@ -368,8 +379,12 @@ async fn run_case(initial: Vec<RemoteOp>, steps: Vec<Step>) -> Result<(), String
         r.faults.clear();
         // Quiesce: the faults are gone; one run pushes and pulls what is left, a second brings
         // mountd's own writes back through the feed.
-        run(&mut r).await.map_err(|e| format!("step {n}: quiesce: {e}"))?;
-        run(&mut r).await.map_err(|e| format!("step {n}: quiesce 2: {e}"))?;
+        run(&mut r)
+            .await
+            .map_err(|e| format!("step {n}: quiesce: {e}"))?;
+        run(&mut r)
+            .await
+            .map_err(|e| format!("step {n}: quiesce 2: {e}"))?;
         let (got_local, got_remote) = (r.actual(), remote_tree(&r));
         if got_local != got_remote {
             let differ: Vec<_> = got_local
