@@ -95,6 +95,14 @@ pub struct Metrics {
     /// The outbox as last counted: pending changes, their bytes, the oldest's unix time (0: none),
     /// unsettled conflicts, write-denied, too large and unsupported paths.
     outbox: [AtomicU64; 7],
+    /// The last count check (see [`crate::sync::count_check`]): when (Unix seconds, 0: none), the
+    /// server's count (`u64::MAX`: not sent), the mirror's, and whether they agreed (2: undecided).
+    count_check_unix: AtomicU64,
+    count_check_server: AtomicU64,
+    count_check_mirror: AtomicU64,
+    count_check_match: AtomicU64,
+    /// Count checks that found a mismatch (each one started a listing).
+    pub count_mismatches: AtomicU64,
 }
 
 static GLOBAL: OnceLock<Metrics> = OnceLock::new();
@@ -145,6 +153,11 @@ impl Metrics {
             push_failures: AtomicU64::new(0),
             conflicts_total: AtomicU64::new(0),
             outbox: [const { AtomicU64::new(0) }; 7],
+            count_check_unix: AtomicU64::new(0),
+            count_check_server: AtomicU64::new(u64::MAX),
+            count_check_mirror: AtomicU64::new(0),
+            count_check_match: AtomicU64::new(2),
+            count_mismatches: AtomicU64::new(0),
         }
     }
 
@@ -232,6 +245,31 @@ impl Metrics {
             lag.as_millis().min(u64::MAX as u128 - 1) as u64,
             Ordering::Relaxed,
         );
+    }
+
+    /// The last count check: the server's count (`None`: not sent), the mirror's, the verdict.
+    pub fn set_count_check(
+        &self,
+        server: Option<u64>,
+        mirror: u64,
+        verdict: crate::sync::count_check::Verdict,
+    ) {
+        use crate::sync::count_check::Verdict;
+        self.count_check_unix.store(unix_now(), Ordering::Relaxed);
+        self.count_check_server
+            .store(server.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.count_check_mirror.store(mirror, Ordering::Relaxed);
+        let m = match verdict {
+            Verdict::Match => 1,
+            Verdict::Mismatch => 0,
+            Verdict::Inconclusive | Verdict::Unsupported => 2,
+        };
+        self.count_check_match.store(m, Ordering::Relaxed);
+    }
+
+    /// A count check found a mismatch.
+    pub fn count_mismatch(&self) {
+        self.count_mismatches.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether a FUSE mount is being served: the FUSE series are rendered only while it is.
@@ -370,6 +408,7 @@ impl Metrics {
             "Transactions that applied realtime events (a burst is gathered into few).",
             load(&self.realtime_batches),
         );
+        self.render_count_check(&mut out);
         if self.fuse_active.load(Ordering::Relaxed) {
             family(
                 &mut out,
@@ -398,6 +437,52 @@ impl Metrics {
             }
         }
         out
+    }
+
+    /// The last count check's series (the check's values are absent until one ran).
+    fn render_count_check(&self, out: &mut String) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let at = load(&self.count_check_unix);
+        single(
+            out,
+            "mountd_count_check_timestamp_seconds",
+            "gauge",
+            "Unix time of the last check of the mirror's file count against the server's totalFiles (0: none yet).",
+            at,
+        );
+        let series = [
+            (
+                "mountd_count_check_match",
+                "1 when the last count check matched, 0 when it found a mismatch (absent: none yet, inconclusive, or the server sends no totalFiles).",
+                load(&self.count_check_match),
+                2,
+            ),
+            (
+                "mountd_count_check_server_files",
+                "The server's count of files under the mirrored root at the last count check.",
+                load(&self.count_check_server),
+                u64::MAX,
+            ),
+            (
+                "mountd_count_check_mirror_files",
+                "The files the mirror accounted for at the last count check (records, quarantined and skipped paths).",
+                load(&self.count_check_mirror),
+                u64::MAX,
+            ),
+        ];
+        for (name, help, v, absent) in series {
+            family(out, name, "gauge", help);
+            if at > 0 && v != absent {
+                out.push_str(&format!("{name} {v}\n"));
+            }
+        }
+        single(
+            out,
+            "mountd_count_mismatches_total",
+            "counter",
+            "Count checks that found the mirror differing from the server (each started a listing).",
+            load(&self.count_mismatches),
+        );
     }
 
     /// Write [`Metrics::render`] to `path` atomically (a temp file in the same directory, then rename),

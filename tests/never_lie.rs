@@ -281,7 +281,10 @@ fn a_feed_that_refuses_the_cursor_is_resynced_by_listing_and_used_again() {
         assert!(r.stdout.contains("via catch-up"), "{}", r.all());
         h.assert_mirror_exact();
         let c = h.remote.counts();
-        assert_eq!(c.tree, 0, "{status}: no listing: {c:?}");
+        assert_eq!(
+            c.tree, 1,
+            "{status}: no listing, only the count check: {c:?}"
+        );
         assert!(c.events >= 1);
         assert!(
             h.remote
@@ -489,7 +492,8 @@ fn file_directory_swaps_converge_through_events_and_through_listings() {
         let r = h.run(&[]);
         assert_eq!(r.code, 0, "listing={via_listing}: {}", r.all());
         h.assert_mirror_exact();
-        assert_eq!(h.remote.counts().tree > 0, via_listing);
+        // More tree requests than the count check's one.
+        assert_eq!(h.remote.counts().tree > 1, via_listing);
         // And back again.
         h.delete("/a/f/x");
         h.put("/a/f", b"a file again\n");
@@ -609,17 +613,17 @@ fn a_kill_9_loop_with_a_changing_remote_converges_exactly() {
     assert_eq!(h.status_json()["quarantined"].as_array().unwrap().len(), 0);
 }
 
-/// File requests of `log` before the first events request that follows the last tree request: the
-/// tree pull's fetches (the catch-up's come after).
+/// File requests of `log` before the first events request that follows the first tree request: the
+/// tree pull's fetches (the catch-up's, and the count check, come after).
 fn tree_phase_fetches(log: &[LoggedRequest]) -> Vec<String> {
-    let last_tree = log
+    let first_tree = log
         .iter()
-        .rposition(|q| q.route == "tree")
+        .position(|q| q.route == "tree")
         .expect("the run listed");
-    let end = log[last_tree..]
+    let end = log[first_tree..]
         .iter()
         .position(|q| q.route == "events")
-        .map_or(log.len(), |i| last_tree + i);
+        .map_or(log.len(), |i| first_tree + i);
     log[..end]
         .iter()
         .filter(|q| q.route == "file")
@@ -904,4 +908,60 @@ fn the_token_is_nowhere_state_db_wal_metrics_status_or_service_logs() {
             "the token is in {what}"
         );
     }
+}
+
+#[test]
+fn a_server_that_restarted_empty_exits_6_naming_it_and_keeps_every_file() {
+    let mut h = Harness::new();
+    for i in 0..48 {
+        h.put(&format!("/m/f{i:03}.txt"), format!("{i}\n").as_bytes());
+    }
+    for i in 0..5 {
+        h.put(&format!("/m/f{i:03}.txt"), format!("v2 {i}\n").as_bytes());
+    }
+    assert_eq!(h.run(&[]).code, 0);
+    let (_, status) = status_text_of(&h.local());
+    assert!(
+        status.contains("count check:   match: 48 files"),
+        "{status}"
+    );
+    let before = read_tree(&h.local());
+    // The server lost its state and restarted; 8 writes since.
+    h.remote.reset_store();
+    h.expected.clear();
+    for i in 0..8 {
+        h.put(&format!("/m/f{i:03}.txt"), format!("{i}\n").as_bytes());
+    }
+    h.remote.reset_counts();
+    let r = h.run(&[]);
+    assert_eq!(r.code, 6, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("the server's history restarted: cursor evt_53 unknown")
+            && r.stderr
+                .contains("it now has 8 files, the mirror 48; nothing deleted")
+            && r.stderr.contains("--allow-mass-delete"),
+        "{}",
+        r.all()
+    );
+    let after = read_tree(&h.local());
+    assert_eq!(after.len(), 48, "nothing deleted on disk");
+    // Two-way mode (the default): nothing the server lost is pushed back either.
+    assert_eq!(h.remote.counts().writes_applied, 0, "nothing pushed");
+    assert_eq!(h.remote.file_count(), 8);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+    let (_, status) = status_text_of(&h.local());
+    assert!(
+        status.contains("server reset:  the server's history restarted"),
+        "{status}"
+    );
+    // The operator follows the server.
+    let r = h.run(&["--allow-mass-delete"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    h.assert_mirror_exact();
+    assert_eq!(h.remote.counts().writes_applied, 0, "nothing pushed");
+    assert_eq!(h.remote.file_count(), 8);
 }

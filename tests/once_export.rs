@@ -13,8 +13,8 @@ fn export_happy_path_is_complete_and_byte_exact() {
     let c = h.remote.counts();
     assert_eq!(
         (c.export, c.tree, c.file),
-        (1, 0, 0),
-        "one export, no tree or file requests"
+        (1, 1, 0),
+        "one export, no file request, one tree request: the count check before 'complete'"
     );
     assert!(r.stdout.contains("via export"), "{}", r.all());
     let st = h.state();
@@ -24,7 +24,8 @@ fn export_happy_path_is_complete_and_byte_exact() {
     let r = h.run(&[]);
     assert_eq!(r.code, 0, "{}", r.all());
     let c = h.remote.counts();
-    assert_eq!((c.export, c.tree, c.file), (0, 0, 0));
+    // One tree request: the count check.
+    assert_eq!((c.export, c.tree, c.file), (0, 1, 0));
 }
 
 #[test]
@@ -254,7 +255,8 @@ fn empty_export_on_an_empty_workspace_completes() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(h.state().is_complete().unwrap());
     let c = h.remote.counts();
-    assert_eq!((c.export, c.tree), (1, 0));
+    // The tree request is the count check.
+    assert_eq!((c.export, c.tree), (1, 1));
 }
 
 #[test]

@@ -103,8 +103,8 @@ fn hung_page_trips_the_watchdog_and_the_next_run_resumes() {
         "only the files of the unfinished pages are fetched"
     );
     assert_eq!(
-        c.tree, 4,
-        "pages 3..6 (the last one empty-cursor) listed again, not from the start"
+        c.tree, 5,
+        "pages 3..6 (the last one empty-cursor) listed again, not from the start, and the count check"
     );
 }
 
@@ -559,8 +559,11 @@ fn repeated_runs_without_progress_stop_with_a_diagnosis() {
     assert_eq!(h.status_json()["noProgressRuns"], 0);
 }
 
+/// The feed answers an unknown cursor by replaying from its start: the server's history restarted.
+/// It is listed again (hash-skip); with nothing to delete the run completes, and the cursor follows
+/// the server's history (keeping evt_999 would skip its next 900-odd events).
 #[test]
-fn an_unknown_cursor_replays_the_feed_harmlessly() {
+fn an_unknown_cursor_is_recognised_and_the_mirror_listed_again() {
     let mut h = Harness::new();
     h.sample_tree(5);
     assert_eq!(h.run(&[]).code, 0);
@@ -580,13 +583,16 @@ fn an_unknown_cursor_replays_the_feed_harmlessly() {
     let c = h.remote.counts();
     assert_eq!(
         c.file, 1,
-        "replayed events are applied idempotently (hash-skip): {:?}",
+        "only the new file is fetched (hash-skip): {:?}",
         c.file_paths
     );
+    assert!(c.tree >= 2, "listed again, then the count check: {c:?}");
+    let tip: serde_json::Value =
+        serde_json::from_slice(&h.remote.workspace().events_json(None, 1, true)).unwrap();
     assert_eq!(
         h.state().events_cursor().unwrap().as_deref(),
-        Some("evt_999"),
-        "the cursor never moves backwards"
+        tip["events"][0]["eventId"].as_str(),
+        "the cursor is the server's tip"
     );
 }
 

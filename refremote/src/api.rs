@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::export::FileJson;
-use crate::store::{absolute, decode_content};
+use crate::store::{absolute, decode_content, HideEvents};
 use crate::{writes, Counts, RemoteConfig, Shared};
 
 /// An error answer: status, relayfile error code, message and the extra members of its body.
@@ -89,6 +89,17 @@ impl Workspace {
 
     pub fn file_count(&self) -> usize {
         self.shared.store().file_count()
+    }
+
+    /// Hide events appended from now on from the feed and the stream (see [`HideEvents`]).
+    pub fn hide_events(&self, h: HideEvents) {
+        self.shared.store().hide_events(h);
+    }
+
+    /// Lose every file and event, as an in-memory server does when it restarts: event ids and
+    /// revisions start again from 1.
+    pub fn reset_store(&self) {
+        self.shared.store().reset();
     }
 
     pub fn set_page_size(&self, n: usize) {

@@ -5,7 +5,9 @@
 //! Routes (under `/v1/workspaces/{ws}/fs`): `tree`, `file` (GET/PUT/DELETE), `export`, `events`,
 //! `bulk`, and the realtime WebSocket `ws` (see below); `/health`; the unauthenticated loopback
 //! control API `/_control/`: `counts` (GET), `reset-counts` (POST), `requests` (GET), `faults`
-//! (GET/PUT), `page-size?n=N`, `max-body-bytes?n=N`, `read-only?on=true|false` (PUT).
+//! (GET/PUT), `page-size?n=N`, `max-body-bytes?n=N`, `read-only?on=true|false` (PUT),
+//! `hide-events` (PUT, JSON [`HideEvents`]: events hidden from the feed), `reset-store` (POST: the
+//! store forgets everything, ids and revisions restart).
 //!
 //! ## Writes: `PUT`/`DELETE /fs/file?path=P`, `POST /fs/bulk`
 //!
@@ -77,6 +79,7 @@
 //! [`Counts::ws`] (handshakes, refused included) and [`Counts::ws_messages`] (event messages).
 
 mod api;
+mod control;
 mod export;
 mod faults;
 mod routes;
@@ -100,7 +103,7 @@ use tokio::task::JoinHandle;
 
 pub use api::{ApiError, Workspace};
 pub use faults::{DeleteStorm, ErrorFault, FailNext, Faults, PathFault};
-pub use store::sha256_hex;
+pub use store::{sha256_hex, HideEvents};
 pub use ws::DEFAULT_WS_BUFFER;
 
 /// Configuration of a reference remote.
@@ -468,6 +471,17 @@ impl RemoteHandle {
             None => (None, None),
         };
         st.push_event(ty, path, rev, hash);
+    }
+
+    /// Hide events appended from now on from the feed and the stream (see [`HideEvents`]).
+    pub fn hide_events(&self, h: HideEvents) {
+        self.shared.store().hide_events(h);
+    }
+
+    /// Lose every file and event, as an in-memory server does when it restarts: event ids and
+    /// revisions start again from 1, open `/fs/ws` connections end.
+    pub fn reset_store(&self) {
+        self.shared.store().reset();
     }
 
     /// Expect another bearer token from now on (token rotation): requests with the old one get 401.

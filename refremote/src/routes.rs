@@ -47,6 +47,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_control/max-body-bytes", put(ctl_max_body_bytes))
         .route("/_control/read-only", put(ctl_read_only))
         .route("/_control/requests", get(ctl_requests))
+        .merge(super::control::router())
         .fallback(|| async { error_response(404, "not_found", "no such route", "") })
         .layer(DefaultBodyLimit::max(64 << 20))
         .layer(axum::middleware::from_fn_with_state(

@@ -2,14 +2,14 @@
 //! directories with file counts, a global revision counter, the event feed and the live
 //! subscribers of the realtime WebSocket (`/fs/ws`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -78,6 +78,21 @@ pub struct Store {
     events: Vec<Event>,
     /// Live `/fs/ws` subscribers: every new event is offered to each one's bounded queue.
     subs: Vec<Subscriber>,
+    /// Numbers of the events hidden from the feed and the stream (a feed with gaps).
+    hidden: HashSet<u64>,
+    /// Which events appended from now on are hidden.
+    hide: HideEvents,
+}
+
+/// Which events appended from now on are recorded but never served (by `/fs/events`, the tip, or
+/// `/fs/ws`): their ids are used up, so the feed has gaps. JSON for `PUT /_control/hide-events`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct HideEvents {
+    /// Every event of these paths (exact, absolute).
+    pub paths: BTreeSet<String>,
+    /// The next N events, whatever their path (counted down as they are appended).
+    pub next: u64,
 }
 
 /// One live subscriber: a bounded per-connection queue, latched shut at its first overflow.
@@ -259,6 +274,11 @@ impl Store {
         content_hash: Option<String>,
     ) {
         let id = self.events.len() + 1;
+        let hidden = self.hide.paths.contains(path) || self.hide.next > 0;
+        if hidden {
+            self.hide.next = self.hide.next.saturating_sub(1);
+            self.hidden.insert(id as u64);
+        }
         let ev = Event {
             event_id: format!("evt_{id}"),
             ty: ty.to_string(),
@@ -268,7 +288,7 @@ impl Store {
             origin: "agent_write",
             timestamp: rfc3339(SystemTime::now()),
         };
-        if !self.subs.is_empty() {
+        if !self.subs.is_empty() && !hidden {
             // Offered under the store lock, so every queue sees the feed order.
             self.subs.retain(|s| match s.tx.try_send(ev.clone()) {
                 Ok(()) => true,
@@ -294,9 +314,34 @@ impl Store {
         Subscription { rx, overflow }
     }
 
-    /// The last `n` events, oldest first.
+    /// The last `n` events served, oldest first.
     pub fn recent_events(&self, n: usize) -> Vec<Event> {
-        self.events[self.events.len().saturating_sub(n)..].to_vec()
+        let mut v: Vec<Event> = self
+            .events
+            .iter()
+            .rev()
+            .filter(|e| self.visible(e))
+            .take(n)
+            .cloned()
+            .collect();
+        v.reverse();
+        v
+    }
+
+    /// Hide events appended from now on as `h` says (replaces the previous rule; events already
+    /// hidden stay hidden).
+    pub fn hide_events(&mut self, h: HideEvents) {
+        self.hide = h;
+    }
+
+    /// Forget everything, as a server with in-memory storage does when it restarts: no file, no
+    /// event, revisions and event ids start again from 1; live `/fs/ws` subscribers are dropped.
+    pub fn reset(&mut self) {
+        *self = Store::default();
+    }
+
+    fn visible(&self, e: &Event) -> bool {
+        self.hidden.is_empty() || event_num(&e.event_id).is_none_or(|n| !self.hidden.contains(&n))
     }
 
     /// Snapshot of every file under `path` (any depth), sorted by path.
@@ -433,7 +478,9 @@ impl Store {
         })
     }
 
-    /// One `/fs/events` page: `(events, nextCursor)`.
+    /// One `/fs/events` page: `(events, nextCursor)`. Hidden events are skipped (their ids are
+    /// not reused): a page holds up to `limit` served events, and `nextCursor` is the id of the
+    /// last event looked at while more remain.
     pub fn events(
         &self,
         cursor: Option<&str>,
@@ -446,27 +493,31 @@ impl Store {
             .and_then(|c| c.strip_prefix("evt_"))
             .and_then(|s| s.parse::<usize>().ok())
             .filter(|&c| c <= n);
-        if desc {
-            // Events with id < cursor (or all), newest first.
+        // Indexes in the order they are served: events with id < cursor (or all), newest first;
+        // or the events after the cursor (an unknown one: from the start), oldest first.
+        let order: Box<dyn Iterator<Item = usize>> = if desc {
             let end = cur.map(|c| c.saturating_sub(1)).unwrap_or(n);
-            let start = end.saturating_sub(limit);
-            let page: Vec<Event> = self.events[start..end].iter().rev().cloned().collect();
-            let next = if start > 0 {
-                page.last().map(|e| e.event_id.clone())
-            } else {
-                None
-            };
-            (page, next)
+            Box::new((0..end).rev())
         } else {
-            let start = cur.unwrap_or(0);
-            let end = (start + limit).min(n);
-            let page = self.events[start..end].to_vec();
-            let next = if end < n {
-                page.last().map(|e| e.event_id.clone())
-            } else {
-                None
-            };
-            (page, next)
+            Box::new(cur.unwrap_or(0)..n)
+        };
+        let mut page = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        for i in order {
+            if page.len() >= limit {
+                more = true;
+                break;
+            }
+            last = Some(i);
+            if self.visible(&self.events[i]) {
+                page.push(self.events[i].clone());
+            }
         }
+        let next = match (more, last) {
+            (true, Some(i)) => Some(self.events[i].event_id.clone()),
+            _ => None,
+        };
+        (page, next)
     }
 }

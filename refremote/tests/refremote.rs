@@ -444,3 +444,55 @@ async fn hang_released_by_shutdown_and_large_tree() {
     r.shutdown().await;
     assert!(t.elapsed() < std::time::Duration::from_secs(3));
 }
+
+fn event_ids(v: &Value) -> Vec<String> {
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["eventId"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn hidden_events_leave_gaps_and_a_reset_store_restarts_ids_and_revisions() {
+    let r = start().await;
+    r.put("/a", b"a");
+    // Over HTTP: the events of /b, and the next one of any path, are hidden.
+    let st = client()
+        .put(format!("{}/_control/hide-events", r.base_url()))
+        .json(&serde_json::json!({"paths": ["/b"], "next": 1}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(st, 204);
+    r.put("/c", b"c"); // evt_2, hidden (next: 1)
+    r.put("/b", b"b"); // evt_3, hidden (path)
+    r.put("/d", b"d"); // evt_4
+    let (_, v) = get_json(&r, "events?limit=1000").await;
+    assert_eq!(event_ids(&v), ["evt_1", "evt_4"]);
+    let (_, v) = get_json(&r, "events?cursor=evt_1&limit=1").await;
+    assert_eq!(event_ids(&v), ["evt_4"]);
+    let (_, v) = get_json(&r, "events?direction=desc&limit=2").await;
+    assert_eq!(event_ids(&v), ["evt_4", "evt_1"]);
+    // The files are there all the same.
+    let (_, v) = get_json(&r, "tree?path=/").await;
+    assert_eq!(v["totalFiles"], 4);
+
+    let st = client()
+        .post(format!("{}/_control/reset-store", r.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(st, 204);
+    let (_, v) = get_json(&r, "tree?path=/").await;
+    assert_eq!(v["totalFiles"], 0);
+    r.put("/a", b"again");
+    let (_, v) = get_json(&r, "tree?path=/").await;
+    assert_eq!(v["entries"][0]["revision"], "rev_1");
+    // The old cursor is unknown now: the feed replays from its start.
+    let (_, v) = get_json(&r, "events?cursor=evt_4").await;
+    assert_eq!(event_ids(&v), ["evt_1"]);
+}

@@ -122,6 +122,11 @@ pub struct Status {
     pub realtime_connected: bool,
     /// Two-way sync: local changes not yet on the remote, conflicts, write issues.
     pub push: PushStatus,
+    /// The last check of the mirror's file count against the server's (`totalFiles`): when, both
+    /// counts, the verdict (`match`, `mismatch`, `inconclusive`, `unsupported`) and what followed.
+    pub count_check: Option<crate::sync::count_check::CountCheck>,
+    /// Why the server is believed rewound or reset, while the local files it lost are kept.
+    pub server_rewound: Option<String>,
 }
 
 /// The push side in `mountd status`.
@@ -228,6 +233,10 @@ pub fn read(st: &State) -> Result<Status, StateError> {
         .meta(MetaKey::RealtimeState)?
         .and_then(|j| crate::sync::realtime::RealtimeState::parse(&j));
     Ok(Status {
+        count_check: st
+            .meta(MetaKey::CountCheck)?
+            .and_then(|j| crate::sync::count_check::CountCheck::parse(&j)),
+        server_rewound: nonempty(MetaKey::ServerRewound)?,
         realtime_connected: realtime.as_ref().is_some_and(|r| r.state == "connected"),
         realtime,
         state_db: st.path().display().to_string(),
@@ -336,6 +345,14 @@ pub fn render(s: &Status) -> String {
         opt(&s.last_sync_at),
         opt(&s.last_path),
     ));
+    if let Some(c) = &s.count_check {
+        out.push_str(&format!("count check:   {} at {}\n", c.describe(), c.at));
+    }
+    if let Some(why) = &s.server_rewound {
+        out.push_str(&format!(
+            "server reset:  {why}; local files it lost are kept (--allow-mass-delete to follow it)\n"
+        ));
+    }
     if let Some(r) = &s.realtime {
         let since = r
             .since

@@ -69,6 +69,8 @@ pub enum Fault {
     WrongHash,
     /// A write is applied by the remote, then its answer is lost (a transport error).
     LoseAnswer,
+    /// A tree page without `totalFiles` (an older server).
+    NoTotal,
 }
 
 impl Fault {
@@ -302,7 +304,8 @@ impl FaultyRemote {
                 | Fault::ExportReset(_)
                 | Fault::ExportHangAfter(_)
                 | Fault::WrongHash
-                | Fault::LoseAnswer),
+                | Fault::LoseAnswer
+                | Fault::NoTotal),
             ) => Ok(Some(f)),
             Some(f) => Err(Self::error(op, &f)),
         }
@@ -348,8 +351,12 @@ impl Remote for FaultyRemote {
         depth: u32,
         cursor: Option<&str>,
     ) -> Result<TreePage, RemoteError> {
-        self.enter(Op::Tree, path).await?;
-        self.inner.tree(path, depth, cursor).await
+        let f = self.enter(Op::Tree, path).await?;
+        let mut page = self.inner.tree(path, depth, cursor).await?;
+        if matches!(f, Some(Fault::NoTotal)) {
+            page.total_files = None;
+        }
+        Ok(page)
     }
 
     async fn file(&self, path: &str) -> Result<BodyStream, RemoteError> {

@@ -10,6 +10,7 @@ use crate::store::mirror::WriteError;
 use crate::store::space::Need;
 use crate::store::{paths, LocalStore};
 use crate::sync::content::{place, Staged, Stager, EXPORT_QUEUE};
+use crate::sync::count_check;
 use crate::sync::engine::{
     Engine, FetchJob, Fetched, FileError, Pending, QuarantineNote, Recorded, SyncError,
 };
@@ -457,11 +458,22 @@ impl Engine {
         p: &mut Pending,
     ) -> Result<Vec<FetchJob>, SyncError> {
         let store = self.store().clone();
-        let (skipped, to_fetch) = self
+        let (skipped, to_fetch, went_back) = self
             .db()
             .run(move |st: &mut State| -> Result<_, SyncError> {
                 let (mut skipped, mut to_fetch) = (Vec::new(), Vec::new());
+                let mut went_back = None;
                 for job in listed {
+                    let rec = st.file(&job.rel)?;
+                    if went_back.is_none() {
+                        went_back = rec.as_ref().and_then(|r| {
+                            count_check::went_back(
+                                &job.remote,
+                                r.revision.as_deref(),
+                                job.revision.as_deref(),
+                            )
+                        });
+                    }
                     let Some(h) = job.listed_hash.as_deref() else {
                         to_fetch.push(job);
                         continue;
@@ -470,7 +482,7 @@ impl Engine {
                     // as (same inode, change time and size): skip. Anything else (a local file
                     // changed, even at the same size, or removed) is fetched — after a hash check
                     // that avoids the download when the bytes still match.
-                    let size = match st.file(&job.rel)? {
+                    let size = match rec {
                         Some(rec)
                             if rec.kind == Kind::File && rec.content_hash.as_deref() == Some(h) =>
                         {
@@ -492,9 +504,12 @@ impl Engine {
                         None => to_fetch.push(job),
                     }
                 }
-                Ok((skipped, to_fetch))
+                Ok((skipped, to_fetch, went_back))
             })
             .await?;
+        if let Some(why) = went_back {
+            self.note_rewound(&why).await?;
+        }
         for (job, size) in skipped {
             self.progress().file_done(&job.remote, size);
             p.files.push(Recorded {
@@ -574,6 +589,9 @@ impl Engine {
             }
         }
         let files_gone = unseen.iter().filter(|u| u.kind == Kind::File).count() as u64;
+        if ck.scope.is_none() {
+            self.rewound_guard(ck, files_gone, tracked).await?;
+        }
         let keep = tracked.saturating_sub(files_gone) as f64;
         if !self.config().allow_mass_delete
             && files_gone >= MASS_DELETE_MIN
@@ -669,6 +687,8 @@ impl Engine {
             ),
             (MetaKey::Feed, if ck.feed { "1" } else { "0" }.to_string()),
             (MetaKey::LastPath, used.as_str().to_string()),
+            // A full listing completed: whatever rewound the server has been followed.
+            (MetaKey::ServerRewound, String::new()),
             (MetaKey::LastSyncAt, crate::sync::engine::now_rfc3339()),
         ];
         let snapshot = ck.snapshot;
@@ -682,6 +702,35 @@ impl Engine {
                 Ok(())
             })
             .await
+    }
+
+    /// A full listing of a server believed rewound or reset (see [`crate::sync::count_check`])
+    /// removes no local file unless the operator allowed it.
+    async fn rewound_guard(
+        &self,
+        ck: &Checkpoint,
+        files_gone: u64,
+        tracked: u64,
+    ) -> Result<(), SyncError> {
+        let cause = self.read(|st| st.meta(MetaKey::ServerRewound)).await?;
+        let Some(cause) = cause.filter(|c| !c.is_empty()) else {
+            return Ok(());
+        };
+        if files_gone == 0 {
+            return Ok(());
+        }
+        let server = ck
+            .total_files
+            .unwrap_or_else(|| tracked.saturating_sub(files_gone));
+        if !self.config().allow_mass_delete {
+            return Err(SyncError::ServerRewound {
+                cause,
+                server,
+                mirror: tracked,
+            });
+        }
+        tracing::warn!(%cause, removed = files_gone, "following the rewound server (--allow-mass-delete): removing the local files it no longer has");
+        Ok(())
     }
 
     /// Local files the remote does not have and mountd did not write (an adopted directory's own

@@ -32,6 +32,15 @@ pub enum SyncError {
     GaveUp(String),
     #[error("refusing to delete {would} of {tracked} mirrored files at completion (the remote listing lost more than half of the tree); if that is really intended, run again with --allow-mass-delete")]
     MassDelete { would: u64, tracked: u64 },
+    /// The server's history restarted or was rewound (`cause` says how it showed, see
+    /// [`crate::sync::count_check`]): the listing that follows keeps every local file the server
+    /// lost until the operator says to follow it.
+    #[error("{cause}; it now has {server} files, the mirror {mirror}; nothing deleted; run again with --allow-mass-delete to follow it")]
+    ServerRewound {
+        cause: String,
+        server: u64,
+        mirror: u64,
+    },
     /// Most files of the run failed the same way: a cause outside any one file.
     #[error("systemic failure: {failed} of {of} files failed the same way ({class}); the mirror is not reported complete")]
     Systemic { class: String, failed: u64, of: u64 },
@@ -336,6 +345,10 @@ pub struct Engine {
     apply_lock: Arc<tokio::sync::Mutex<()>>,
     /// The push side's state in memory (why deletes are held, a delete storm's end).
     push_state: Arc<std::sync::Mutex<crate::sync::push::pusher::PushState>>,
+    /// Wakes the service's poll loop for a pass (with its count check) now.
+    check_now: Arc<tokio::sync::Notify>,
+    /// Service passes in a row that put off a listing because the server kept changing.
+    busy_deferrals: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Engine {
@@ -357,6 +370,8 @@ impl Engine {
             tally: Arc::default(),
             apply_lock: Arc::default(),
             push_state: Arc::default(),
+            check_now: Arc::default(),
+            busy_deferrals: Arc::default(),
         }
     }
 
@@ -366,6 +381,32 @@ impl Engine {
     /// committed.
     pub async fn exclusive(&self) -> tokio::sync::OwnedMutexGuard<()> {
         self.apply_lock.clone().lock_owned().await
+    }
+
+    /// Ask the service's poll loop for a pass, and its count check, now (the realtime stream
+    /// reconnected without a cursor: it replays only the server's recent events).
+    pub fn request_check(&self) {
+        self.check_now.notify_one();
+    }
+
+    /// Put off a listing for a server that keeps changing: `true` while fewer than `limit` passes in
+    /// a row did (counted); a `limit` of 0 resets the count.
+    pub fn defer_busy_listing(&self, limit: u32) -> bool {
+        use std::sync::atomic::Ordering;
+        if limit == 0 {
+            self.busy_deferrals.store(0, Ordering::Relaxed);
+            return false;
+        }
+        if self.busy_deferrals.fetch_add(1, Ordering::Relaxed) < limit {
+            return true;
+        }
+        self.busy_deferrals.store(0, Ordering::Relaxed);
+        false
+    }
+
+    /// Resolves once [`Engine::request_check`] was called (at once if it was since the last time).
+    pub async fn check_requested(&self) {
+        self.check_now.notified().await
     }
 
     /// Tell `sink` what each later commit changes (the FUSE view's cache invalidation).
@@ -448,6 +489,8 @@ impl Engine {
                 "catch-up"
             }
         };
+        // "Complete" is checked against the server's own count, not assumed from the feed.
+        self.confirm_complete(false).await?;
         match self.tally_systemic() {
             Some(e) => Err(e),
             None => Ok(how),

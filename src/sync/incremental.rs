@@ -1,7 +1,7 @@
 //! Incremental sync after the bootstrap: apply the events feed page by page (changes collapsed per
 //! path, cursor committed with the records), retry quarantined files, and audit by listing.
 use crate::remote::types::Event;
-use crate::store::db::{Kind, MetaKey, Phase, State};
+use crate::store::db::{event_seq, Kind, MetaKey, Phase, State};
 use crate::store::paths;
 use crate::sync::engine::{Engine, FetchJob, Fetched, Pending, SyncError};
 use crate::sync::push::conflict::{Incoming, Verdict};
@@ -20,17 +20,34 @@ enum Action {
     Delete,
 }
 
+/// The feed's answer to the stored `cursor` begins at or before it: the server does not know the
+/// cursor and replays its history from the start (ids restarted).
+fn replayed(cursor: Option<&str>, events: &[Event]) -> Option<String> {
+    let (cursor, first) = (cursor?, events.first()?);
+    let (c, f) = (event_seq(cursor)?, event_seq(&first.event_id)?);
+    (f <= c).then(|| {
+        format!(
+            "the server's history restarted: cursor {cursor} unknown, its feed starts again at {}",
+            first.event_id
+        )
+    })
+}
+
 impl Engine {
-    /// Apply every event after the stored cursor, up to the tail of the feed.
-    pub async fn sync_pass(&self) -> Result<(), SyncError> {
+    /// Apply every event after the stored cursor, up to the tail of the feed; returns how many
+    /// events were applied. A feed that replays from its start (the stored cursor is unknown to a
+    /// server whose history restarted) is not applied: the server is named rewound and listed again.
+    pub async fn sync_pass(&self) -> Result<u64, SyncError> {
         let (feed, stored) = self
             .read(|st| Ok((st.has_feed()?, st.events_cursor()?)))
             .await?;
         if !feed {
-            return self.audit().await;
+            self.audit().await?;
+            return Ok(0);
         }
         self.progress().set_phase("sync");
-        let mut cursor = stored;
+        let mut cursor = stored.clone();
+        let mut applied = 0;
         loop {
             let page = match self.remote().events(cursor.as_deref(), EVENTS_PAGE).await {
                 Ok(p) => p,
@@ -40,16 +57,26 @@ impl Engine {
                 // then records that).
                 Err(e) if matches!(e.status(), Some(400 | 404 | 410)) => {
                     tracing::warn!(error = %e, cursor = ?cursor, "the events feed refused the cursor; resyncing with a full listing");
-                    return self.audit().await;
+                    self.audit().await?;
+                    return Ok(applied);
                 }
                 Err(e) => return Err(e.into()),
             };
             self.progress().unit();
+            if cursor == stored {
+                if let Some(why) = replayed(stored.as_deref(), &page.events) {
+                    tracing::warn!(cause = %why, "the events feed went backwards; listing again, keeping every local file the server no longer has");
+                    self.note_rewound(&why).await?;
+                    self.audit().await?;
+                    return Ok(applied);
+                }
+            }
             let Some(last) = page.events.last().map(|e| e.event_id.clone()) else {
                 break;
             };
             let next = page.next_cursor.clone().unwrap_or_else(|| last.clone());
             self.apply_events(&page.events, &next).await?;
+            applied += page.events.len() as u64;
             if page.next_cursor.is_none() {
                 break;
             }
@@ -59,7 +86,8 @@ impl Engine {
             MetaKey::LastSyncAt,
             crate::sync::engine::now_rfc3339(),
         )])
-        .await
+        .await?;
+        Ok(applied)
     }
 
     /// Apply a batch of feed events (from `/fs/events` or the realtime stream) and move the cursor to

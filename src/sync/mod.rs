@@ -5,6 +5,7 @@
 pub mod attempt;
 pub mod bootstrap;
 pub mod content;
+pub mod count_check;
 pub mod engine;
 pub mod incremental;
 pub mod progress;

@@ -289,6 +289,11 @@ async fn connection_task(
                 }
                 sh.persist(true).await;
                 outage_logged = false;
+                if cursor.is_none() && conn > 1 {
+                    // Opened without a cursor, the stream replays only the server's recent
+                    // events: what came before them is checked by the count, at once.
+                    sh.engine.request_check();
+                }
                 pump(&sh, stream, conn, &tx, &mut failed, &budget).await
             }
         };

@@ -40,6 +40,12 @@ pub enum MetaKey {
     /// "1": an operator allowed the local deletes held by the mass-deletion guard (cleared once no
     /// delete is pending).
     AllowDeletes,
+    /// The last count check (JSON: when, the server's count, the mirror's, the verdict), for
+    /// `mountd status` and the metrics.
+    CountCheck,
+    /// Why the server is believed rewound or reset (empty: it is not): until a full listing
+    /// completes, its sweep deletes nothing without `--allow-mass-delete`.
+    ServerRewound,
     IdentityBaseUrl,
     IdentityWorkspace,
     IdentityRemoteRoot,
@@ -67,6 +73,8 @@ impl MetaKey {
             MetaKey::RealtimeState => "realtime_state",
             MetaKey::RootDevice => "root_device",
             MetaKey::AllowDeletes => "allow_deletes",
+            MetaKey::CountCheck => "count_check",
+            MetaKey::ServerRewound => "server_rewound",
             MetaKey::IdentityBaseUrl => "identity.base_url",
             MetaKey::IdentityWorkspace => "identity.workspace",
             MetaKey::IdentityRemoteRoot => "identity.remote_root",

@@ -533,6 +533,22 @@ impl State {
         self.count("SELECT count(*) FROM entries WHERE kind = 1")
     }
 
+    /// Files recorded below the local directory `rel` (at any depth).
+    pub fn count_files_under(&self, rel: &str) -> Result<u64, StateError> {
+        // '0' follows '/': the range holds exactly the paths that start with "rel/".
+        self.conn
+            .prepare_cached(
+                "SELECT count(*) FROM entries WHERE kind = 1 AND path >= ?1 AND path < ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row([format!("{rel}/"), format!("{rel}0")], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
     pub fn tracked_bytes(&self) -> Result<u64, StateError> {
         self.count("SELECT coalesce(sum(size),0) FROM entries WHERE kind = 1")
     }
