@@ -362,7 +362,7 @@ fn a_full_disk_fails_the_run_says_so_and_quarantines_nothing() {
 #[test]
 fn a_full_disk_under_the_state_database_says_which_and_what_it_needed() {
     let mut h = Harness::with_page_size(200);
-    // The mirror has room; the state DB's file system (128 KiB) does not hold 3,000 records.
+    // The mirror has room; the state DB's file system (160 KiB) does not hold 3,000 records.
     let dir = h.tmp.path().join("dbfs");
     let _fs = Tmpfs::mount(&dir, "160k");
     let db = dir.join("state.db");
@@ -397,7 +397,7 @@ fn a_full_disk_under_the_state_database_says_which_and_what_it_needed() {
                 db.display()
             ))
             && hint.contains(&format!("the file system mounted at {}", dir.display()))
-            && hint.contains("available of 128.0 KiB")
+            && hint.contains("available of 160.0 KiB")
             && hint.contains("free space there"),
         "the hint says which file system, what it needed room for and what is left: {}",
         r.all()
