@@ -297,8 +297,7 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
 /// service then keeps it as pull-only does (drift healed, a replaced local edit kept as a copy).
 fn push_config(a: &RunArgs, client: &ClientConfig) -> PushConfig {
     let d = PushConfig::default();
-    let fuse_service =
-        !a.once && a.push_once().is_none() && a.mountpoint.is_some() && !a.no_fuse;
+    let fuse_service = !a.once && a.push_once().is_none() && a.mountpoint.is_some() && !a.no_fuse;
     PushConfig {
         direction: if a.read_only || fuse_service {
             Direction::PullOnly

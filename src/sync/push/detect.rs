@@ -28,6 +28,8 @@ pub struct Detected {
     /// Changed files whose change was already pending (recorded by the pull's guard, say, which wakes
     /// no pusher): the pusher must still be woken for them.
     pub pending: u64,
+    /// Files still settling, to look at again (see [`Engine::record_local_settled`]).
+    pub deferred: Vec<String>,
 }
 
 impl Detected {
@@ -40,6 +42,7 @@ impl Detected {
         self.deletes += o.deletes;
         self.unsupported += o.unsupported;
         self.pending += o.pending;
+        self.deferred.extend(o.deferred.iter().cloned());
     }
 }
 
@@ -53,6 +56,18 @@ impl Engine {
     /// Compare the local tree at or below each of `rels` ("" = the whole mirror) with the records and
     /// record what changed in the outbox. Nothing in pull-only mode.
     pub async fn record_local(&self, rels: Vec<String>) -> Result<Detected, SyncError> {
+        self.record_local_settled(rels, None).await
+    }
+
+    /// [`Engine::record_local`] for the watcher: a file met while walking a directory that changed
+    /// within `settle` (still being written, most likely: a directory moved in or created with files
+    /// being filled) is not recorded now but returned in [`Detected::deferred`], to be looked at once
+    /// it settled; the paths the watcher names are recorded as they are.
+    pub async fn record_local_settled(
+        &self,
+        rels: Vec<String>,
+        settle: Option<std::time::Duration>,
+    ) -> Result<Detected, SyncError> {
         let mut total = Detected::default();
         if !self.config().push.two_way() {
             return Ok(total);
@@ -74,6 +89,8 @@ impl Engine {
                     let outbox_empty = st.outbox_is_empty()?;
                     let mut pass = Pass {
                         outbox_empty,
+                        settle,
+                        deferred: Vec::new(),
                         st,
                         store: &store,
                         root: &root,
@@ -125,6 +142,9 @@ enum Note {
 struct Pass<'a> {
     /// Nothing pending: an unchanged file needs no look at the outbox.
     outbox_empty: bool,
+    /// Files met in a directory walk that changed more recently than this are deferred.
+    settle: Option<std::time::Duration>,
+    deferred: Vec<String>,
     st: &'a mut State,
     store: &'a Arc<LocalStore>,
     root: &'a str,
@@ -228,6 +248,10 @@ impl Pass<'_> {
                     self.gone(&child)?;
                 }
                 let m = entry.metadata().map_err(|e| self.local(&child, e))?;
+                if self.settling(&m) {
+                    self.deferred.push(child);
+                    continue;
+                }
                 self.file(&child, &m, rec.filter(|r| r.kind == Kind::File))?;
             } else {
                 self.unsupported(&child, kind_name(&ft), None)?;
@@ -247,6 +271,18 @@ impl Pass<'_> {
             }
         }
         Ok(subdirs)
+    }
+
+    /// The file changed within the settle delay (its change time is that recent).
+    fn settling(&self, m: &std::fs::Metadata) -> bool {
+        let Some(settle) = self.settle else {
+            return false;
+        };
+        let changed = std::time::UNIX_EPOCH
+            + std::time::Duration::new(m.ctime().max(0) as u64, m.ctime_nsec().max(0) as u32);
+        std::time::SystemTime::now()
+            .duration_since(changed)
+            .is_ok_and(|age| age < settle)
     }
 
     fn file(
@@ -333,7 +369,10 @@ impl Pass<'_> {
 
     /// Record the pass's decisions in one transaction.
     fn commit(self) -> Result<Detected, SyncError> {
-        let mut d = Detected::default();
+        let mut d = Detected {
+            deferred: self.deferred,
+            ..Default::default()
+        };
         if self.out.is_empty() {
             return Ok(d);
         }

@@ -12,6 +12,10 @@
 //!   save (the new file renamed over it) is seen as one update and the path is never missing on the
 //!   remote.
 //!
+//! A file met while walking a new directory that changed within `--file-settle-delay` is looked at
+//! again once it settled (a directory moved in whole goes at once; one created with files still being
+//! written does not push them half-written).
+//!
 //! A queue overflow in the kernel (`IN_Q_OVERFLOW`) rescans the whole mirror: no change is missed.
 //! Beyond `fs.inotify.max_user_watches` new directories are not watched: the watcher says so once and
 //! changes there are found by the next full scan (at start, or after an overflow).
@@ -154,9 +158,17 @@ async fn debounce(
                 for p in &ready {
                     due.remove(p);
                 }
-                match engine.record_local(ready).await {
-                    Ok(d) if d.changes() > 0 || d.pending > 0 => pushed.notify_one(),
-                    Ok(_) => {}
+                match engine.record_local_settled(ready, Some(cfg.file_settle)).await {
+                    Ok(d) => {
+                        if d.changes() > 0 || d.pending > 0 {
+                            pushed.notify_one();
+                        }
+                        // Files found still being written in a new directory: again once settled.
+                        let later = Instant::now() + cfg.file_settle;
+                        for p in d.deferred {
+                            due.entry(p).or_insert(later);
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "cannot record local changes; they are looked at again by the next scan"),
                 }
             }
