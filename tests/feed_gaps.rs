@@ -287,3 +287,32 @@ async fn a_restored_server_whose_revisions_went_back_is_named_rewound() {
     }
     assert!(r.local().join("d1/f003.txt").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_mirror_mode_a_reset_server_loses_nothing_and_gets_nothing_pushed_back() {
+    let mut r = reset_server().await;
+    r.kill();
+    r.cfg.push.direction = mountd::sync::push::Direction::Mirror;
+    let e = r.engine();
+    // A `--once` in mirror mode: local changes recorded, pull, push.
+    e.record_local(vec![String::new()]).await.unwrap();
+    let err = r.attempt().await.unwrap_err();
+    assert!(matches!(err, SyncError::ServerRewound { .. }), "{err}");
+    mountd::cli::once::flush(&e).await.unwrap();
+    assert_eq!(r.actual().len(), 48, "every local file kept");
+    let writes = r.faults.count(Op::Put) + r.faults.count(Op::Bulk) + r.faults.count(Op::Delete);
+    assert_eq!(writes, 0, "nothing the reset server lost is pushed back");
+    assert_eq!(r.ws.file_count(), 8);
+    assert_eq!(r.state(|st| st.outbox_summary()).await.pending, 0);
+    // The operator follows the server: the mirror becomes exactly its 8 files, still nothing pushed.
+    r.kill();
+    r.cfg.allow_mass_delete = true;
+    let e = r.engine();
+    e.record_local(vec![String::new()]).await.unwrap();
+    r.attempt().await.unwrap();
+    mountd::cli::once::flush(&e).await.unwrap();
+    r.assert_exact();
+    assert_eq!(r.ws.file_count(), 8);
+    let writes = r.faults.count(Op::Put) + r.faults.count(Op::Bulk) + r.faults.count(Op::Delete);
+    assert_eq!(writes, 0);
+}
