@@ -4,8 +4,9 @@
 #   push.save          an editor's save (temp file renamed over the target) until the server answers
 #                      the new bytes (latency-probe --push): p50, p90, max over SAMPLES saves
 #   push.burst_1000    1,000 new 1 KiB files written at once until the server counts them all
-#   push.burst_10000   the same with 10,000 files, with the service's peak RSS before and after
-#   push.requests_per_1000_files   write requests (PUT, bulk, DELETE) the server saw per 1,000 files
+#   push.burst_10000, push.burst_20000   the same with 10,000 and 20,000 files, with the service's
+#                      peak RSS after each (flat memory: it must not grow with the number of files)
+#   push.burst_N.requests          write requests (PUT, bulk, DELETE) the server saw for the burst
 # Targets (issue 16): save p50 <= 25 ms (relayfile-mount: 13-15 ms), 1,000 files <= 0.8 s
 # (relayfile-mount: 1.5-1.7 s), 10,000 files in flat memory, about one request per batch.
 # Results go to target/bench/results.jsonl (appended) as {"name":..., "value":..., "unit":...}.
@@ -22,7 +23,7 @@ while (($#)); do
     case $1 in
     --samples) samples=$2; shift 2 ;;
     --no-build) build=0; shift ;;
-    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-push.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -90,7 +91,7 @@ emit push.save.p90 "$p90" ms
 emit push.save.max "$pmax" ms
 emit push.save.timeouts "$timeouts" count
 
-for n in 1000 10000; do
+for n in 1000 10000 20000; do
     say "burst of $n new files"
     before=$(writes)
     t=$("$PROBE" "${probe[@]}" --samples 1 --pause-ms 0 --burst "$n" --label "b$n" --timeout-s 120)

@@ -11,14 +11,18 @@
 # startup on N files + one large file, find/cat/dd/4 KiB random reads/ls -l/du on the mirror vs the
 # FUSE mount in each data mode vs `rclone mount` of the mirror (cold and warm), and
 # remote-write-to-visible latency at --interval 1s and 200ms.
+# Then the two-way sync benchmarks (scripts/bench-push.sh): an editor's save until the server has it
+# (p50/p90/max), 1,000, 10,000 and 20,000 new files at once (time, write requests, the service's peak
+# RSS); --push runs only those, --no-push skips them.
 # With --memory: only the memory benchmarks (scripts/bench-memory.sh): peak RSS of one 256 MiB and one
 # 1 GiB file via the tree pull and via the export, sixteen 256 MiB files at once, 10k and 100k small
 # files, and a 1 GiB file over a 5 MB/s link under the default and a 10 s idle timeout.
 #
 #   scripts/bench.sh [--files N] [--file-size BYTES] [--dirs D]     (default 20000 x 1024 B in 50 dirs)
-#                    [--mount | --no-mount | --memory [--no-slow] [--only CASES]]
+#                    [--mount | --no-mount | --push | --no-push | --memory [--no-slow] [--only CASES]]
 #                    [--mount-files N] [--big-file-mib M]
-#     --mount: only the mount benchmarks; --no-mount: only the bootstrap ones (default: both)
+#     --mount: only the mount benchmarks; --no-mount: skip them; --push: only the two-way sync ones;
+#     --no-push: skip them (default: bootstrap, push, mount)
 #     --mount-files N (default 100000, 1000 per dir), --big-file-mib M (default 1024; 0 = none);
 #     --modes "page-cache passthrough", --no-latency, --no-rclone, --random-reads R go to bench-mount.sh
 set -euo pipefail
@@ -29,21 +33,23 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 files=20000 file_size=1024 dirs=50
-run_bootstrap=1 run_mount=1 run_memory=0 mount_args=() memory_args=()
+run_bootstrap=1 run_mount=1 run_memory=0 run_push=1 mount_args=() memory_args=()
 while (($#)); do
     case $1 in
     --files) files=$2; shift 2 ;;
     --file-size) file_size=$2; shift 2 ;;
     --dirs) dirs=$2; shift 2 ;;
-    --mount) run_bootstrap=0 run_mount=1; shift ;;
+    --mount) run_bootstrap=0 run_mount=1 run_push=0; shift ;;
     --no-mount) run_mount=0; shift ;;
     --memory) run_memory=1; shift ;;
+    --push) run_bootstrap=0 run_mount=0 run_push=1; shift ;;
+    --no-push) run_push=0; shift ;;
     --no-slow | --big-base64) memory_args+=("$1"); shift ;;
     --only) memory_args+=("$1" "$2"); shift 2 ;;
     --mount-files | --big-file-mib | --modes | --random-reads) mount_args+=("$1" "$2"); shift 2 ;;
     --no-latency | --no-rclone) mount_args+=("$1"); shift ;;
     -h | --help)
-        sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -52,7 +58,7 @@ while (($#)); do
         ;;
     esac
 done
-[[ $run_bootstrap == 1 || $run_mount == 1 ]] || {
+[[ $run_bootstrap == 1 || $run_mount == 1 || $run_push == 1 ]] || {
     echo "bench.sh: --mount and --no-mount together leave nothing to run" >&2
     exit 2
 }
@@ -94,6 +100,10 @@ mkdir -p "$OUT_DIR"
 : >"$RESULTS"
 
 if [[ $run_bootstrap == 0 ]]; then
+    if [[ $run_push == 1 ]]; then
+        "$ROOT/scripts/bench-push.sh" --no-build
+    fi
+    [[ $run_mount == 1 ]] || exit 0
     exec "$ROOT/scripts/bench-mount.sh" --no-build "${mount_args[@]}"
 fi
 
@@ -244,6 +254,10 @@ printf 'tree, file, export, events: requests on each route during the run\n'
 printf 'results: %s\n' "${RESULTS#"$ROOT"/}"
 
 # ---------------------------------------------------------------------------------------------------
+if [[ $run_push == 1 ]]; then
+    printf '\n' >&2
+    "$ROOT/scripts/bench-push.sh" --no-build
+fi
 if [[ $run_mount == 1 ]]; then
     # Free the bootstrap remote and mirrors first, then hand over (the mount script has its own cleanup).
     trap - EXIT INT TERM
