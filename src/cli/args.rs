@@ -677,7 +677,7 @@ pub struct CompatArgs {
     #[arg(long, env = "RELAYFILE_MOUNT_LAZY_REPOS", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub lazy_repos: Option<String>,
     /// Plain-directory mirror: a changed file that was not closed is pushed once it stayed
-    /// unchanged this long [default: 1s] (a closed file, or one renamed into place, goes at once).
+    /// unchanged this long [default: 250ms] (a closed file, or one renamed into place, goes at once).
     #[arg(long, env = "RELAYFILE_MOUNT_FILE_SETTLE_DELAY", value_parser = parse_duration_lenient, help_heading = "Two-way sync")]
     pub file_settle_delay: Option<Duration>,
     /// Plain-directory mirror: after a file is deleted or renamed away, wait this long for the rest

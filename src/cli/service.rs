@@ -520,8 +520,10 @@ async fn start_push(
         return Ok(None);
     }
     let kick = Arc::new(tokio::sync::Notify::new());
+    let mut unsettled = None;
     let watcher = if plain {
         let w = crate::sync::push::watch::spawn(engine.clone(), kick.clone())?;
+        unsettled = Some(w.unsettled());
         let found = engine
             .record_local(vec![String::new()])
             .await
@@ -535,7 +537,7 @@ async fn start_push(
     } else {
         None
     };
-    let pusher = tokio::spawn(push_loop(engine.clone(), kick, interval));
+    let pusher = tokio::spawn(push_loop(engine.clone(), kick, unsettled, interval));
     Ok(Some(PushSide {
         _watcher: watcher,
         pusher,
@@ -544,18 +546,32 @@ async fn start_push(
 
 /// Push what is pending; then wait for the next recorded change (or, while something is pending,
 /// retry with backoff). A burst of changes is taken together: after a change is recorded the push
-/// waits until none came for `--change-batch-window`, at most [`PUSH_GATHER`].
-async fn push_loop(engine: Engine, kick: Arc<tokio::sync::Notify>, interval: Duration) {
+/// waits until none came for `--change-batch-window` and the watcher has no changed path waiting
+/// (`unsettled`), at most [`PUSH_GATHER`]; a lone save goes after the window.
+async fn push_loop(
+    engine: Engine,
+    kick: Arc<tokio::sync::Notify>,
+    unsettled: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    interval: Duration,
+) {
     let window = engine.config().push.batch_window;
+    let busy = || {
+        unsettled
+            .as_ref()
+            .is_some_and(|u| u.load(std::sync::atomic::Ordering::Relaxed) > 0)
+    };
     let mut failures = Failures::default();
     loop {
         let gather = tokio::time::Instant::now() + PUSH_GATHER;
-        while let Ok(()) = tokio::time::timeout_at(
-            (tokio::time::Instant::now() + window).min(gather),
-            kick.notified(),
-        )
-        .await
-        {}
+        loop {
+            let until = (tokio::time::Instant::now() + window).min(gather);
+            let kicked = tokio::time::timeout_at(until, kick.notified())
+                .await
+                .is_ok();
+            if !(kicked || busy()) || tokio::time::Instant::now() >= gather {
+                break;
+            }
+        }
         let wait = match engine.push_pending().await {
             Ok(p) => {
                 failures.recovered("push");

@@ -50,7 +50,7 @@ impl Default for PushConfig {
             direction: Direction::PullOnly,
             max_body_bytes: 1 << 20,
             token_id: None,
-            file_settle: Duration::from_secs(1),
+            file_settle: Duration::from_millis(250),
             atomic_save_settle: Duration::from_millis(50),
             batch_window: Duration::from_millis(5),
         }

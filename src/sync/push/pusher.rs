@@ -97,7 +97,8 @@ enum Fate {
 }
 
 impl Engine {
-    /// Push the settled pending changes, each tried once per call; returns what happened. A request
+    /// Push the pending changes, each tried once per call (those recorded while it runs are left to the
+    /// next call, unless a full round shows more were already waiting); returns what happened. A request
     /// that fails after its retries (the remote unavailable) ends the call with that error: the rows
     /// stay and are pushed by a later call.
     pub async fn push_pending(&self) -> Result<Pushed, SyncError> {
@@ -119,6 +120,10 @@ impl Engine {
                 break;
             }
             tried.extend(rows.iter().map(|r| r.path.clone()));
+            // A round shorter than a full one took everything that was waiting; what is recorded
+            // meanwhile goes with the next call, gathered into full batches (the service waits for a
+            // burst to end first) rather than trickling out a few files per request.
+            let last = rows.len() < ROUND;
             let hold = self.delete_hold().await?;
             report.held = hold.clone();
             let rows = self.without_issues(rows).await?;
@@ -127,6 +132,9 @@ impl Engine {
             self.push_puts(puts, &mut report).await?;
             if hold.is_none() {
                 self.push_deletes(deletes, &mut report).await?;
+            }
+            if last {
+                break;
             }
         }
         let summary = self.read(|st| st.outbox_summary()).await?;

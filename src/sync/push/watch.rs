@@ -25,6 +25,7 @@ use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, R
 use notify::Watcher as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -34,6 +35,16 @@ use tokio::time::Instant;
 pub struct Watcher {
     _inner: notify::RecommendedWatcher,
     task: tokio::task::JoinHandle<()>,
+    /// Paths seen changing that are about to be recorded (a burst in progress, when many).
+    unsettled: Arc<AtomicUsize>,
+}
+
+impl Watcher {
+    /// How many changed paths wait to settle or to be recorded: while some do, a push may wait a
+    /// moment more to take them in the same batch.
+    pub fn unsettled(&self) -> Arc<AtomicUsize> {
+        self.unsettled.clone()
+    }
 }
 
 impl Drop for Watcher {
@@ -84,10 +95,12 @@ pub fn spawn(engine: Engine, pushed: Arc<Notify>) -> Result<Watcher, String> {
                 root.display()
             )
         })?;
-    let task = tokio::spawn(debounce(engine, root, rx, pushed));
+    let unsettled = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(debounce(engine, root, rx, pushed, unsettled.clone()));
     Ok(Watcher {
         _inner: inner,
         task,
+        unsettled,
     })
 }
 
@@ -106,55 +119,28 @@ async fn debounce(
     root: PathBuf,
     mut rx: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
     pushed: Arc<Notify>,
+    unsettled: Arc<AtomicUsize>,
 ) {
     let cfg = engine.config().push.clone();
     let mut due: HashMap<String, Instant> = HashMap::new();
     let mut warned = false;
     loop {
+        unsettled.store(imminent(&due, &cfg) + rx.len(), Ordering::Relaxed);
         let next = due.values().min().copied();
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { return };
-                let ev = match ev {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        // A watch that could not be added (the inotify limit): the next full scan finds
-                        // what changed there.
-                        if !warned {
-                            warned = true;
-                            tracing::warn!(error = %e, "the mirror watcher lost events; rescanning the mirror (raise fs.inotify.max_user_watches for large trees)");
-                        }
-                        due.insert(String::new(), Instant::now() + cfg.batch_window);
-                        continue;
-                    }
-                };
-                let seen = if ev.need_rescan() { Some(Seen::Overflow) } else { classify(&ev.kind) };
-                let Some(seen) = seen else { continue };
-                let now = Instant::now();
-                if let Seen::Overflow = seen {
-                    tracing::warn!("the kernel's inotify queue overflowed: rescanning the mirror");
-                    due.insert(String::new(), now + cfg.batch_window);
-                    continue;
-                }
-                let wait = |seen: &Seen| match seen {
-                    Seen::Settled => cfg.batch_window,
-                    Seen::Writing => cfg.file_settle,
-                    Seen::Gone => cfg.atomic_save_settle,
-                    Seen::Overflow => Duration::ZERO,
-                };
-                // A rename with both names: the old one is gone (it may be the first half of an
-                // editor's save), the new one settled.
-                let both = matches!(ev.kind, EventKind::Modify(ModifyKind::Name(RenameMode::Both)));
-                for (i, p) in ev.paths.iter().enumerate() {
-                    let seen = if both && i == 0 { &Seen::Gone } else { &seen };
-                    if let Some(rel) = relative(&root, p) {
-                        due.insert(rel, now + wait(seen));
-                    }
-                }
+                note(ev, &root, &cfg, &mut due, &mut warned);
             }
             _ = sleep_until(next) => {
-                let now = Instant::now();
+                // Everything the kernel has said so far first, and what settles within the batch
+                // window with it: a burst of new files goes in a few transactions, not one per file.
+                while let Ok(ev) = rx.try_recv() {
+                    note(ev, &root, &cfg, &mut due, &mut warned);
+                }
+                let now = Instant::now() + cfg.batch_window;
                 let ready: Vec<String> = due.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
+                unsettled.store(imminent(&due, &cfg) + rx.len(), Ordering::Relaxed);
                 for p in &ready {
                     due.remove(p);
                 }
@@ -172,6 +158,65 @@ async fn debounce(
                     Err(e) => tracing::warn!(error = %e, "cannot record local changes; they are looked at again by the next scan"),
                 }
             }
+        }
+    }
+}
+
+/// Paths about to be recorded (due within two batch windows): a burst in progress. A path waiting out
+/// a delete's or a write's settle delay is not counted (a lone save's temp file does not hold a push).
+fn imminent(due: &HashMap<String, Instant>, cfg: &crate::sync::push::PushConfig) -> usize {
+    let soon = Instant::now() + cfg.batch_window * 2;
+    due.values().filter(|t| **t <= soon).count()
+}
+
+/// Note when the paths of one event settle (see the module doc).
+fn note(
+    ev: notify::Result<notify::Event>,
+    root: &Path,
+    cfg: &crate::sync::push::PushConfig,
+    due: &mut HashMap<String, Instant>,
+    warned: &mut bool,
+) {
+    let ev = match ev {
+        Ok(ev) => ev,
+        Err(e) => {
+            // A watch that could not be added (the inotify limit): a rescan finds what changed there.
+            if !*warned {
+                *warned = true;
+                tracing::warn!(error = %e, "the mirror watcher lost events; rescanning the mirror (raise fs.inotify.max_user_watches for large trees)");
+            }
+            due.insert(String::new(), Instant::now() + cfg.batch_window);
+            return;
+        }
+    };
+    let seen = if ev.need_rescan() {
+        Some(Seen::Overflow)
+    } else {
+        classify(&ev.kind)
+    };
+    let Some(seen) = seen else { return };
+    let now = Instant::now();
+    if let Seen::Overflow = seen {
+        tracing::warn!("the kernel's inotify queue overflowed: rescanning the mirror");
+        due.insert(String::new(), now + cfg.batch_window);
+        return;
+    }
+    let wait = |seen: &Seen| match seen {
+        Seen::Settled => cfg.batch_window,
+        Seen::Writing => cfg.file_settle,
+        Seen::Gone => cfg.atomic_save_settle,
+        Seen::Overflow => Duration::ZERO,
+    };
+    // A rename with both names: the old one is gone (it may be the first half of an editor's save),
+    // the new one settled.
+    let both = matches!(
+        ev.kind,
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+    );
+    for (i, p) in ev.paths.iter().enumerate() {
+        let seen = if both && i == 0 { &Seen::Gone } else { &seen };
+        if let Some(rel) = relative(root, p) {
+            due.insert(rel, now + wait(seen));
         }
     }
 }
