@@ -161,15 +161,12 @@ pub struct BulkResult {
     pub revision: Option<String>,
 }
 
+/// One file a bulk request did not write: its path and the error, as a whole request's would say it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BulkError {
     pub path: String,
-    #[serde(default)]
-    pub code: String,
-    #[serde(default)]
-    pub message: String,
-    #[serde(rename = "currentRevision", default)]
-    pub current_revision: Option<String>,
+    #[serde(flatten)]
+    pub error: ErrorBody,
 }
 
 #[cfg(test)]

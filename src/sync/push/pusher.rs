@@ -653,8 +653,8 @@ fn bulk_fates(batch: Vec<Staged>, out: BulkOutcome) -> Vec<Fate> {
         .map(|s| {
             let path = s.file.path.clone();
             if let Some(e) = errors.remove(&path) {
-                let why = format!("{}: {}", e.code, e.message);
-                return match e.code.as_str() {
+                let why = format!("{}: {}", e.error.code, e.error.message);
+                return match e.error.code.as_str() {
                     "conflict" | "revision_conflict" => Fate::Conflict { staged: s },
                     "forbidden" => Fate::Denied {
                         rel: s.row.path,
