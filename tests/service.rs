@@ -479,3 +479,26 @@ fn systemd_ready_is_sent_only_once_the_mount_is_served() {
     }
     assert!(stopping, "STOPPING=1 on shutdown");
 }
+
+#[test]
+fn a_create_the_feed_never_shows_is_found_by_the_safety_polls_count_check() {
+    let mut h = Harness::new();
+    h.sample_tree(3);
+    let mut c = h.service_cmd();
+    c.args(["--no-fuse", "--websocket=false"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let _svc = KillOnDrop(c.spawn().unwrap());
+    wait_for("bootstrap", Duration::from_secs(30), || h.is_complete());
+    // The create's event never reaches the feed: only the count check on a poll can see it.
+    h.remote.hide_events(mountd_remote::HideEvents {
+        paths: Default::default(),
+        next: 1,
+    });
+    h.put("/docs/gap.txt", b"never announced\n");
+    read_until(&h.local().join("docs/gap.txt"), b"never announced\n");
+    h.assert_mirror_exact();
+    let st = h.status_json();
+    let check = &st["countCheck"];
+    assert!(check.is_object(), "status shows the last count check: {st}");
+}

@@ -419,6 +419,13 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
             _ = int.recv() => break Stop::Signal,
         }
         let audit_due = !a.audit_interval.is_zero() && last_audit.elapsed() >= a.audit_interval;
+        if audit_due {
+            // The local side's audit: a full scan of a watched mirror (changes in directories
+            // inotify could not watch are found here at the latest).
+            if let Some(p) = &push {
+                p.rescan(&s.engine).await;
+            }
+        }
         let e = s.engine.clone();
         let progress = e.progress().clone();
         let started = Instant::now();
@@ -498,8 +505,23 @@ const PUSH_GATHER: Duration = Duration::from_millis(100);
 
 /// The push side of a running service; dropping it stops both tasks.
 struct PushSide {
-    _watcher: Option<crate::sync::push::watch::Watcher>,
+    watcher: Option<crate::sync::push::watch::Watcher>,
     pusher: tokio::task::JoinHandle<()>,
+    kick: Arc<tokio::sync::Notify>,
+}
+
+impl PushSide {
+    /// Scan the whole watched mirror for local changes, and push what it finds.
+    async fn rescan(&self, engine: &Engine) {
+        if self.watcher.is_none() {
+            return;
+        }
+        match engine.record_local(vec![String::new()]).await {
+            Ok(d) if d.changes() > 0 || d.pending > 0 => self.kick.notify_one(),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot scan the mirror for local changes"),
+        }
+    }
 }
 
 impl Drop for PushSide {
@@ -537,10 +559,11 @@ async fn start_push(
     } else {
         None
     };
-    let pusher = tokio::spawn(push_loop(engine.clone(), kick, unsettled, interval));
+    let pusher = tokio::spawn(push_loop(engine.clone(), kick.clone(), unsettled, interval));
     Ok(Some(PushSide {
-        _watcher: watcher,
+        watcher,
         pusher,
+        kick,
     }))
 }
 

@@ -18,7 +18,8 @@
 //!
 //! A queue overflow in the kernel (`IN_Q_OVERFLOW`) rescans the whole mirror: no change is missed.
 //! Beyond `fs.inotify.max_user_watches` new directories are not watched: the watcher says so once and
-//! changes there are found by the next full scan (at start, or after an overflow).
+//! changes there are found by the next full scan (at start, after an overflow, and with every audit:
+//! `--audit-interval`).
 use crate::store::paths::RESERVED_DIR;
 use crate::sync::engine::Engine;
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
