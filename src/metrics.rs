@@ -166,12 +166,33 @@ impl Metrics {
         self.conflicts_total.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Pending local changes and unsettled conflicts, as last counted.
-    pub fn outbox_brief(&self) -> (u64, u64) {
-        (
-            self.outbox[0].load(Ordering::Relaxed),
-            self.outbox[3].load(Ordering::Relaxed),
-        )
+    /// The push side as last counted, in `STATUS=`'s words: pending changes (count, bytes, the
+    /// oldest's age), conflicts, write-denied and too-large paths; empty when there is nothing to say.
+    pub fn outbox_status(&self) -> String {
+        let v: Vec<u64> = self
+            .outbox
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect();
+        let mut t = String::new();
+        if v[0] > 0 {
+            let age = unix_now().saturating_sub(v[2]);
+            t.push_str(&format!(
+                "; {} local change(s) pending ({}, oldest {age}s)",
+                v[0],
+                crate::store::space::human_bytes(v[1])
+            ));
+        }
+        for (n, what) in [
+            (v[3], "conflict(s) (mountd conflicts)"),
+            (v[4], "write-denied"),
+            (v[5], "too large to push"),
+        ] {
+            if n > 0 {
+                t.push_str(&format!("; {n} {what}"));
+            }
+        }
+        t
     }
 
     /// The outbox as just counted.

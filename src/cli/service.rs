@@ -160,13 +160,7 @@ fn status_text(s: &Shown, engine: &Engine) -> String {
                 Some(d) => format!("serving; last sync {} ago", age(d)),
                 None => "serving".to_string(),
             };
-            let (pending, conflicts) = crate::metrics::Metrics::global().outbox_brief();
-            if pending > 0 {
-                t.push_str(&format!("; {pending} local change(s) pending"));
-            }
-            if conflicts > 0 {
-                t.push_str(&format!("; {conflicts} conflict(s) (mountd conflicts)"));
-            }
+            t.push_str(&crate::metrics::Metrics::global().outbox_status());
             if s.realtime {
                 t.push_str(if crate::metrics::Metrics::global().realtime_connected() {
                     "; realtime stream connected"
