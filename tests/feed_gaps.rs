@@ -316,3 +316,28 @@ async fn in_mirror_mode_a_reset_server_loses_nothing_and_gets_nothing_pushed_bac
     let writes = r.faults.count(Op::Put) + r.faults.count(Op::Bulk) + r.faults.count(Op::Delete);
     assert_eq!(writes, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_directory_makes_the_check_inconclusive_not_a_listing_loop() {
+    let mut r = Rig::new(100);
+    r.cfg.use_export = false;
+    r.cfg.tree_depth = 1;
+    r.put("/ok.txt", b"ok\n");
+    // Two files below a directory whose name cannot be mirrored: listed one level at a time, the
+    // directory is met at the depth limit and what it holds is never listed.
+    r.put("/h/../a.txt", b"a\n");
+    r.put("/h/../b.txt", b"b\n");
+    r.attempt().await.unwrap();
+    let q = r.state(|st| st.quarantined()).await;
+    assert!(
+        q.iter()
+            .any(|q| q.class == mountd::sync::engine::HOSTILE_DIR),
+        "the hostile directory is reported: {q:?}"
+    );
+    assert_eq!(last_check(&mut r).await.verdict, Verdict::Inconclusive);
+    // The next run checks once and lists nothing again.
+    r.faults.reset_counts();
+    r.attempt().await.unwrap();
+    assert_eq!(r.faults.count(Op::Tree), 1, "the check only");
+    assert_eq!(r.actual().keys().collect::<Vec<_>>(), vec!["ok.txt"]);
+}

@@ -237,7 +237,7 @@ impl Engine {
                                 self.note_done(&mut pending, remote, rel, meta)
                             }
                             Applied::Hostile { remote, why } => {
-                                self.note_hostile(&mut pending, remote, &why)
+                                self.note_hostile(&mut pending, remote, &why, false)
                             }
                             Applied::Bad {
                                 remote,
@@ -372,7 +372,7 @@ impl Engine {
                 let rel = match self.to_local(&e.path) {
                     Ok(r) => r,
                     Err(why) => {
-                        self.note_hostile(&mut p, e.path.clone(), &why);
+                        self.note_hostile(&mut p, e.path.clone(), &why, e.is_dir());
                         continue;
                     }
                 };

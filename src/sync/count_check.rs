@@ -116,9 +116,22 @@ fn accounted(st: &State, root: &str) -> Result<Accounted, StateError> {
             below_unlisted += st.count_files_under(&rel)?;
         }
     }
-    let under_unlisted = |remote: &str| unlisted.iter().any(|d| paths::is_under(&d.path, remote));
+    let quarantined = st.quarantined()?;
+    // A directory whose path cannot be mirrored is set apart like one that could not be listed: the
+    // mirror cannot know what is below it (a listing stops at its depth limit).
+    let hostile_dirs: Vec<&str> = quarantined
+        .iter()
+        .filter(|q| q.class == crate::sync::engine::HOSTILE_DIR && paths::is_under(root, &q.path))
+        .map(|q| q.path.as_str())
+        .collect();
+    let under_unlisted = |remote: &str| {
+        unlisted.iter().any(|d| paths::is_under(&d.path, remote))
+            || hostile_dirs
+                .iter()
+                .any(|d| *d == remote || paths::is_under(d, remote))
+    };
     let mut quarantined_only = 0;
-    for q in st.quarantined()? {
+    for q in &quarantined {
         if !paths::is_under(root, &q.path) || under_unlisted(&q.path) {
             continue;
         }
@@ -132,7 +145,7 @@ fn accounted(st: &State, root: &str) -> Result<Accounted, StateError> {
     }
     Ok(Accounted {
         outside: st.tracked_files()? - below_unlisted + quarantined_only,
-        unlisted_dirs: unlisted.len(),
+        unlisted_dirs: unlisted.len() + hostile_dirs.len(),
     })
 }
 

@@ -141,6 +141,10 @@ impl SyncConfig {
     }
 }
 
+/// The quarantine class of a directory whose path cannot be mirrored: the files below it are not
+/// counted by the mirror (see `sync::count_check`).
+pub const HOSTILE_DIR: &str = "hostile directory";
+
 /// Times a file whose body breaks while streaming is fetched again (from its first byte: the API has
 /// no ranges) before the run fails.
 const BODY_RETRIES: u32 = 3;
@@ -831,13 +835,19 @@ impl Engine {
         );
     }
 
-    /// A remote path that cannot be mirrored (it would escape the root, hit the reserved directory...).
-    pub fn note_hostile(&self, p: &mut Pending, remote: String, why: &paths::Rejected) {
+    /// A remote path that cannot be mirrored (it would escape the root, hit the reserved directory...);
+    /// `dir`: the listing says it is a directory (what it holds is not mirrored either).
+    pub fn note_hostile(&self, p: &mut Pending, remote: String, why: &paths::Rejected, dir: bool) {
+        let (what, class) = if dir {
+            ("directory", HOSTILE_DIR)
+        } else {
+            ("path", "hostile path")
+        };
         self.note_failure(
             p,
             QuarantineNote {
-                reason: format!("skipped hostile path: {why}"),
-                class: "hostile path".into(),
+                reason: format!("skipped hostile {what}: {why}"),
+                class: class.into(),
                 remote,
                 permanent: true,
                 retry: false,

@@ -125,7 +125,7 @@ impl Engine {
                 Ok(r) => r,
                 Err(_) if !paths::is_under(&root, &remote) => continue,
                 Err(why) => {
-                    self.note_hostile(&mut p, remote, &why);
+                    self.note_hostile(&mut p, remote, &why, false);
                     continue;
                 }
             };

@@ -188,6 +188,8 @@ pub struct Quarantined {
     pub reason: String,
     pub attempts: i64,
     pub permanent: bool,
+    /// The cause without the file's specifics (e.g. `HTTP 404 not_found`, `hostile path`).
+    pub class: String,
 }
 
 /// A directory whose listing failed, to be listed again.
@@ -577,7 +579,9 @@ impl State {
     pub fn quarantined(&self) -> Result<Vec<Quarantined>, StateError> {
         let mut s = self
             .conn
-            .prepare("SELECT path, reason, attempts, permanent FROM quarantine ORDER BY path")
+            .prepare(
+                "SELECT path, reason, attempts, permanent, class FROM quarantine ORDER BY path",
+            )
             .map_err(|e| self.err(e))?;
         let rows = s
             .query_map([], |r| {
@@ -586,6 +590,7 @@ impl State {
                     reason: r.get(1)?,
                     attempts: r.get(2)?,
                     permanent: r.get::<_, i64>(3)? != 0,
+                    class: r.get(4)?,
                 })
             })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
