@@ -77,6 +77,19 @@ pub fn copy_path(rel: &str, hash: &str, now: i64) -> String {
     format!("{}/{dir}{stem}.conflict-{now}-{h8}{ext}", conflicts_dir())
 }
 
+/// The remote has the recorded bytes under a newer revision: the record (and a pending change) moves
+/// to it, nothing else.
+fn rebase(rel: &str, incoming: &Incoming, rec: Option<&FileRecord>) -> Option<Act> {
+    match incoming {
+        Incoming::Content {
+            revision: Some(r), ..
+        } if rec.and_then(|x| x.revision.as_ref()) != Some(r) => {
+            Some(Act::Rebase(rel.to_string(), Some(r.clone())))
+        }
+        _ => None,
+    }
+}
+
 /// A state change the guard decided, applied in one transaction after looking at every path.
 enum Act {
     DropRow(String),
@@ -126,14 +139,7 @@ impl Engine {
                             // apply. Writing it would bring the file back (a renamed directory
                             // would reappear at its old name), and its delete would never be
                             // pushed. The detection records the delete.
-                            if let Incoming::Content {
-                                revision: Some(r), ..
-                            } = &incoming
-                            {
-                                if rec.as_ref().and_then(|x| x.revision.as_ref()) != Some(r) {
-                                    acts.push(Act::Rebase(rel.clone(), Some(r.clone())));
-                                }
-                            }
+                            acts.extend(rebase(&rel, &incoming, rec.as_ref()));
                             verdicts.insert(rel, Verdict::Skip);
                             continue;
                         }
@@ -142,12 +148,7 @@ impl Engine {
                             if o.op == OpKind::Delete && unchanged {
                                 // The remote rewrote the same bytes: the delete goes on top of
                                 // the new revision.
-                                if let Incoming::Content {
-                                    revision: Some(r), ..
-                                } = &incoming
-                                {
-                                    acts.push(Act::Rebase(rel.clone(), Some(r.clone())));
-                                }
+                                acts.extend(rebase(&rel, &incoming, rec.as_ref()));
                                 verdicts.insert(rel, Verdict::Skip);
                             } else {
                                 // The edit wins over the delete (the file comes back), or both
@@ -166,18 +167,11 @@ impl Engine {
                     if !edited {
                         // The local file is the recorded version; if that is what the remote has,
                         // only the revision may move (mountd's own write coming back, say).
-                        if let (
-                            Some(r),
-                            Incoming::Content {
-                                hash: Some(h),
-                                revision,
-                            },
-                        ) = (&rec, &incoming)
+                        if let (Some(r), Incoming::Content { hash: Some(h), .. }) =
+                            (&rec, &incoming)
                         {
                             if r.content_hash.as_deref() == Some(h.as_str()) {
-                                if revision.is_some() && *revision != r.revision {
-                                    acts.push(Act::Rebase(rel.clone(), revision.clone()));
-                                }
+                                acts.extend(rebase(&rel, &incoming, rec.as_ref()));
                                 verdicts.insert(rel, Verdict::Skip);
                             }
                         }
@@ -203,14 +197,11 @@ impl Engine {
                             acts.push(Act::DropRow(rel));
                         }
                         Incoming::Content {
-                            hash: Some(h),
-                            revision,
+                            hash: Some(ref h), ..
                         } if two_way && rec_hash.as_deref() == Some(h.as_str()) => {
                             // The remote still has what the local edit was made on.
+                            acts.extend(rebase(&rel, &incoming, rec.as_ref()));
                             let rec = rec.as_ref().expect("a recorded hash has a record");
-                            if revision.is_some() && revision != rec.revision {
-                                acts.push(Act::Rebase(rel.clone(), revision));
-                            }
                             if out.is_none() {
                                 acts.push(Act::Put(LocalVersion {
                                     rel: rel.clone(),
