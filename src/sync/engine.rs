@@ -247,6 +247,19 @@ pub struct FetchJob {
     pub listed_size: Option<u64>,
 }
 
+impl FetchJob {
+    /// A file known only by its path (nothing listed about it): fetched whatever the local bytes.
+    pub fn unlisted(rel: String, remote: String) -> FetchJob {
+        FetchJob {
+            rel,
+            remote,
+            listed_hash: None,
+            revision: None,
+            listed_size: None,
+        }
+    }
+}
+
 /// Outcome of fetching one file (run-level failures are the `Err` of [`Engine::fetch_one`]).
 pub enum Fetched {
     /// Written (`fetched`) or verified by hash.

@@ -308,13 +308,9 @@ impl Engine {
             .into_iter()
             .filter(|q| !q.permanent)
             .filter_map(|q| {
-                self.to_local(&q.path).ok().map(|rel| FetchJob {
-                    rel,
-                    remote: q.path,
-                    listed_hash: None,
-                    revision: None,
-                    listed_size: None,
-                })
+                self.to_local(&q.path)
+                    .ok()
+                    .map(|rel| FetchJob::unlisted(rel, q.path))
             })
             .collect();
         if list.is_empty() {

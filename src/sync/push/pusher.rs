@@ -450,13 +450,7 @@ impl Engine {
             .keep_aside(&rel, &copy)
             .map_err(|e| SyncError::local(&self.store().abs(&copy), &e))?;
         self.intend(vec![rel.clone()]).await?;
-        let job = FetchJob {
-            rel: rel.clone(),
-            remote: s.file.path.clone(),
-            listed_hash: None,
-            revision: None,
-            listed_size: None,
-        };
+        let job = FetchJob::unlisted(rel.clone(), s.file.path.clone());
         let drop_copy = || {
             let _ = std::fs::remove_file(self.store().abs(&copy));
         };
@@ -598,13 +592,7 @@ impl Engine {
     async fn restore(&self, row: Outgoing, remote: String) -> Result<(), SyncError> {
         tracing::info!(path = %row.path, "deleted locally but changed on the remote: the remote version comes back (an edit wins over a delete)");
         self.intend(vec![row.path.clone()]).await?;
-        let job = FetchJob {
-            rel: row.path.clone(),
-            remote,
-            listed_hash: None,
-            revision: None,
-            listed_size: None,
-        };
+        let job = FetchJob::unlisted(row.path.clone(), remote);
         let mut p = Pending::default();
         p.pushed.push(row.path.clone());
         match self.fetch_one(job).await? {
