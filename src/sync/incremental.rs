@@ -6,7 +6,7 @@ use crate::store::paths;
 use crate::sync::engine::{Engine, FetchJob, Fetched, Pending, SyncError};
 use crate::sync::push::conflict::{Incoming, Verdict};
 use futures_util::StreamExt;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Events asked per page.
 const EVENTS_PAGE: u32 = 1000;
@@ -95,6 +95,18 @@ impl Engine {
     /// start, so applying is idempotent. Changes are collapsed per path (the last event of a path
     /// decides); unknown event types are skipped and the cursor still moves past them.
     pub async fn apply_events(&self, events: &[Event], next: &str) -> Result<(), SyncError> {
+        self.apply_events_guarded(events, next, HashMap::new())
+            .await
+    }
+
+    /// [`Engine::apply_events`] with the local-edit verdicts the caller already has for some paths
+    /// (the realtime stream asks before it writes inline content): those paths are not asked again.
+    pub async fn apply_events_guarded(
+        &self,
+        events: &[Event],
+        next: &str,
+        known: HashMap<String, Verdict>,
+    ) -> Result<(), SyncError> {
         let root = self.config().remote_root.clone();
         let mut actions: BTreeMap<String, Action> = BTreeMap::new();
         for ev in events {
@@ -143,20 +155,16 @@ impl Engine {
         // Local edits are never overwritten silently (see `push::conflict`).
         let claims = to_fetch
             .iter()
-            .map(|j| {
-                let incoming = Incoming::Content {
-                    hash: j.listed_hash.clone(),
-                    revision: j.revision.clone(),
-                };
-                (j.rel.clone(), incoming)
-            })
+            .map(|j| (j.rel.clone(), j.incoming()))
             .chain(
                 deletes
                     .iter()
                     .map(|(rel, _)| (rel.clone(), Incoming::Deleted)),
             )
+            .filter(|(rel, _)| !known.contains_key(rel))
             .collect();
-        let verdicts = self.guard_local(claims).await?;
+        let mut verdicts = self.guard_local(claims).await?;
+        verdicts.extend(known);
         let apply = |rel: &String| verdicts.get(rel).is_none_or(|v| *v == Verdict::Apply);
         to_fetch.retain(|j| apply(&j.rel));
         deletes.retain(|(rel, remote)| {
@@ -316,16 +324,7 @@ impl Engine {
         if list.is_empty() {
             return Ok(0);
         }
-        let claims = list
-            .iter()
-            .map(|j| {
-                let incoming = Incoming::Content {
-                    hash: None,
-                    revision: None,
-                };
-                (j.rel.clone(), incoming)
-            })
-            .collect();
+        let claims = list.iter().map(|j| (j.rel.clone(), j.incoming())).collect();
         let verdicts = self.guard_local(claims).await?;
         let list: Vec<FetchJob> = list
             .into_iter()

@@ -526,7 +526,15 @@ async fn apply_batch(engine: &Engine, batch: Vec<Queued>) -> Result<Option<Appli
         })
         .collect();
     let verdicts = engine.guard_local(claims).await?;
-    inline.retain(|f| verdicts.get(&f.rel).is_none_or(|v| *v == Verdict::Apply));
+    // What was asked here is not asked again (and a file just written is not hashed twice).
+    let known: HashMap<String, Verdict> = inline
+        .iter()
+        .map(|f| {
+            let v = verdicts.get(&f.rel).copied().unwrap_or(Verdict::Apply);
+            (f.rel.clone(), v)
+        })
+        .collect();
+    inline.retain(|f| known[&f.rel] == Verdict::Apply);
     let n_inline = inline.len();
     let t_write = Instant::now();
     if !inline.is_empty() {
@@ -541,7 +549,9 @@ async fn apply_batch(engine: &Engine, batch: Vec<Queued>) -> Result<Option<Appli
             .map_err(|e| SyncError::Internal(format!("inline content worker: {e}")))??;
     }
     let t_apply = Instant::now();
-    engine.apply_events(&events, &last_event_id).await?;
+    engine
+        .apply_events_guarded(&events, &last_event_id, known)
+        .await?;
     drop(permits);
     tracing::debug!(
         events = events.len(),
