@@ -8,3 +8,6 @@ pub mod fuse;
 pub mod nodes;
 pub mod ops;
 pub mod sys;
+
+#[cfg(test)]
+mod tests;
