@@ -566,9 +566,12 @@ async fn start_push(
     if !engine.config().push.two_way() {
         return Ok(None);
     }
-    let w = match view {
-        Some(w) => w,
-        None => crate::sync::push::watch::spawn(engine.clone(), kick.clone())?,
+    let (w, source) = match view {
+        Some(w) => (w, "recording the mount's local changes (two-way sync)"),
+        None => (
+            crate::sync::push::watch::spawn(engine.clone(), kick.clone())?,
+            "watching the mirror directory for local changes (two-way sync)",
+        ),
     };
     let unsettled = Some(w.unsettled());
     let found = engine
@@ -578,7 +581,7 @@ async fn start_push(
     tracing::info!(
         changes = found.changes(),
         dir = %engine.store().root().display(),
-        "recording local changes of the mirror (two-way sync)"
+        "{source}"
     );
     let pusher = tokio::spawn(push_loop(engine.clone(), kick.clone(), unsettled, interval));
     Ok(Some(PushSide {
