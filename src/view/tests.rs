@@ -227,7 +227,11 @@ fn readdir_pages_and_repeats() {
             break;
         }
         for (name, o, plus) in page {
-            assert_eq!(plus, step.is_multiple_of(2), "attributes only in readdirplus");
+            assert_eq!(
+                plus,
+                step.is_multiple_of(2),
+                "attributes only in readdirplus"
+            );
             off = o;
             offsets.push(o);
             all.push(name);
