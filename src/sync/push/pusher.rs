@@ -392,7 +392,11 @@ impl Engine {
             match n {
                 Fate::Denied { rel, why } => {
                     tracing::warn!(path = %rel, error = %why, "write denied (403): the local file is kept and not pushed again until the token changes");
-                    self.push_state().denied = Some(why.clone());
+                    let first = self.push_state().denied.replace(why.clone()).is_none();
+                    if let (true, Some(sink)) = (first, self.sink()) {
+                        // The writable view shows modes without write bits from now on.
+                        sink.attributes_changed();
+                    }
                 }
                 Fate::TooLarge { rel, why, .. } => {
                     tracing::warn!(path = %rel, error = %why, "too large for the server's body cap: the local file is kept and not pushed until it changes")

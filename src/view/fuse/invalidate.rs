@@ -53,6 +53,12 @@ impl ChangeSink for FuseSink {
         }
     }
 
+    fn attributes_changed(&self) {
+        for id in self.fs.known_ids() {
+            self.note("inval_inode", self.notifier.inval_inode(INodeNo(id), -1, 0));
+        }
+    }
+
     /// Invalidating a file's pages makes the kernel write its dirty ones (writeback cache) to the
     /// daemon first, so the file on disk holds every byte written before the sync compares it.
     fn before_replace(&self, paths: &[&str]) {

@@ -64,8 +64,6 @@ pub struct MountHandle {
     conn: OwnedFd,
     fs: Arc<MirrorFs>,
     mode: DataMode,
-    /// Ends the refusal watch ([`watch_refusal`]).
-    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MountHandle {
@@ -108,7 +106,6 @@ impl MountHandle {
     }
 
     fn shutdown(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let Some(bg) = self.session.take() else {
             return;
         };
@@ -326,34 +323,6 @@ fn detach_fuser_unmount(mut bg: BackgroundSession) -> JoinHandle<std::io::Result
     guard
 }
 
-/// How often a writable view checks whether writes became refused (or allowed again).
-const REFUSAL_POLL: Duration = Duration::from_secs(1);
-
-/// When the token turns out not to be allowed to write (or a new one is), the modes the view shows
-/// change (write bits off): drop the attributes the kernel caches for every inode it holds, so an
-/// open for writing is refused with EACCES by the kernel's own permission check.
-fn watch_refusal(h: &MountHandle) {
-    let (fs, notifier, stop) = (h.fs.clone(), h.notifier.clone(), h.stop.clone());
-    let spawned = std::thread::Builder::new()
-        .name("mountd-fuse-refusal".into())
-        .spawn(move || {
-            let mut was = fs.refused().is_some();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(REFUSAL_POLL);
-                let now = fs.refused().is_some();
-                if now != was {
-                    was = now;
-                    for id in fs.known_ids() {
-                        let _ = notifier.inval_inode(fuser::INodeNo(id), -1, 0);
-                    }
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot watch for write refusals; the kernel keeps cached modes until they expire");
-    }
-}
-
 /// How long [`mount`] waits for the kernel's INIT.
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `FUSE_DEV_IOC_BACKING_CLOSE`: `_IOW(229, 2, uint32_t)`.
@@ -544,11 +513,8 @@ pub fn mount(
         key,
         fs,
         mode: DataMode::Auto,
-        stop: Arc::default(),
     };
-    if writable {
-        watch_refusal(&handle);
-    }
+
     // The kernel sends INIT as soon as it is mounted; the mode is decided from its answer.
     if !mode.wait_init(INIT_TIMEOUT) {
         return Err(format!(
