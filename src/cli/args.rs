@@ -596,9 +596,11 @@ pub struct RunArgs {
     #[arg(long, env = "MOUNTD_DATA_MODE", value_parser = parse_data_mode, default_value = "auto", help_heading = "Mount service")]
     pub data_mode: crate::view::fuse::DataMode,
     /// Writable mount (mirror mode), page-cache data mode: let the kernel gather writes in its page
-    /// cache (FUSE's writeback cache) and send them as large WRITEs, at the latest on close; `false`:
-    /// every write(2) is a round trip to the daemon. docs/PERFORMANCE.md has the measurements.
-    #[arg(long, env = "MOUNTD_WRITEBACK_CACHE", help_heading = "Mount service", value_parser = parse_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_name = "BOOL", action = ArgAction::Set)]
+    /// cache (FUSE's writeback cache) and send them as large WRITEs, at the latest on close. Off by
+    /// default: with it the kernel asks the daemon for a file's attributes after every close, which
+    /// makes reading many small files slower (docs/PERFORMANCE.md has both measured); without it every
+    /// write(2) is one round trip to the daemon.
+    #[arg(long, env = "MOUNTD_WRITEBACK_CACHE", help_heading = "Mount service", value_parser = parse_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", hide_default_value = true, value_name = "BOOL", action = ArgAction::Set)]
     pub writeback_cache: bool,
     /// Writable mount: `fsync` returns only once the server accepted the file, and fails with EIO when
     /// the push failed (a conflict, a refusal, the server unreachable for 2 minutes). Default: `fsync`

@@ -11,6 +11,7 @@ pub use crate::store::space::human_bytes;
 use crate::store::space::{describe_space, Need};
 use crate::store::{paths, LocalStore};
 use crate::sync::progress::Progress;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -366,7 +367,14 @@ pub struct Engine {
     check_now: Arc<tokio::sync::Notify>,
     /// Service passes in a row that put off a listing because the server kept changing.
     busy_deferrals: Arc<std::sync::atomic::AtomicU32>,
+    /// Revisions mountd's own pushes created, per path (see [`Engine::own_write`]).
+    own_writes: Arc<std::sync::Mutex<HashMap<String, Vec<String>>>>,
 }
+
+/// Revisions remembered per path, and paths in all (then the memory starts over: a forgotten echo
+/// costs a fetch, never a wrong result).
+const OWN_WRITES_PER_PATH: usize = 8;
+const OWN_WRITES_PATHS: usize = 50_000;
 
 impl Engine {
     pub fn new(
@@ -389,7 +397,28 @@ impl Engine {
             push_state: Arc::default(),
             check_now: Arc::default(),
             busy_deferrals: Arc::default(),
+            own_writes: Arc::default(),
         }
+    }
+
+    /// A push of `rel` created `revision` on the remote.
+    pub(crate) fn note_own_write(&self, rel: &str, revision: &str) {
+        let mut m = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= OWN_WRITES_PATHS && !m.contains_key(rel) {
+            m.clear();
+        }
+        let revs = m.entry(rel.to_string()).or_default();
+        if revs.len() >= OWN_WRITES_PER_PATH {
+            revs.remove(0);
+        }
+        revs.push(revision.to_string());
+    }
+
+    /// Whether `revision` of `rel` is one mountd's own pushes created: its event is the echo of a
+    /// write mountd made (and has recorded, or superseded since), never a change to apply.
+    pub(crate) fn own_write(&self, rel: &str, revision: &str) -> bool {
+        let m = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(rel).is_some_and(|v| v.iter().any(|r| r == revision))
     }
 
     /// Exclusive use of the events cursor and of the files it covers, until the guard is dropped. The

@@ -17,7 +17,9 @@ enum Action {
         hash: Option<String>,
         revision: Option<String>,
     },
-    Delete,
+    Delete {
+        revision: Option<String>,
+    },
 }
 
 /// The feed's answer to the stored `cursor` begins at or before it: the server does not know the
@@ -124,7 +126,12 @@ impl Engine {
                     );
                 }
                 "file.deleted" => {
-                    actions.insert(path, Action::Delete);
+                    actions.insert(
+                        path,
+                        Action::Delete {
+                            revision: ev.revision.clone(),
+                        },
+                    );
                 }
                 _ => {}
             }
@@ -132,6 +139,7 @@ impl Engine {
         let mut p = Pending::default();
         let mut to_fetch = Vec::new();
         let mut deletes = Vec::new();
+        let mut delete_revisions = Vec::new();
         for (remote, action) in actions {
             let rel = match paths::to_local(&root, &remote) {
                 Ok(r) => r,
@@ -142,7 +150,12 @@ impl Engine {
                 }
             };
             match action {
-                Action::Delete => deletes.push((rel, remote)),
+                Action::Delete { revision } => {
+                    if let Some(r) = revision {
+                        delete_revisions.push((rel.clone(), r));
+                    }
+                    deletes.push((rel, remote));
+                }
                 Action::Fetch { hash, revision } => to_fetch.push(FetchJob {
                     rel,
                     remote,
@@ -151,6 +164,29 @@ impl Engine {
                     listed_size: None,
                 }),
             }
+        }
+        // The echo of a delete of mountd's own, arriving after it wrote the path again: nothing
+        // left to delete.
+        let own: Vec<(String, String)> = delete_revisions
+            .into_iter()
+            .filter(|(rel, rev)| self.own_write(rel, rev))
+            .collect();
+        if !own.is_empty() {
+            let stale: std::collections::HashSet<String> = self
+                .read(move |st| {
+                    let mut stale = std::collections::HashSet::new();
+                    for (rel, rev) in own {
+                        if st
+                            .file(&rel)?
+                            .is_some_and(|r| r.revision.as_deref() != Some(&rev))
+                        {
+                            stale.insert(rel);
+                        }
+                    }
+                    Ok(stale)
+                })
+                .await?;
+            deletes.retain(|(rel, _)| !stale.contains(rel));
         }
         // Local edits are never overwritten silently (see `push::conflict`).
         let claims = to_fetch

@@ -189,6 +189,12 @@ impl Files {
         Ok(v)
     }
 
+    /// Pin a just-created file's version (handle-less I/O: the kernel sends no RELEASE once opens are
+    /// message-free, so a handle would never be released).
+    pub(super) fn pin_created(&self, v: Version) -> Result<Arc<Version>, Errno> {
+        self.pin_with(v.ino, || Ok(v))
+    }
+
     /// The kernel forgot inode `ino`: no handle-less I/O of it can come any more.
     pub fn forget(&self, ino: u64) {
         let mut t = self.table();

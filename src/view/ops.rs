@@ -122,41 +122,61 @@ impl MirrorFs {
         Ok(a)
     }
 
-    /// `creat`/`open(O_CREAT)`: create (or, without `O_EXCL`, open) `name` in `parent` with `mode`
-    /// (less `umask`); returns its attributes, a handle and its version.
+    /// `creat`/`open(O_CREAT)`: create (or, without `O_EXCL`, open) `name` in `parent` with the
+    /// permission bits `perm` (the caller's umask applied, exactly: the daemon's own umask does not
+    /// apply); returns its attributes and, with
+    /// `handle`, a handle and its version (without: the version is pinned for handle-less I/O and the
+    /// handle is 0 — the kernel sends no RELEASE once opens are message-free).
     pub fn create(
         &self,
         parent: u64,
         name: &OsStr,
-        mode: u32,
-        umask: u32,
+        perm: u32,
         flags: i32,
         caller: Caller,
+        handle: bool,
     ) -> Result<(Attr, u64, Arc<Version>), Errno> {
         self.count();
         self.writable()?;
         let (dir, rel) = self.parent_dir(parent, name)?;
-        let keep = flags & (libc::O_EXCL | libc::O_TRUNC);
-        let file = sys::open_in(
+        let perm = perm & 0o7777;
+        let fresh = sys::open_in(
             dir.as_fd(),
             name,
-            libc::O_CREAT | libc::O_RDWR | keep,
-            mode & !umask & 0o7777,
-        )
-        .map_err(|e| io_errno(&e))?;
-        self.chown_new(&dir, name, caller)?;
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+            perm,
+        );
+        let file = match fresh {
+            Ok(f) => {
+                // Exactly the mode asked for (the daemon's umask took bits off).
+                f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(perm))
+                    .map_err(|e| io_errno(&e))?;
+                self.chown_new(&dir, name, caller)?;
+                f
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                sys::open_in(dir.as_fd(), name, libc::O_RDWR | (flags & libc::O_TRUNC), 0)
+                    .map_err(|e| io_errno(&e))?
+            }
+            Err(e) => return Err(io_errno(&e)),
+        };
         let a = self.entry_at(parent, &dir, name)?;
         if a.kind != super::fs::Kind::File {
             return Err(libc::EISDIR);
         }
-        let (fh, v) = self.open_created(Version {
+        let v = Version {
             ino: a.ino,
             file,
             writable: true,
             touched_ms: AtomicU64::new(0),
-        });
+        };
         self.touch(&rel, Touch::Writing);
-        Ok((a, fh, v))
+        if handle {
+            let (fh, v) = self.open_created(v);
+            return Ok((a, fh, v));
+        }
+        let v = self.files.pin_created(v)?;
+        Ok((a, 0, v))
     }
 
     /// `mknod`: regular files only (devices, FIFOs and sockets cannot be pushed: EPERM).
@@ -172,8 +192,7 @@ impl MirrorFs {
         if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
             return Err(libc::EPERM);
         }
-        let (a, fh, _) = self.create(parent, name, mode, umask, libc::O_EXCL, caller)?;
-        self.release(fh);
+        let (a, _, _) = self.create(parent, name, mode & !umask, libc::O_EXCL, caller, false)?;
         Ok(a)
     }
 
@@ -189,11 +208,28 @@ impl MirrorFs {
         self.count();
         self.writable()?;
         let (dir, rel) = self.parent_dir(parent, name)?;
-        nix::sys::stat::mkdirat(
+        let perm = nix::sys::stat::Mode::from_bits_truncate((mode & !umask & 0o7777) as _);
+        nix::sys::stat::mkdirat(&dir, name, perm).map_err(errno)?;
+        // Exactly the mode asked for (the daemon's umask took bits off).
+        nix::sys::stat::fchmodat(
             &dir,
             name,
-            nix::sys::stat::Mode::from_bits_truncate((mode & !umask & 0o7777) as _),
+            perm,
+            nix::sys::stat::FchmodatFlags::NoFollowSymlink,
         )
+        .or_else(|e| {
+            // Some kernels refuse AT_SYMLINK_NOFOLLOW for fchmodat: the directory was just made.
+            if e == nix::errno::Errno::EOPNOTSUPP || e == nix::errno::Errno::ENOTSUP {
+                nix::sys::stat::fchmodat(
+                    &dir,
+                    name,
+                    perm,
+                    nix::sys::stat::FchmodatFlags::FollowSymlink,
+                )
+            } else {
+                Err(e)
+            }
+        })
         .map_err(errno)?;
         self.chown_new(&dir, name, caller)?;
         let a = self.entry_at(parent, &dir, name)?;

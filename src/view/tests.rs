@@ -268,10 +268,10 @@ fn writes_land_in_the_mirror_and_are_handed_to_the_push_side() {
         .create(
             ROOT,
             OsStr::new("new.bin"),
-            0o644,
-            0o022,
+            0o644 & !0o022,
             libc::O_EXCL,
             me(),
+            true,
         )
         .unwrap();
     assert_eq!((a.kind, a.perm, a.size), (Kind::File, 0o644, 0));
@@ -285,16 +285,23 @@ fn writes_land_in_the_mirror_and_are_handed_to_the_push_side() {
         (&b"head"[..], &b"tail"[..], 0)
     );
     assert_eq!(
-        fs.create(ROOT, OsStr::new("new.bin"), 0o644, 0, libc::O_EXCL, me())
+        fs.create(ROOT, OsStr::new("new.bin"), 0o644, libc::O_EXCL, me(), true)
             .unwrap_err(),
         libc::EEXIST
     );
+    // Modes are exactly the ones asked for (less the caller's umask, not the daemon's).
+    let (g, fh0, _) = fs
+        .create(ROOT, OsStr::new("shared"), 0o666, 0, me(), false)
+        .unwrap();
+    assert_eq!((g.perm, fh0), (0o666, 0), "handle-less: pinned, no handle");
+    assert_eq!(fs.write(g.ino, 0, 0, b"pinned").unwrap(), 6);
+    let d = fs.mkdir(ROOT, OsStr::new("open"), 0o777, 0, me()).unwrap();
+    assert_eq!(d.perm, 0o777);
     let t = rec.touches();
     assert!(t.contains(&("new.bin".into(), Touch::Writing)), "{t:?}");
-    assert_eq!(
-        t.last(),
-        Some(&("new.bin".into(), Touch::Settled)),
-        "closing a written file settles it"
+    assert!(
+        t.contains(&("new.bin".into(), Touch::Settled)),
+        "closing a written file settles it: {t:?}"
     );
     // In place: the same inode (the kernel's page cache of it stays right).
     let doc = fs.lookup(ROOT, OsStr::new("doc.txt")).unwrap();
@@ -448,7 +455,7 @@ fn a_refusing_token_turns_writes_into_eacces() {
     assert_eq!(fs.open(f.ino, true).unwrap_err(), libc::EACCES);
     assert_eq!(fs.write(f.ino, 0, 0, b"x").unwrap_err(), libc::EACCES);
     assert_eq!(
-        fs.create(ROOT, OsStr::new("n"), 0o644, 0, 0, me())
+        fs.create(ROOT, OsStr::new("n"), 0o644, 0, me(), true)
             .unwrap_err(),
         libc::EACCES
     );

@@ -347,6 +347,22 @@ impl State {
     }
 
     /// File records at or below `rel` (a file or a directory), with their revisions.
+    /// Pending puts at or below `rel` of paths that have no record (new files never pushed).
+    pub fn unrecorded_puts_under(&self, rel: &str) -> Result<Vec<String>, StateError> {
+        let mut s = self
+            .conn
+            .prepare_cached(
+                "SELECT o.path FROM outbox o WHERE o.op = 1
+                   AND (o.path = ?1 OR (o.path > ?1 || '/' AND o.path < ?1 || '0') OR ?1 = '')
+                   AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.path = o.path)",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map([rel], |r| r.get(0))
+            .and_then(|r| r.collect::<rusqlite::Result<Vec<String>>>());
+        rows.map_err(|e| self.err(e))
+    }
+
     pub fn files_under(&self, rel: &str) -> Result<Vec<(String, Option<String>)>, StateError> {
         let mut s = self
             .conn
@@ -522,6 +538,25 @@ impl Batch<'_> {
         self.tx
             .prepare_cached("UPDATE entries SET local_stat = ?2 WHERE path = ?1")
             .and_then(|mut s| s.execute([rel, stat]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The local file already holds the remote's bytes: the record takes them (revision, hash, size)
+    /// and the file's current identity, without anything written.
+    pub fn adopt_local(
+        &mut self,
+        rel: &str,
+        revision: Option<&str>,
+        hash: &str,
+        size: u64,
+        stat: &str,
+    ) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached(
+                "UPDATE entries SET revision = ?2, content_hash = ?3, size = ?4, local_stat = ?5 WHERE path = ?1",
+            )
+            .and_then(|mut s| s.execute(params![rel, revision, hash, size as i64, stat]))
             .map_err(|e| self.err(e))?;
         Ok(())
     }

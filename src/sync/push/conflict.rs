@@ -94,6 +94,14 @@ fn rebase(rel: &str, incoming: &Incoming, rec: Option<&FileRecord>) -> Option<Ac
 enum Act {
     DropRow(String),
     Rebase(String, Option<String>),
+    /// The local file already holds the incoming bytes: recorded as they are, nothing written.
+    Adopt {
+        rel: String,
+        revision: Option<String>,
+        hash: String,
+        size: u64,
+        stat: String,
+    },
     Put(LocalVersion),
     Conflict(Conflict),
 }
@@ -116,6 +124,16 @@ impl Engine {
         }
         let store = self.store().clone();
         let two_way = self.config().push.two_way();
+        // Paths whose incoming revision mountd's own pushes created.
+        let own: std::collections::HashSet<String> = claims
+            .iter()
+            .filter_map(|(rel, inc)| match inc {
+                Incoming::Content {
+                    revision: Some(r), ..
+                } if self.own_write(rel, r) => Some(rel.clone()),
+                _ => None,
+            })
+            .collect();
         let (verdicts, kept) = self
             .db()
             .run(move |st: &mut State| -> Result<_, SyncError> {
@@ -125,6 +143,20 @@ impl Engine {
                 let now = crate::store::db::now_secs();
                 for (rel, incoming) in claims {
                     let rec = st.file(&rel)?.filter(|r| r.kind == Kind::File);
+                    if let (
+                        Some(r),
+                        Incoming::Content {
+                            revision: Some(ev), ..
+                        },
+                    ) = (&rec, &incoming)
+                    {
+                        if r.revision.as_deref() != Some(ev.as_str()) && own.contains(&rel) {
+                            // The echo of an earlier push of mountd's own, arriving after a later
+                            // change of the path was recorded: nothing to apply.
+                            verdicts.insert(rel, Verdict::Skip);
+                            continue;
+                        }
+                    }
                     let out = if outbox_empty {
                         None
                     } else {
@@ -196,10 +228,26 @@ impl Engine {
                         .unwrap_or_else(|| rec.as_ref().and_then(|r| r.revision.clone()));
                     let size = meta.len();
                     match incoming {
-                        Incoming::Content { hash: Some(h), .. }
-                            if h.eq_ignore_ascii_case(&hash) =>
-                        {
-                            acts.push(Act::DropRow(rel));
+                        Incoming::Content {
+                            hash: Some(h),
+                            revision,
+                            ..
+                        } if h.eq_ignore_ascii_case(&hash) => {
+                            acts.push(Act::DropRow(rel.clone()));
+                            if rec.is_some() {
+                                // Both sides hold the same bytes (mountd's own push coming back
+                                // while the file was touched since, say): nothing to write. Writing
+                                // would replace the file by a copy of itself, a new inode, under
+                                // any program that has it open.
+                                acts.push(Act::Adopt {
+                                    rel: rel.clone(),
+                                    revision,
+                                    hash,
+                                    size,
+                                    stat,
+                                });
+                                verdicts.insert(rel, Verdict::Skip);
+                            }
                         }
                         Incoming::Content {
                             hash: Some(ref h), ..
@@ -273,6 +321,13 @@ impl Engine {
                     for act in acts {
                         match act {
                             Act::DropRow(rel) => b.outbox_remove(&rel)?,
+                            Act::Adopt {
+                                rel,
+                                revision,
+                                hash,
+                                size,
+                                stat,
+                            } => b.adopt_local(&rel, revision.as_deref(), &hash, size, &stat)?,
                             Act::Rebase(rel, revision) => {
                                 b.set_revision(&rel, revision.as_deref())?;
                                 b.outbox_rebase(&rel, revision.as_deref())?;

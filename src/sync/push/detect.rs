@@ -203,10 +203,19 @@ impl Pass<'_> {
         }
     }
 
-    /// Every recorded file at or below `rel` is gone locally.
+    /// Every recorded file at or below `rel` is gone locally; a new file recorded but never pushed
+    /// (a temp file renamed away, a lock file deleted) has nothing left to push.
     fn gone(&mut self, rel: &str) -> Result<(), SyncError> {
         for (path, base) in self.st.files_under(rel)? {
             self.out.push(Note::Delete { rel: path, base });
+        }
+        if !self.outbox_empty {
+            for path in self.st.unrecorded_puts_under(rel)? {
+                self.out.push(Note::Unchanged {
+                    rel: path,
+                    stat: None,
+                });
+            }
         }
         Ok(())
     }

@@ -363,6 +363,9 @@ impl Engine {
             match f {
                 Fate::Done { staged, revision } => {
                     report.files += 1;
+                    if let Some(r) = &revision {
+                        self.note_own_write(&staged.row.path, r);
+                    }
                     p.pushed.push(staged.row.path.clone());
                     p.files.push(Recorded {
                         rel: staged.row.path.clone(),
@@ -567,7 +570,15 @@ impl Engine {
                 .push_requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match r {
-                Ok(WriteOutcome::Accepted { .. } | WriteOutcome::Absent) => {
+                Ok(WriteOutcome::Accepted { revision }) => {
+                    if let Some(r) = &revision {
+                        self.note_own_write(&row.path, r);
+                    }
+                    report.files += 1;
+                    p.forget.push(row.path.clone());
+                    p.pushed.push(row.path);
+                }
+                Ok(WriteOutcome::Absent) => {
                     report.files += 1;
                     p.forget.push(row.path.clone());
                     p.pushed.push(row.path);

@@ -4,9 +4,11 @@
 //! Caching: a file the sync engine replaces is a new inode, and the view's own writes go through the
 //! kernel, so the kernel may cache file data for as long as it keeps the inode, and entry and attribute
 //! replies carry a long TTL (never zero); the sync engine's change sink ([`super::invalidate`])
-//! invalidates exactly what changed. A writable view asks for the kernel's writeback cache in the
-//! page-cache mode (unless turned off): writes gather in the page cache and reach the daemon as large
-//! WRITEs, at the latest when the file is closed. File data is served in one of the [`DataMode`]s:
+//! invalidates exactly what changed. A writable view may ask for the kernel's writeback cache in the
+//! page-cache mode (`--writeback-cache`, off by default: the kernel then refetches a file's attributes
+//! after every close, which costs readers of many small files a round trip each): writes gather in the
+//! page cache and reach the daemon as large WRITEs, at the latest when the file is closed. File data is
+//! served in one of the [`DataMode`]s:
 //! * passthrough: OPEN registers the inode's opened version as the kernel's backing file (one
 //!   `BackingId` per inode, shared by its open handles); reads and mmap never reach the daemon. The id
 //!   outlives the last handle (up to [`MAX_IDLE_BACKINGS`], least recently released dropped first, and
@@ -193,9 +195,10 @@ pub struct WriteOptions {
 }
 
 impl Default for WriteOptions {
+    /// Writes go through to the daemon (the writeback cache costs readers a GETATTR per close).
     fn default() -> Self {
         WriteOptions {
-            writeback_cache: true,
+            writeback_cache: false,
             fsync_push: false,
         }
     }
@@ -743,9 +746,11 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        // Once opens are message-free the kernel sends no RELEASE either: no handle to leak then.
+        let handle = !self.zero_message_open();
         let (a, fh, version) = match timed("create", || {
             self.fs
-                .create(parent.0, name, mode, umask, flags, caller(req))
+                .create(parent.0, name, mode & !umask, flags, caller(req), handle)
         }) {
             Ok(v) => v,
             Err(e) => return reply.error(errno(e)),
