@@ -165,29 +165,14 @@ impl Engine {
                 }),
             }
         }
-        // The echo of a delete of mountd's own, arriving after it wrote the path again: nothing
-        // left to delete.
-        let own: Vec<(String, String)> = delete_revisions
+        // The echo of a delete of mountd's own: the local side did it already (and may have written
+        // the path again since, or removed its emptied directory: nothing to redo).
+        let own: std::collections::HashSet<String> = delete_revisions
             .into_iter()
             .filter(|(rel, rev)| self.own_write(rel, rev))
+            .map(|(rel, _)| rel)
             .collect();
-        if !own.is_empty() {
-            let stale: std::collections::HashSet<String> = self
-                .read(move |st| {
-                    let mut stale = std::collections::HashSet::new();
-                    for (rel, rev) in own {
-                        if st
-                            .file(&rel)?
-                            .is_some_and(|r| r.revision.as_deref() != Some(&rev))
-                        {
-                            stale.insert(rel);
-                        }
-                    }
-                    Ok(stale)
-                })
-                .await?;
-            deletes.retain(|(rel, _)| !stale.contains(rel));
-        }
+        deletes.retain(|(rel, _)| !own.contains(rel));
         // Local edits are never overwritten silently (see `push::conflict`).
         let claims = to_fetch
             .iter()

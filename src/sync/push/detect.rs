@@ -184,7 +184,19 @@ impl Pass<'_> {
         if rel == RESERVED_DIR || rel.starts_with(&format!("{RESERVED_DIR}/")) {
             return Ok(Vec::new());
         }
-        let meta = self.store.lstat(rel).map_err(|e| self.local(rel, e))?;
+        let meta = match self.store.lstat(rel) {
+            Ok(m) => m,
+            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                // The file system holds it, but no path to it can be spelled (over PATH_MAX).
+                self.unsupported(
+                    rel,
+                    "its path is longer than the system allows (PATH_MAX)",
+                    None,
+                )?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(self.local(rel, e)),
+        };
         match meta {
             None => {
                 self.gone(rel)?;
