@@ -522,8 +522,8 @@ pub struct RunArgs {
     #[arg(long, env = "MOUNTD_MAX_RETRY_WAIT", value_parser = parse_duration, default_value = "60s", help_heading = "Network")]
     pub max_retry_wait: Duration,
 
-    /// Where to mount the read-only FUSE view (service mode). Must be an empty directory outside
-    /// the mirror and the state DB's directory.
+    /// Where to mount the FUSE view (service mode; writable in mirror mode). Must be an empty directory
+    /// outside the mirror and the state DB's directory.
     #[arg(long, env = "RELAYFILE_MOUNTPOINT", help_heading = "Mount service")]
     pub mountpoint: Option<PathBuf>,
     /// Mount over a non-empty --mountpoint (its files are hidden while mounted).
@@ -581,10 +581,11 @@ pub struct RunArgs {
     /// Owner gid of files in the mount [default: the daemon's].
     #[arg(long, env = "MOUNTD_GID", help_heading = "Mount service")]
     pub gid: Option<u32>,
-    /// Permission bits of files in the mount (octal).
+    /// Permission bits of files in a read-only mount (pull-only; a writable mount shows and keeps the
+    /// files' own modes) (octal).
     #[arg(long, env = "MOUNTD_FILE_MODE", default_value = "0444", value_parser = parse_mode, help_heading = "Mount service")]
     pub file_mode: u16,
-    /// Permission bits of directories in the mount (octal).
+    /// Permission bits of directories in a read-only mount (pull-only) (octal).
     #[arg(long, env = "MOUNTD_DIR_MODE", default_value = "0555", value_parser = parse_mode, help_heading = "Mount service")]
     pub dir_mode: u16,
     /// How the mount serves file data: `auto` (the page cache with message-free opens: best for many
