@@ -377,7 +377,7 @@ hashes = {}
 def sha(path):
     if path not in hashes:
         h = hashlib.sha256()
-        with open(local[path], "rb") as f:
+        with open(local[path], "rb", buffering=0) as f:  # unbuffered: no isatty() ioctl on the view
             for b in iter(lambda: f.read(1 << 20), b""):
                 h.update(b)
         hashes[path] = h.hexdigest()
