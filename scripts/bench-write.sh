@@ -27,7 +27,8 @@
 # denied, conflict) exits 1 after the table. Targets (issue 17): mountd <= 1.5x plain for seq_write, <= 3x for untar and git, and
 # ahead of rclone on each.
 # Results are appended as JSON lines {"name":..., "value":..., "unit":...} to
-# target/bench/results.jsonl and printed as a table.
+# target/bench/results.jsonl and printed as a table; the service's log of each data mode is kept as
+# target/bench/bench-write.MODE.service.log.
 #
 #   scripts/bench-write.sh [--big-mib N] [--modes "auto passthrough"] [--no-rclone] [--fsync]
 #                          [--runs R] [--seq-runs S] [--only "seq_write untar git"]
@@ -55,7 +56,7 @@ while (($#)); do
     --seq-runs) seq_runs=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     -h | --help)
-        sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -538,7 +539,7 @@ verify() {
     fi
 }
 
-declare -A verified outbox_left
+declare -A verified outbox_left rss
 for mode in $modes; do
     say "target mountd, data mode $mode"
     mkdir -p "$WORK/$mode/mnt"
@@ -572,11 +573,20 @@ for mode in $modes; do
     run_workloads "$mode" "$MNT" drain_outbox
     finish_drain "$mode"
     verify "$mode"
-    hwm=$(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$service_pid/status" 2>/dev/null || echo 0)
-    emit "write.service.$mode.peak_rss" "${hwm:-0}" MiB
     rhwm=$(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$remote_pid/status" 2>/dev/null || echo 0)
     emit "write.remote.$mode.peak_rss" "${rhwm:-0}" MiB
-    say "$mode: service peak RSS ${hwm} MiB, remote ${rhwm} MiB"
+    if kill -0 "$service_pid" 2>/dev/null; then
+        hwm=$(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$service_pid/status" 2>/dev/null || echo 0)
+        emit "write.service.$mode.peak_rss" "${hwm:-0}" MiB
+        rss[$mode]="${hwm} MiB"
+    else
+        rc=0
+        wait "$service_pid" 2>/dev/null || rc=$?
+        rss[$mode]="the service had exited (code $rc)"
+        failures+=("$mode: the service exited during the workloads (code $rc): $(grep -m1 -E 'mountd: error|panicked' "$WORK/$mode/service.log" | cut -c1-200)")
+    fi
+    say "$mode: service peak RSS ${rss[$mode]}, remote ${rhwm} MiB"
+    cp "$WORK/$mode/service.log" "$OUT_DIR/bench-write.$mode.service.log"
     # Warnings and errors of the service, but fuser's "[Not Implemented] ioctl" (counted only).
     awk -v m="$mode" '/ (ERROR|WARN) / {
             if (/Not Implemented\] ioctl/) { io++; next }
@@ -683,7 +693,10 @@ if ((${#mountd_modes[@]})); then
     for m in "${mountd_modes[@]}"; do
         printf ' %s: %s, %s row(s) left in the outbox;' "$m" "${verified[$m]:-not checked}" "${outbox_left[$m]:--}"
     done
-    printf '\n\ntargets (issue 17): mountd <= 1.5x plain for %s, <= 3x for untar_5000 and git_2000; ahead of rclone\n' "$seq_name"
+    printf '\nservice peak RSS:'
+    for m in "${mountd_modes[@]}"; do printf ' %s: %s;' "$m" "${rss[$m]:--}"; done
+    printf ' service logs: %s\n' "${OUT_DIR#"$ROOT"/}/bench-write.MODE.service.log"
+    printf '\ntargets (issue 17): mountd <= 1.5x plain for %s, <= 3x for untar_5000 and git_2000; ahead of rclone\n' "$seq_name"
     for w in "${workloads[@]}"; do
         case $w in
         "$seq_name") lim=1.5 ;;
