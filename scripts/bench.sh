@@ -14,17 +14,24 @@
 # Then the two-way sync benchmarks (scripts/bench-push.sh): an editor's save until the server has it
 # (p50/p90/max), 1,000, 10,000 and 20,000 new files at once (time, write requests, the service's peak
 # RSS); --push runs only those, --no-push skips them.
+# Then the write benchmarks of the FUSE view (scripts/bench-write.sh, needs root and /dev/fuse): a
+# 1 GiB sequential write, untar of 5,000 files, git clone/status/commit of 2,000 files in a plain
+# directory vs the view in each data mode vs `rclone mount --vfs-cache-mode writes`, the time until
+# the service pushed them, and a check that the remote then holds exactly the view's bytes; --write
+# runs only those, --no-write skips them.
 # With --memory: only the memory benchmarks (scripts/bench-memory.sh): peak RSS of one 256 MiB and one
 # 1 GiB file via the tree pull and via the export, sixteen 256 MiB files at once, 10k and 100k small
 # files, and a 1 GiB file over a 5 MB/s link under the default and a 10 s idle timeout.
 #
 #   scripts/bench.sh [--files N] [--file-size BYTES] [--dirs D]     (default 20000 x 1024 B in 50 dirs)
-#                    [--mount | --no-mount | --push | --no-push | --memory [--no-slow] [--only CASES]]
-#                    [--mount-files N] [--big-file-mib M]
+#                    [--mount | --no-mount | --push | --no-push | --write | --no-write
+#                     | --memory [--no-slow] [--only CASES]] [--mount-files N] [--big-file-mib M]
 #     --mount: only the mount benchmarks; --no-mount: skip them; --push: only the two-way sync ones;
-#     --no-push: skip them (default: bootstrap, push, mount)
+#     --no-push: skip them; --write: only the write benchmarks; --no-write: skip them (default:
+#     bootstrap, push, write, mount)
 #     --mount-files N (default 100000, 1000 per dir), --big-file-mib M (default 1024; 0 = none);
-#     --modes "page-cache passthrough", --no-latency, --no-rclone, --random-reads R go to bench-mount.sh
+#     --modes "page-cache passthrough", --no-latency, --no-rclone, --random-reads R go to bench-mount.sh;
+#     --no-rclone also to bench-write.sh
 set -euo pipefail
 # shellcheck source=lib/remote.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/remote.sh"
@@ -33,23 +40,26 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 files=20000 file_size=1024 dirs=50
-run_bootstrap=1 run_mount=1 run_memory=0 run_push=1 mount_args=() memory_args=()
+run_bootstrap=1 run_mount=1 run_memory=0 run_push=1 run_write=1 mount_args=() memory_args=() write_args=()
 while (($#)); do
     case $1 in
     --files) files=$2; shift 2 ;;
     --file-size) file_size=$2; shift 2 ;;
     --dirs) dirs=$2; shift 2 ;;
-    --mount) run_bootstrap=0 run_mount=1 run_push=0; shift ;;
+    --mount) run_bootstrap=0 run_mount=1 run_push=0 run_write=0; shift ;;
     --no-mount) run_mount=0; shift ;;
     --memory) run_memory=1; shift ;;
-    --push) run_bootstrap=0 run_mount=0 run_push=1; shift ;;
+    --push) run_bootstrap=0 run_mount=0 run_push=1 run_write=0; shift ;;
     --no-push) run_push=0; shift ;;
+    --write) run_bootstrap=0 run_mount=0 run_push=0 run_write=1; shift ;;
+    --no-write) run_write=0; shift ;;
     --no-slow | --big-base64) memory_args+=("$1"); shift ;;
     --only) memory_args+=("$1" "$2"); shift 2 ;;
     --mount-files | --big-file-mib | --modes | --random-reads) mount_args+=("$1" "$2"); shift 2 ;;
-    --no-latency | --no-rclone) mount_args+=("$1"); shift ;;
+    --no-latency) mount_args+=("$1"); shift ;;
+    --no-rclone) mount_args+=("$1") write_args+=("$1"); shift ;;
     -h | --help)
-        sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -58,7 +68,7 @@ while (($#)); do
         ;;
     esac
 done
-[[ $run_bootstrap == 1 || $run_mount == 1 || $run_push == 1 ]] || {
+[[ $run_bootstrap == 1 || $run_mount == 1 || $run_push == 1 || $run_write == 1 ]] || {
     echo "bench.sh: --mount and --no-mount together leave nothing to run" >&2
     exit 2
 }
@@ -102,6 +112,9 @@ mkdir -p "$OUT_DIR"
 if [[ $run_bootstrap == 0 ]]; then
     if [[ $run_push == 1 ]]; then
         "$ROOT/scripts/bench-push.sh" --no-build
+    fi
+    if [[ $run_write == 1 ]]; then
+        "$ROOT/scripts/bench-write.sh" --no-build "${write_args[@]}"
     fi
     [[ $run_mount == 1 ]] || exit 0
     exec "$ROOT/scripts/bench-mount.sh" --no-build "${mount_args[@]}"
@@ -257,6 +270,10 @@ printf 'results: %s\n' "${RESULTS#"$ROOT"/}"
 if [[ $run_push == 1 ]]; then
     printf '\n' >&2
     "$ROOT/scripts/bench-push.sh" --no-build
+fi
+if [[ $run_write == 1 ]]; then
+    printf '\n' >&2
+    "$ROOT/scripts/bench-write.sh" --no-build "${write_args[@]}"
 fi
 if [[ $run_mount == 1 ]]; then
     # Free the bootstrap remote and mirrors first, then hand over (the mount script has its own cleanup).
