@@ -594,6 +594,16 @@ pub struct RunArgs {
     /// daemon). docs/PERFORMANCE.md has the measurements behind the default.
     #[arg(long, env = "MOUNTD_DATA_MODE", value_parser = parse_data_mode, default_value = "auto", help_heading = "Mount service")]
     pub data_mode: crate::view::fuse::DataMode,
+    /// Writable mount (mirror mode), page-cache data mode: let the kernel gather writes in its page
+    /// cache (FUSE's writeback cache) and send them as large WRITEs, at the latest on close; `false`:
+    /// every write(2) is a round trip to the daemon. docs/PERFORMANCE.md has the measurements.
+    #[arg(long, env = "MOUNTD_WRITEBACK_CACHE", help_heading = "Mount service", value_parser = parse_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_name = "BOOL", action = ArgAction::Set)]
+    pub writeback_cache: bool,
+    /// Writable mount: `fsync` returns only once the server accepted the file, and fails with EIO when
+    /// the push failed (a conflict, a refusal, the server unreachable for 2 minutes). Default: `fsync`
+    /// makes the file durable on local disk and records it in the outbox.
+    #[arg(long, env = "MOUNTD_FSYNC_PUSH", help_heading = "Mount service", value_parser = parse_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", hide_default_value = true, value_name = "BOOL", action = ArgAction::Set)]
+    pub fsync_push: bool,
     /// Kernel attribute and entry cache TTL (changes are pushed by explicit invalidation).
     #[arg(long, env = "MOUNTD_METADATA_TTL", value_parser = parse_duration, default_value = "60s", help_heading = "Mount service")]
     pub metadata_ttl: Duration,

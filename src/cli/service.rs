@@ -333,39 +333,26 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
         after_record(a, &shown, Some(h));
     }
 
-    // 2. Serve.
-    let mount = match (&a.mountpoint, a.no_fuse) {
-        (Some(mnt), false) => {
-            let opts = crate::view::fuse::MountOptions {
-                fsname: format!("mountd:{}", a.workspace.clone().unwrap_or_default()),
-                allow_other: a.allow_other,
-                ttl: a.metadata_ttl,
-                threads: 2,
-                fs: crate::view::fs::FsOptions {
-                    uid: a.uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
-                    gid: a.gid.unwrap_or_else(|| nix::unistd::getegid().as_raw()),
-                    file_mode: a.file_mode,
-                    dir_mode: a.dir_mode,
-                },
-                data_mode: a.data_mode,
-            };
-            match crate::view::fuse::mount(mnt, s.engine.db().path(), s.engine.store().root(), opts)
-            {
-                Ok(m) => {
-                    s.engine.set_sink(m.sink());
-                    tracing::info!(mountpoint = %mnt.display(), "mounted");
-                    Some(m)
-                }
-                Err(e) => {
-                    eprintln!("mountd: error: cannot mount {}: {e}\nmountd: hint: FUSE needs /dev/fuse (and fuse3's fusermount3 when not root); use --no-fuse on machines without it", mnt.display());
-                    return exit::FAILED;
-                }
-            }
+    // 2. Serve: the push side's settler first (a writable view hands it what changes), then the mount.
+    let kick = Arc::new(tokio::sync::Notify::new());
+    let fuse = a.mountpoint.is_some() && !a.no_fuse;
+    let view_watcher = (fuse && s.engine.config().push.two_way())
+        .then(|| crate::sync::push::watch::for_view(s.engine.clone(), kick.clone()));
+    let changes = match &view_watcher {
+        Some(w) => {
+            let v = crate::sync::push::view::ViewChanges::new(
+                s.engine.clone(),
+                w.touches(),
+                kick.clone(),
+            );
+            v.load_refusal().await;
+            Some(Arc::new(v) as Arc<dyn crate::store::change::LocalChanges>)
         }
-        _ => {
-            tracing::info!(dir = %s.engine.store().root().display(), "serving the mirror as a plain directory (--no-fuse)");
-            None
-        }
+        None => None,
+    };
+    let mount = match mount_view(a, s, changes) {
+        Ok(m) => m,
+        Err(code) => return code,
     };
     // The realtime stream, next to the poll loop below.
     let realtime = if a.compat.websocket.unwrap_or(true) {
@@ -385,7 +372,7 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
         None
     };
     // Two-way sync: the watcher (plain directory) and the pusher, beside the pull.
-    let push = match start_push(&s.engine, mount.is_none(), a.interval).await {
+    let push = match start_push(&s.engine, kick, view_watcher, a.interval).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("mountd: error: {e}");
@@ -524,38 +511,78 @@ impl Drop for PushSide {
     }
 }
 
-/// In mirror mode: watch a plain-directory mirror (started before the scan of what changed while
-/// mountd was not running, so nothing falls in between) and push the outbox whenever something is
-/// recorded, and every interval while pushes fail.
+/// Mount the FUSE view (writable when `changes` takes its local changes), unless the mirror is
+/// served as a plain directory. `Err` is the exit code.
+fn mount_view(
+    a: &RunArgs,
+    s: &mut Setup,
+    changes: Option<Arc<dyn crate::store::change::LocalChanges>>,
+) -> Result<Option<crate::view::fuse::MountHandle>, i32> {
+    let Some(mnt) = a.mountpoint.as_ref().filter(|_| !a.no_fuse) else {
+        tracing::info!(dir = %s.engine.store().root().display(), "serving the mirror as a plain directory (--no-fuse)");
+        return Ok(None);
+    };
+    let opts = crate::view::fuse::MountOptions {
+        fsname: format!("mountd:{}", a.workspace.clone().unwrap_or_default()),
+        allow_other: a.allow_other,
+        ttl: a.metadata_ttl,
+        threads: 2,
+        fs: crate::view::fs::FsOptions {
+            uid: a.uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
+            gid: a.gid.unwrap_or_else(|| nix::unistd::getegid().as_raw()),
+            file_mode: a.file_mode,
+            dir_mode: a.dir_mode,
+            writable: changes.is_some(),
+        },
+        data_mode: a.data_mode,
+        writes: crate::view::fuse::WriteOptions {
+            writeback_cache: a.writeback_cache,
+            fsync_push: a.fsync_push,
+        },
+    };
+    match crate::view::fuse::mount(mnt, s.engine.store().root(), opts, changes) {
+        Ok(m) => {
+            s.engine.set_sink(m.sink());
+            tracing::info!(mountpoint = %mnt.display(), "mounted");
+            Ok(Some(m))
+        }
+        Err(e) => {
+            eprintln!("mountd: error: cannot mount {}: {e}\nmountd: hint: FUSE needs /dev/fuse (and fuse3's fusermount3 when not root); use --no-fuse on machines without it", mnt.display());
+            Err(exit::FAILED)
+        }
+    }
+}
+
+/// In mirror mode: settle local changes (the writable view's, or a plain-directory mirror's watched
+/// with inotify, started before the scan of what changed while mountd was not running, so nothing
+/// falls in between) and push the outbox whenever something is recorded, and every interval while
+/// pushes fail.
 async fn start_push(
     engine: &Engine,
-    plain: bool,
+    kick: Arc<tokio::sync::Notify>,
+    view: Option<crate::sync::push::watch::Watcher>,
     interval: Duration,
 ) -> Result<Option<PushSide>, String> {
     if !engine.config().push.two_way() {
         return Ok(None);
     }
-    let kick = Arc::new(tokio::sync::Notify::new());
-    let mut unsettled = None;
-    let watcher = if plain {
-        let w = crate::sync::push::watch::spawn(engine.clone(), kick.clone())?;
-        unsettled = Some(w.unsettled());
-        let found = engine
-            .record_local(vec![String::new()])
-            .await
-            .map_err(|e| format!("cannot scan the mirror for local changes: {e}"))?;
-        tracing::info!(
-            changes = found.changes(),
-            dir = %engine.store().root().display(),
-            "watching the mirror directory for local changes (two-way sync)"
-        );
-        Some(w)
-    } else {
-        None
+    let w = match view {
+        Some(w) => w,
+        None => crate::sync::push::watch::spawn(engine.clone(), kick.clone())?,
     };
+    let unsettled = Some(w.unsettled());
+    let found = engine
+        .record_local(vec![String::new()])
+        .await
+        .map_err(|e| format!("cannot scan the mirror for local changes: {e}"))?;
+    tracing::info!(
+        changes = found.changes(),
+        dir = %engine.store().root().display(),
+        "recording local changes of the mirror (two-way sync)"
+    );
     let pusher = tokio::spawn(push_loop(engine.clone(), kick.clone(), unsettled, interval));
     Ok(Some(PushSide {
-        watcher,
+        watcher: Some(w),
         pusher,
         kick,
     }))

@@ -292,14 +292,12 @@ pub fn setup(a: &RunArgs, interactive_bar: bool) -> Result<Setup, Fatal> {
     })
 }
 
-/// The push side's settings from the arguments. Local changes are found in a plain-directory mirror
-/// only: behind a FUSE view (read-only for now) the mirror directory is mountd's own store, so the
-/// service then keeps it as pull-only does (drift healed, a replaced local edit kept as a copy).
+/// The push side's settings from the arguments. Local changes come from the writable FUSE view, or
+/// from a plain-directory mirror (behind a FUSE view the mirror directory is mountd's own store).
 fn push_config(a: &RunArgs, client: &ClientConfig) -> PushConfig {
     let d = PushConfig::default();
-    let fuse_service = !a.once && a.push_once().is_none() && a.mountpoint.is_some() && !a.no_fuse;
     PushConfig {
-        direction: if a.read_only || fuse_service {
+        direction: if a.read_only {
             Direction::PullOnly
         } else {
             Direction::Mirror

@@ -11,6 +11,8 @@ pub struct Change {
     pub ino: u64,
     pub parent: u64,
     pub name: String,
+    /// Its path relative to the mirror root.
+    pub path: String,
     /// The entry is gone (deleted or replaced by an entry of another kind).
     pub removed: bool,
 }
@@ -18,4 +20,27 @@ pub struct Change {
 /// Receives what each commit changed.
 pub trait ChangeSink: Send + Sync {
     fn changed(&self, changes: &[Change]);
+}
+
+/// How a path changed through the file system view, for the push side (two-way sync).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    /// Complete for now: a writer closed it, it was renamed into place, a directory appeared.
+    Settled,
+    /// Being written.
+    Writing,
+    /// Gone: deleted or renamed away.
+    Gone,
+}
+
+/// Where the writable view sends its local changes (the push side implements it). Paths are relative
+/// to the mirror root.
+pub trait LocalChanges: Send + Sync {
+    /// `rel` changed; it is recorded in the outbox once it settled.
+    fn touched(&self, rel: &str, how: Touch);
+    /// Record `rels` in the outbox now (fsync; close where the view sees it); with `wait_push`, also
+    /// wait until the remote answered them. An error says why (the caller answers EIO).
+    fn record_now(&self, rels: Vec<String>, wait_push: bool) -> Result<(), String>;
+    /// Why writes are refused (the token may not write), when they are.
+    fn refused(&self) -> Option<String>;
 }

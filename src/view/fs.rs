@@ -1,63 +1,70 @@
-//! The read-only file system view: answers lookup, getattr, readdir, open/read and statfs from the state
-//! database and the local mirror only (no network), with no FUSE types so it can be tested without a
-//! kernel. [`crate::view::fuse`] maps fuser calls onto it.
+//! The file system view over the mirror directory: the core the FUSE adapter maps requests onto, with
+//! no FUSE types so it can be tested without a kernel. Errors are libc errno values (`i32`).
 //!
-//! Errors are libc errno values (`i32`).
+//! The view serves the mirror's own files: a node is a mirror inode ([`super::nodes`]), its attributes
+//! are the file's, and data is read from and written to the mirror file itself (no copy, any size, flat
+//! daemon memory). Hidden: mountd's `.mountd/` directory at the root, and anything that is neither a
+//! regular file nor a directory.
 //!
-//! Versions: every content version of a file has an inode number of its own (the sync engine inserts a
-//! new record for new content and removes the old one), so the bytes behind an inode never change. The
-//! view keeps one opened [`Version`] (a `std::fs::File` of the local copy) per inode while the kernel
-//! may still read it: while a handle is open ([`MirrorFs::open`] .. [`MirrorFs::release`]) and, for reads
-//! that come without a handle (the kernel's zero-message open), from the first read until the kernel
-//! forgets the inode ([`MirrorFs::forget`]). The sync engine replaces local files by atomic rename, so an
-//! opened `File` keeps the bytes it opened after the path holds a newer version; every reader of one
-//! inode reads the same opened file, so the kernel's page cache of an inode holds one version only.
+//! * **Read-only** (`pull-only`): every call that would modify answers `EROFS`; files and directories
+//!   show the configured modes (0444 / 0555).
+//! * **Writable** (`mirror`): creates, writes, truncates, renames, deletes, mkdir/rmdir, utimens and
+//!   chmod act on the mirror directory (modes are kept locally: the remote has none), and every change
+//!   is handed to the push side ([`LocalChanges`]): written paths when they settle, and at once on
+//!   `fsync` (and on close where the kernel tells the view of it). Symlinks, hard links, devices,
+//!   FIFOs and sockets answer `EPERM` (the remote cannot hold them), xattrs `EOPNOTSUPP`. With a token
+//!   that may not write, writes answer `EACCES` and the modes shown lose their write bits.
 //!
-//! Directory offsets: `.` is offset 1, `..` offset 2, and a child has offset `inode + 2`; children come
-//! in inode order. Paging needs no per-handle state (`ino > offset - 2`), so the kernel may skip
-//! OPENDIR, and an offset stays valid while the directory changes (new entries have larger inodes).
+//! Versions (see [`super::files`]): a file the sync engine replaces is a new inode, so a reader of the
+//! old one keeps reading the bytes it opened.
+//!
+//! Directory offsets are the mirror file system's own cookies (`d_off`), valid for any later listing
+//! of the same directory, so the kernel may page listings without OPENDIR.
+use super::files::Files;
+use super::nodes::{Nodes, ROOT};
+use super::sys::{self, Stat};
+use crate::store::change::{LocalChanges, Touch};
 pub use crate::store::db::Kind;
-use crate::store::db::{Entry, StateError, StateReader, ROOT_INO};
-use std::collections::{HashMap, VecDeque};
-use std::ffi::OsStr;
-use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use crate::store::paths::RESERVED_DIR;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 /// A libc errno value.
 pub type Errno = i32;
 
 /// Block size reported in attributes and statfs.
 pub const BLKSIZE: u32 = 4096;
-/// Offsets of `.` and `..` in a directory stream; a child's offset is its inode + `CHILD_OFFSET_BASE`.
-pub const DOT_OFFSET: u64 = 1;
-pub const DOTDOT_OFFSET: u64 = 2;
-pub const CHILD_OFFSET_BASE: u64 = 2;
 /// Default bound on versions pinned for handle-less reads (each holds a file descriptor).
 pub const DEFAULT_MAX_PINNED: usize = 8192;
 
-/// Ownership and permission bits presented for every file and directory.
+/// Ownership and permission bits presented, and whether the view may be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FsOptions {
+    /// Owner shown for what the daemon owns (and given to the daemon's files created through the view).
     pub uid: u32,
     pub gid: u32,
-    /// Permission bits of regular files (default 0o444).
+    /// Permission bits of regular files in a read-only view (default 0o444).
     pub file_mode: u16,
-    /// Permission bits of directories (default 0o555).
+    /// Permission bits of directories in a read-only view (default 0o555).
     pub dir_mode: u16,
+    /// Writable view (`mirror` mode): the files' own modes are shown and kept.
+    pub writable: bool,
 }
 
 impl Default for FsOptions {
-    /// The daemon's effective uid/gid, 0444 files, 0555 directories.
+    /// The daemon's effective uid/gid, 0444 files, 0555 directories, read-only.
     fn default() -> Self {
         FsOptions {
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
             file_mode: 0o444,
             dir_mode: 0o555,
+            writable: false,
         }
     }
 }
@@ -69,9 +76,11 @@ pub struct Attr {
     pub generation: u64,
     pub kind: Kind,
     pub size: u64,
-    /// 512-byte blocks: `ceil(size / 512)`.
+    /// 512-byte blocks allocated.
     pub blocks: u64,
+    pub atime: SystemTime,
     pub mtime: SystemTime,
+    pub ctime: SystemTime,
     pub perm: u16,
     pub nlink: u32,
     pub uid: u32,
@@ -79,17 +88,16 @@ pub struct Attr {
     pub blksize: u32,
 }
 
-/// One entry of a directory page.
+/// One entry of a directory listing.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
     pub ino: u64,
     /// The offset to pass back to continue *after* this entry.
     pub offset: u64,
     pub kind: Kind,
-    pub name: String,
-    /// Path relative to the mirror root.
-    pub path: String,
-    pub attr: Attr,
+    pub name: OsString,
+    /// Attributes (read for `readdirplus` listings only; `None` for plain ones).
+    pub attr: Option<Attr>,
 }
 
 /// File system statistics (`statfs`).
@@ -105,107 +113,63 @@ pub struct StatFs {
     pub frsize: u32,
 }
 
-/// The opened local copy of one inode's content version.
-#[derive(Debug)]
-pub struct Version {
-    pub ino: u64,
-    pub file: File,
-    /// Size of this version (checked against the record when it was opened).
-    pub size: u64,
+/// Who makes a request (creates are owned by them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
 }
 
-/// One inode with an opened version: how many handles use it, and whether it is pinned for handle-less
-/// reads until the kernel forgets the inode.
-struct Live {
-    version: Arc<Version>,
-    handles: u32,
-    pinned: bool,
-}
-
-#[derive(Default)]
-struct Versions {
-    live: HashMap<u64, Live>,
-    /// Open handle -> its version.
-    handles: HashMap<u64, Arc<Version>>,
-    /// Pinned inodes, oldest first (may hold inodes unpinned since; skipped when evicting).
-    pin_order: VecDeque<u64>,
-    pinned: usize,
-}
-
-/// READs of at least this size (the kernel's read-ahead) prefetch the window after them.
-const PREFETCH_FROM: usize = 256 << 10;
-
-/// The read-only view over a [`StateReader`] and the mirror root.
-pub struct MirrorFs {
-    readers: Vec<Mutex<StateReader>>,
-    next_reader: AtomicUsize,
-    root: PathBuf,
-    opts: FsOptions,
-    versions: Mutex<Versions>,
-    max_pinned: AtomicUsize,
-    pin_on_entry: AtomicBool,
-    next_fh: AtomicU64,
-    calls: AtomicU64,
-    reads: AtomicU64,
-}
-
-impl Versions {
-    fn unpin(&mut self, ino: u64) {
-        if let Some(l) = self.live.get_mut(&ino) {
-            if l.pinned {
-                l.pinned = false;
-                self.pinned -= 1;
-                if l.handles == 0 {
-                    self.live.remove(&ino);
-                }
-            }
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn io_errno(e: &std::io::Error) -> Errno {
+pub(super) fn io_errno(e: &std::io::Error) -> Errno {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
-/// A failed database read is an I/O error for the caller; it is logged here, once, with its errno.
-fn db_errno(e: StateError) -> Errno {
-    tracing::error!(errno = libc::EIO, error = %e, "file system view: state database read failed");
-    libc::EIO
+/// The view over the mirror root.
+pub struct MirrorFs {
+    pub(super) root: PathBuf,
+    pub(super) root_fd: OwnedFd,
+    pub(super) nodes: Nodes,
+    pub(super) files: Files,
+    pub(super) opts: FsOptions,
+    pub(super) changes: Option<Arc<dyn LocalChanges>>,
+    /// The daemon's effective uid and gid (files it owns are shown as `opts.uid`/`opts.gid`).
+    pub(super) euid: u32,
+    pub(super) egid: u32,
+    pub(super) root_user: bool,
+    pub(super) calls: AtomicU64,
+    refusal_logged: AtomicBool,
 }
 
 impl MirrorFs {
-    /// A view with one database connection.
-    pub fn new(reader: StateReader, root: &Path, opts: FsOptions) -> MirrorFs {
-        Self::with_readers(vec![reader], root, opts)
-    }
-
-    /// A view with a pool of database connections (one per FUSE worker thread is plenty).
-    ///
-    /// # Panics
-    /// If `readers` is empty.
-    pub fn with_readers(readers: Vec<StateReader>, root: &Path, opts: FsOptions) -> MirrorFs {
-        assert!(!readers.is_empty(), "MirrorFs needs at least one reader");
-        MirrorFs {
-            readers: readers.into_iter().map(Mutex::new).collect(),
-            next_reader: AtomicUsize::new(0),
+    /// The view of the mirror at `root`; local changes go to `changes` (a writable view needs one).
+    pub fn new(
+        root: &Path,
+        opts: FsOptions,
+        changes: Option<Arc<dyn LocalChanges>>,
+    ) -> std::io::Result<MirrorFs> {
+        let root_fd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags_dir()
+            .open(root)?;
+        let root_fd = OwnedFd::from(root_fd);
+        let st = sys::fstat(root_fd.as_fd())?;
+        let euid = nix::unistd::geteuid().as_raw();
+        Ok(MirrorFs {
             root: root.to_path_buf(),
-            opts,
-            versions: Mutex::new(Versions::default()),
-            max_pinned: AtomicUsize::new(DEFAULT_MAX_PINNED),
-            pin_on_entry: AtomicBool::new(false),
-            next_fh: AtomicU64::new(1),
+            nodes: Nodes::new(st.ino),
+            files: Files::default(),
+            opts: FsOptions {
+                writable: opts.writable && changes.is_some(),
+                ..opts
+            },
+            changes,
+            euid,
+            egid: nix::unistd::getegid().as_raw(),
+            root_user: euid == 0,
+            root_fd,
             calls: AtomicU64::new(0),
-            reads: AtomicU64::new(0),
-        }
-    }
-
-    /// Bound the number of versions pinned for handle-less reads (each holds a file descriptor).
-    pub fn set_max_pinned(&self, n: usize) {
-        self.max_pinned.store(n.max(1), Ordering::Relaxed);
+            refusal_logged: AtomicBool::new(false),
+        })
     }
 
     pub fn options(&self) -> &FsOptions {
@@ -216,443 +180,298 @@ impl MirrorFs {
         &self.root
     }
 
-    /// Run `f` with a free database connection (or wait for one); a database error becomes EIO.
-    fn db<R>(&self, f: impl FnOnce(&StateReader) -> Result<R, StateError>) -> Result<R, Errno> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let n = self.readers.len();
-        let start = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
-        for i in 0..n {
-            if let Ok(r) = self.readers[(start + i) % n].try_lock() {
-                return f(&r).map_err(db_errno);
-            }
-        }
-        f(&lock(&self.readers[start])).map_err(db_errno)
+    /// Requests that did work in the daemon so far (for tests).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
     }
 
-    /// Attributes of a database record.
-    pub fn attr_of(&self, e: &Entry) -> Attr {
-        let dir = e.kind == Kind::Dir;
-        let size = if dir { 0 } else { e.size };
-        let mtime = if e.mtime >= 0 {
-            UNIX_EPOCH + Duration::from_secs(e.mtime as u64)
+    /// Nodes the kernel holds.
+    pub fn known_nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub(super) fn count(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The path of node `id` (ESTALE for one the kernel never told about).
+    pub(super) fn path_of(&self, id: u64) -> Result<OsString, Errno> {
+        self.nodes.path(id).ok_or(libc::ESTALE)
+    }
+
+    /// `statx` of `rel` (relative to the root).
+    pub(super) fn stat_rel(&self, rel: &OsStr) -> Result<Stat, Errno> {
+        sys::statx(self.root_fd.as_fd(), rel).map_err(|e| io_errno(&e))
+    }
+
+    /// Whether `name` in directory `parent` is hidden from the view (`.mountd` at the root).
+    pub(super) fn hidden(parent: u64, name: &[u8]) -> bool {
+        parent == ROOT && name == RESERVED_DIR.as_bytes()
+    }
+
+    /// The attributes of a mirror file as the view shows them.
+    pub(super) fn attr_of(&self, st: &Stat) -> Attr {
+        let dir = st.is_dir();
+        let mut perm = if self.opts.writable {
+            (st.mode & 0o7777) as u16
+        } else if dir {
+            self.opts.dir_mode
         } else {
-            UNIX_EPOCH - Duration::from_secs(e.mtime.unsigned_abs())
+            self.opts.file_mode
         };
+        if self.opts.writable && self.refused().is_some() {
+            perm &= !0o222;
+        }
         Attr {
-            ino: e.ino,
-            generation: e.generation,
+            ino: self.nodes.id_of(st.ino),
+            generation: st.generation,
             kind: if dir { Kind::Dir } else { Kind::File },
-            size,
-            blocks: size.div_ceil(512),
-            mtime,
-            perm: if dir {
-                self.opts.dir_mode
+            size: if dir { 0 } else { st.size },
+            blocks: if dir { 0 } else { st.blocks },
+            atime: st.atime,
+            mtime: st.mtime,
+            ctime: st.ctime,
+            perm,
+            nlink: if self.opts.writable {
+                st.nlink
+            } else if dir {
+                2
             } else {
-                self.opts.file_mode
+                st.nlink.min(1)
             },
-            nlink: if dir { 2 } else { 1 },
-            uid: self.opts.uid,
-            gid: self.opts.gid,
+            uid: if st.uid == self.euid {
+                self.opts.uid
+            } else {
+                st.uid
+            },
+            gid: if st.gid == self.egid {
+                self.opts.gid
+            } else {
+                st.gid
+            },
             blksize: BLKSIZE,
         }
     }
 
-    fn entry(&self, ino: u64) -> Result<Entry, Errno> {
-        self.db(|r| r.get(ino))?.ok_or(libc::ENOENT)
+    /// The mirror owner for a shown owner (the inverse of [`MirrorFs::attr_of`]'s mapping).
+    pub(super) fn backing_ids(
+        &self,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> (Option<u32>, Option<u32>) {
+        (
+            uid.map(|u| if u == self.opts.uid { self.euid } else { u }),
+            gid.map(|g| if g == self.opts.gid { self.egid } else { g }),
+        )
     }
 
-    fn dir_entry(&self, ino: u64) -> Result<Entry, Errno> {
-        let e = self.entry(ino)?;
-        if e.kind != Kind::Dir {
-            return Err(libc::ENOTDIR);
+    /// Why writes are refused, if they are (a token that may not write); logged once.
+    pub(super) fn refused(&self) -> Option<String> {
+        let why = self.changes.as_ref()?.refused()?;
+        if !self.refusal_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(reason = %why, "file system view: writes are refused with EACCES (the token may not write)");
         }
-        Ok(e)
+        Some(why)
     }
 
-    /// Look `name` up in directory `parent`. A name that is not UTF-8 cannot be in the mirror: ENOENT.
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
-        let Some(name) = name.to_str() else {
-            return Err(libc::ENOENT);
+    /// Check that the view may be written (EROFS when read-only, EACCES when refused).
+    pub(super) fn writable(&self) -> Result<&Arc<dyn LocalChanges>, Errno> {
+        let Some(c) = self.changes.as_ref().filter(|_| self.opts.writable) else {
+            return Err(libc::EROFS);
         };
-        match name {
-            "." => return self.getattr(parent),
-            ".." => {
-                let p = self.dir_entry(parent)?;
-                return self.getattr(if p.ino == ROOT_INO {
-                    ROOT_INO
+        if self.refused().is_some() {
+            return Err(libc::EACCES);
+        }
+        Ok(c)
+    }
+
+    /// Tell the push side that `rel` changed (names that are not UTF-8 go as their directory: the
+    /// detection there notes them as impossible to push).
+    pub(super) fn touch(&self, rel: &OsStr, how: Touch) {
+        let Some(c) = self.changes.as_ref() else {
+            return;
+        };
+        match rel.to_str() {
+            Some(s) => c.touched(s, how),
+            None => {
+                let parent = Path::new(rel).parent().unwrap_or(Path::new(""));
+                c.touched(&parent.to_string_lossy(), Touch::Settled);
+            }
+        }
+    }
+
+    /// Look `name` up in directory `parent`; the kernel then holds one more lookup of the result.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
+        self.count();
+        if name.as_bytes().contains(&b'/') || name.is_empty() {
+            return Err(libc::ENOENT);
+        }
+        if name == "." {
+            return self.getattr(parent);
+        }
+        if Self::hidden(parent, name.as_bytes()) {
+            return Err(libc::ENOENT);
+        }
+        let rel = self.nodes.child_path(parent, name).ok_or(libc::ESTALE)?;
+        let st = match self.stat_rel(&rel) {
+            Ok(st) => st,
+            Err(libc::ENOENT) => {
+                // Tell a missing or non-directory parent apart from a missing name.
+                let p = self.getattr(parent)?;
+                return Err(if p.kind == Kind::Dir {
+                    libc::ENOENT
                 } else {
-                    p.parent
+                    libc::ENOTDIR
                 });
             }
-            _ => {}
-        }
-        if name.is_empty() || name.contains('/') {
+            Err(e) => return Err(e),
+        };
+        if !(st.is_file() || st.is_dir()) {
             return Err(libc::ENOENT);
         }
-        match self.db(|r| r.lookup(parent, name))? {
-            Some(e) => {
-                if e.kind == Kind::File {
-                    self.pin_entry(e.ino, &e.path, e.size);
-                }
-                Ok(self.attr_of(&e))
-            }
+        let a = self.attr_of(&st);
+        self.nodes.remember(a.ino, parent, name);
+        if a.kind == Kind::File {
+            self.files.pin_entry(self, a.ino, &rel);
+        }
+        Ok(a)
+    }
+
+    /// The kernel forgot `nlookup` lookups of `id`.
+    pub fn forget(&self, id: u64, nlookup: u64) {
+        self.nodes.forget(id, nlookup);
+        self.files.forget(id);
+    }
+
+    /// Attributes of node `id`. A file replaced or deleted since, but still open or pinned, is
+    /// answered from its kept version (with its real link count, 0), so `fstat` and reads to the end of
+    /// an old version keep working.
+    pub fn getattr(&self, id: u64) -> Result<Attr, Errno> {
+        self.count();
+        let here = self
+            .nodes
+            .path(id)
+            .and_then(|rel| self.stat_rel(&rel).ok())
+            .filter(|st| self.nodes.id_of(st.ino) == id && (st.is_file() || st.is_dir()));
+        match here {
+            Some(st) => Ok(self.attr_of(&st)),
             None => {
-                // Tell a missing parent or a file parent apart from a missing name.
-                self.dir_entry(parent)?;
-                Err(libc::ENOENT)
+                let f = self.files.kept(id).ok_or(libc::ENOENT)?;
+                let st = sys::fstat(f.file.as_fd()).map_err(|e| io_errno(&e))?;
+                Ok(self.attr_of(&st))
             }
         }
     }
 
-    /// Attributes of `ino`. An inode replaced or deleted since, but still open or pinned, is answered
-    /// from its kept version (link count 0, like an unlinked file on a local disk), so `fstat` and
-    /// reads to the end of a kept-open old version keep working after the attributes expire.
-    pub fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
-        match self.entry(ino) {
-            Ok(e) => Ok(self.attr_of(&e)),
-            Err(libc::ENOENT) => {
-                let v = lock(&self.versions)
-                    .live
-                    .get(&ino)
-                    .map(|l| l.version.clone())
-                    .ok_or(libc::ENOENT)?;
-                let mtime = v
-                    .file
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(UNIX_EPOCH);
-                Ok(Attr {
-                    ino,
-                    generation: 1,
-                    kind: Kind::File,
-                    size: v.size,
-                    blocks: v.size.div_ceil(512),
-                    mtime,
-                    perm: self.opts.file_mode,
-                    nlink: 0,
-                    uid: self.opts.uid,
-                    gid: self.opts.gid,
-                    blksize: BLKSIZE,
-                })
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// `access(2)`: existence and read/execute are allowed; write is EROFS.
-    pub fn access(&self, ino: u64, mask: i32) -> Result<(), Errno> {
-        let e = self.entry(ino)?;
+    /// `access(2)` (the kernel checks modes itself with `default_permissions`; this answers EROFS for
+    /// write access to a read-only view).
+    pub fn access(&self, id: u64, mask: i32) -> Result<(), Errno> {
+        let a = self.getattr(id)?;
         if mask & libc::W_OK != 0 {
-            return Err(libc::EROFS);
+            self.writable()?;
         }
-        if mask & libc::X_OK != 0 && e.kind == Kind::File && self.opts.file_mode & 0o111 == 0 {
+        if mask & libc::X_OK != 0 && a.kind == Kind::File && a.perm & 0o111 == 0 {
             return Err(libc::EACCES);
         }
         Ok(())
     }
 
-    /// Open the local copy of inode `ino`'s version. Fails with ESTALE when the inode is no longer the
-    /// current version (its record is gone) or the path already holds another version (a replacement
-    /// renamed in but not yet committed): the kernel then looks the name up again and opens the new
-    /// inode.
-    fn open_version(&self, ino: u64) -> Result<Version, Errno> {
-        let e = match self.db(|r| r.get(ino))? {
-            Some(e) => e,
-            None => return Err(libc::ESTALE),
-        };
-        if e.kind == Kind::Dir {
-            return Err(libc::EISDIR);
+    /// Check that `id` is a directory that can be listed.
+    pub fn opendir(&self, id: u64) -> Result<(), Errno> {
+        match self.getattr(id)?.kind {
+            Kind::Dir => Ok(()),
+            Kind::File => Err(libc::ENOTDIR),
         }
-        self.open_local(ino, &e.path, e.size)
     }
 
-    /// Open the local copy at `rel` as version `ino` of `size` bytes.
-    fn open_local(&self, ino: u64, rel: &str, size: u64) -> Result<Version, Errno> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(self.root.join(rel))
-            .map_err(|err| match err.raw_os_error() {
-                // A symlink planted in the mirror is not ours to follow.
-                Some(libc::ELOOP) => libc::EIO,
-                // Deleted locally, record not yet committed: this version is gone.
-                Some(libc::ENOENT) => libc::ESTALE,
-                _ => io_errno(&err),
-            })?;
-        let meta = file.metadata().map_err(|e| io_errno(&e))?;
-        if !meta.is_file() {
-            return Err(libc::EIO);
-        }
-        if meta.size() != size {
-            tracing::debug!(
-                ino,
-                path = rel,
-                "local file is another version than the record"
-            );
-            return Err(libc::ESTALE);
-        }
-        Ok(Version {
-            ino,
-            file,
-            size: meta.size(),
-        })
-    }
-
-    /// The live version of `ino`, opening it if needed; the closure updates its bookkeeping.
-    fn with_live<R>(&self, ino: u64, f: impl FnOnce(&mut Live) -> R) -> Result<R, Errno> {
-        self.with_live_or(ino, || self.open_version(ino), f)
-    }
-
-    fn with_live_or<R>(
+    /// List directory `id` from `offset` (0 = the start, else an entry's offset), handing each entry
+    /// to `add` until it answers `true` (the reply is full; that entry was not taken). With `plus`,
+    /// entries carry their attributes and each one taken (but `.` and `..`) counts as a lookup.
+    pub fn readdir(
         &self,
-        ino: u64,
-        open: impl FnOnce() -> Result<Version, Errno>,
-        f: impl FnOnce(&mut Live) -> R,
-    ) -> Result<R, Errno> {
-        if let Some(l) = lock(&self.versions).live.get_mut(&ino) {
-            return Ok(f(l));
-        }
-        // Open outside the lock (a database read and an open(2)); another thread may win the race, and
-        // then its version is used so that one inode never has two opened versions.
-        let v = Arc::new(open()?);
-        let mut vs = lock(&self.versions);
-        let l = vs.live.entry(ino).or_insert(Live {
-            version: v,
-            handles: 0,
-            pinned: false,
-        });
-        Ok(f(l))
-    }
-
-    /// Open file `ino` for reading; returns a handle id and the version it reads. Every handle of one
-    /// inode shares one opened version, which stays open until its last handle is released (and, when
-    /// pinned, until the kernel forgets the inode) even if the mirror replaces the file meanwhile.
-    pub fn open(&self, ino: u64) -> Result<(u64, Arc<Version>), Errno> {
-        let v = self.with_live(ino, |l| {
-            l.handles += 1;
-            l.version.clone()
-        })?;
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.versions).handles.insert(fh, v.clone());
-        Ok((fh, v))
-    }
-
-    /// Read up to `size` bytes at `offset` of inode `ino` (short only at end of file), through handle
-    /// `fh` when there is one (`fh` 0: the kernel opened without telling us; the inode's version is
-    /// pinned at its first read and kept until [`MirrorFs::forget`]).
-    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        self.read_with(ino, fh, offset, size, <[u8]>::to_vec)
-    }
-
-    /// [`MirrorFs::read`] handing the bytes to `reply` from a per-thread buffer that is reused by the
-    /// next read of the same thread: no allocation and no zeroing per READ (a read-ahead READ is up to
-    /// 1 MiB).
-    pub fn read_with<R>(
-        &self,
-        ino: u64,
-        fh: u64,
+        id: u64,
         offset: u64,
-        size: u32,
-        reply: impl FnOnce(&[u8]) -> R,
-    ) -> Result<R, Errno> {
-        thread_local! {
-            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        plus: bool,
+        mut add: impl FnMut(&DirEntry) -> bool,
+    ) -> Result<(), Errno> {
+        self.count();
+        let rel = self.path_of(id)?;
+        let dir = sys::open_beneath(
+            self.root_fd.as_fd(),
+            &rel,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+        )
+        .map_err(|e| io_errno(&e))?;
+        if self
+            .nodes
+            .id_of(sys::fstat(dir.as_fd()).map_err(|e| io_errno(&e))?.ino)
+            != id
+        {
+            return Err(libc::ENOENT);
         }
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        let v = match (fh != 0).then(|| lock(&self.versions).handles.get(&fh).cloned()) {
-            Some(Some(v)) => v,
-            Some(None) => return Err(libc::EBADF),
-            None => self.pinned(ino)?,
-        };
-        let want = (size as u64).min(v.size.saturating_sub(offset)) as usize;
-        BUF.with(|cell| {
-            // A reentrant call (none today) gets a buffer of its own instead of a panic.
-            let mut own = Vec::new();
-            let mut guard = cell.try_borrow_mut();
-            let buf: &mut Vec<u8> = match guard.as_mut() {
-                Ok(b) => b,
-                Err(_) => &mut own,
-            };
-            if buf.len() < want {
-                buf.resize(want, 0);
+        let mut failed = None;
+        sys::read_dir_at(&dir, offset as i64, |raw| {
+            let name = OsStr::from_bytes(&raw.name);
+            let dots = raw.name == b"." || raw.name == b"..";
+            if Self::hidden(id, &raw.name) {
+                return true;
             }
-            let mut got = 0;
-            while got < want {
-                match v.file.read_at(&mut buf[got..want], offset + got as u64) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(io_errno(&e)),
+            let st = if plus || raw.dtype == libc::DT_UNKNOWN || dots {
+                match sys::statx(dir.as_fd(), name) {
+                    Ok(st) => Some(st),
+                    Err(_) => return true, // gone meanwhile
+                }
+            } else {
+                None
+            };
+            let kind = match (raw.dtype, &st) {
+                (libc::DT_DIR, _) => Kind::Dir,
+                (libc::DT_REG, _) => Kind::File,
+                (_, Some(st)) if st.is_dir() => Kind::Dir,
+                (_, Some(st)) if st.is_file() => Kind::File,
+                _ => return true, // not something the view shows
+            };
+            let ino = match (&raw.name[..], id) {
+                (b"..", ROOT) | (b".", ROOT) => ROOT,
+                _ => self.nodes.id_of(st.as_ref().map_or(raw.ino, |s| s.ino)),
+            };
+            let e = DirEntry {
+                ino,
+                offset: raw.next as u64,
+                kind,
+                name: name.to_os_string(),
+                attr: st.filter(|_| plus).map(|s| Attr {
+                    ino,
+                    ..self.attr_of(&s)
+                }),
+            };
+            if add(&e) {
+                return false;
+            }
+            if plus && !dots {
+                self.nodes.remember(ino, id, name);
+                if kind == Kind::File {
+                    let mut p = rel.clone();
+                    if !p.is_empty() {
+                        p.push("/");
+                    }
+                    p.push(name);
+                    self.files.pin_entry(self, ino, &p);
                 }
             }
-            if got >= PREFETCH_FROM && offset + (got as u64) < v.size {
-                // A large READ is the kernel's read-ahead of a sequential reader: start reading the
-                // window after it from the mirror's disk now, so the next READ finds it cached.
-                let _ = nix::fcntl::posix_fadvise(
-                    &v.file,
-                    (offset + got as u64) as libc::off_t,
-                    (4 * got) as libc::off_t,
-                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-                );
-            }
-            Ok(reply(&buf[..got]))
+            true
         })
-    }
-
-    /// The version of `ino` pinned for handle-less reads (pinned now if it was not).
-    fn pinned(&self, ino: u64) -> Result<Arc<Version>, Errno> {
-        self.pin_with(ino, || self.open_version(ino))
-    }
-
-    /// Pin the version of an entry the kernel is being told about (a lookup or a readdirplus entry),
-    /// when [`MirrorFs::set_pin_on_entry`] is on: with zero-message opens the daemon never hears of an
-    /// open, so the version a reader may open later is pinned now, while it is still on disk. Errors are
-    /// ignored (a later read opens the path itself).
-    pub fn pin_entry(&self, ino: u64, rel: &str, size: u64) {
-        if self.pin_on_entry.load(Ordering::Relaxed) {
-            let _ = self.pin_with(ino, || self.open_local(ino, rel, size));
+        .map_err(|e| failed = Some(io_errno(&e)))
+        .ok();
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
-    /// Pin versions at lookup and readdirplus (see [`MirrorFs::pin_entry`]).
-    pub fn set_pin_on_entry(&self, on: bool) {
-        self.pin_on_entry.store(on, Ordering::Relaxed);
-    }
-
-    fn pin_with(
-        &self,
-        ino: u64,
-        open: impl FnOnce() -> Result<Version, Errno>,
-    ) -> Result<Arc<Version>, Errno> {
-        let (v, newly) = self.with_live_or(ino, open, |l| {
-            let newly = !l.pinned;
-            l.pinned = true;
-            (l.version.clone(), newly)
-        })?;
-        if newly {
-            let max = self.max_pinned.load(Ordering::Relaxed);
-            let mut vs = lock(&self.versions);
-            vs.pin_order.push_back(ino);
-            vs.pinned += 1;
-            // Over the bound: unpin the oldest. Its kernel pages stay valid; a later read of it reopens
-            // the path (and gets ESTALE if the path holds another version by then).
-            if vs.pin_order.len() > 2 * max + 64 {
-                let Versions {
-                    live, pin_order, ..
-                } = &mut *vs;
-                pin_order.retain(|i| live.get(i).is_some_and(|l| l.pinned));
-            }
-            while vs.pinned > max {
-                let Some(old) = vs.pin_order.pop_front() else {
-                    break;
-                };
-                vs.unpin(old);
-            }
-        }
-        Ok(v)
-    }
-
-    /// The kernel forgot inode `ino`: no handle-less read of it can come any more.
-    pub fn forget(&self, ino: u64) {
-        lock(&self.versions).unpin(ino);
-    }
-
-    pub fn release(&self, fh: u64) {
-        let mut vs = lock(&self.versions);
-        let Some(v) = vs.handles.remove(&fh) else {
-            return;
-        };
-        if let Some(l) = vs.live.get_mut(&v.ino) {
-            l.handles = l.handles.saturating_sub(1);
-            if l.handles == 0 && !l.pinned {
-                vs.live.remove(&v.ino);
-            }
-        }
-    }
-
-    /// Requests that did work in the daemon so far (database reads and data reads), for tests.
-    pub fn calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
-    }
-
-    /// Data reads (READ requests) served so far.
-    pub fn reads(&self) -> u64 {
-        self.reads.load(Ordering::Relaxed)
-    }
-
-    /// Number of open file handles (for tests and status).
-    pub fn open_files(&self) -> usize {
-        lock(&self.versions).handles.len()
-    }
-
-    /// Number of inodes with an opened version (open handles or pinned).
-    pub fn live_versions(&self) -> usize {
-        lock(&self.versions).live.len()
-    }
-
-    /// Check that `ino` is a directory that can be listed.
-    pub fn opendir(&self, ino: u64) -> Result<(), Errno> {
-        self.dir_entry(ino).map(|_| ())
-    }
-
-    /// Up to `max` entries of directory `ino` after stream offset `offset` (0 = from the start,
-    /// including `.` and `..`). An empty page means the end of the directory. Stateless: any offset
-    /// returned before may be passed again.
-    pub fn readdir(&self, ino: u64, offset: u64, max: usize) -> Result<Vec<DirEntry>, Errno> {
-        let dir = self.dir_entry(ino)?;
-        let mut out = Vec::new();
-        if max == 0 {
-            return Ok(out);
-        }
-        if offset < DOT_OFFSET {
-            out.push(DirEntry {
-                ino: dir.ino,
-                offset: DOT_OFFSET,
-                kind: Kind::Dir,
-                name: ".".into(),
-                path: dir.path.clone(),
-                attr: self.attr_of(&dir),
-            });
-        }
-        if offset < DOTDOT_OFFSET && out.len() < max {
-            let parent = if dir.ino == ROOT_INO {
-                dir.clone()
-            } else {
-                self.entry(dir.parent).unwrap_or_else(|_| dir.clone())
-            };
-            out.push(DirEntry {
-                ino: parent.ino,
-                offset: DOTDOT_OFFSET,
-                kind: Kind::Dir,
-                name: "..".into(),
-                path: parent.path.clone(),
-                attr: self.attr_of(&parent),
-            });
-        }
-        if out.len() >= max {
-            return Ok(out);
-        }
-        let after = offset.saturating_sub(CHILD_OFFSET_BASE);
-        if after > i64::MAX as u64 {
-            return Ok(out); // past any inode
-        }
-        let children = self.db(|r| r.children_by_ino(dir.ino, after, max - out.len()))?;
-        out.extend(children.into_iter().map(|c| DirEntry {
-            ino: c.ino,
-            offset: c.ino + CHILD_OFFSET_BASE,
-            kind: c.kind,
-            attr: self.attr_of(&c),
-            name: c.name,
-            path: c.path,
-        }));
-        Ok(out)
-    }
-
-    /// The numbers of the file system holding the local mirror (`statvfs` of its root): size, free and
-    /// available blocks, inodes, block size. The view stays read-only whatever they say.
+    /// The numbers of the file system holding the mirror (`statvfs` of its root).
     pub fn statfs(&self) -> Result<StatFs, Errno> {
-        let v = nix::sys::statvfs::statvfs(&self.root).map_err(|e| {
+        let v = nix::sys::statvfs::fstatvfs(&self.root_fd).map_err(|e| {
             tracing::warn!(root = %self.root.display(), error = %e, "statfs: statvfs of the mirror failed");
             e as Errno
         })?;
@@ -667,210 +486,22 @@ impl MirrorFs {
             frsize: v.fragment_size() as u32,
         })
     }
+
+    /// The node id of the directory at `rel` ("" = the root), for cache invalidation.
+    pub fn dir_id(&self, rel: &str) -> Option<u64> {
+        let st = self.stat_rel(OsStr::new(rel)).ok()?;
+        st.is_dir().then(|| self.nodes.id_of(st.ino))
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::db::{FileMeta, Identity, State};
-    use crate::store::LocalStore;
-    use std::ffi::OsString;
-    use std::os::unix::ffi::OsStringExt;
+/// Open a directory for `fstat`/`*at` use.
+trait DirOpen {
+    fn custom_flags_dir(&mut self) -> &mut Self;
+}
 
-    fn setup(files: &[(&str, &[u8])]) -> (tempfile::TempDir, State, MirrorFs) {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("mirror");
-        let store = LocalStore::open(&root).unwrap();
-        let mut st = State::open(
-            &dir.path().join("s.db"),
-            &Identity {
-                base_url: "http://x".into(),
-                workspace: "ws".into(),
-                remote_root: "/".into(),
-                local_dir: root.display().to_string(),
-            },
-        )
-        .unwrap();
-        let mut b = st.batch().unwrap();
-        for (p, bytes) in files {
-            store.write_atomic(p, bytes).unwrap();
-            b.upsert_file(
-                p,
-                &FileMeta {
-                    size: bytes.len() as u64,
-                    content_hash: Some(format!("h{}", bytes.len())),
-                    ..Default::default()
-                },
-                1,
-            )
-            .unwrap();
-        }
-        b.commit().unwrap();
-        let fs = MirrorFs::new(st.reader().unwrap(), store.root(), FsOptions::default());
-        (dir, st, fs)
-    }
-
-    #[test]
-    fn lookup_getattr_read() {
-        let (_d, _st, fs) = setup(&[("a/b.txt", b"hello"), ("e", b"")]);
-        let a = fs.lookup(ROOT_INO, OsStr::new("a")).unwrap();
-        assert_eq!((a.kind, a.perm, a.nlink), (Kind::Dir, 0o555, 2));
-        let b = fs.lookup(a.ino, OsStr::new("b.txt")).unwrap();
-        assert_eq!(
-            (b.kind, b.size, b.blocks, b.perm),
-            (Kind::File, 5, 1, 0o444)
-        );
-        assert_eq!(fs.getattr(b.ino).unwrap(), b);
-        assert_eq!(
-            fs.lookup(ROOT_INO, OsStr::new("nope")).unwrap_err(),
-            libc::ENOENT
-        );
-        assert_eq!(
-            fs.lookup(b.ino, OsStr::new("x")).unwrap_err(),
-            libc::ENOTDIR
-        );
-        let bad = OsString::from_vec(vec![0xff, 0xfe]);
-        assert_eq!(fs.lookup(ROOT_INO, &bad).unwrap_err(), libc::ENOENT);
-        let (fh, _) = fs.open(b.ino).unwrap();
-        assert_eq!(fs.read(b.ino, fh, 0, 100).unwrap(), b"hello");
-        assert_eq!(fs.read(b.ino, fh, 2, 2).unwrap(), b"ll");
-        assert_eq!(fs.read(b.ino, fh, 10, 2).unwrap(), b"");
-        fs.release(fh);
-        assert_eq!(fs.read(b.ino, fh, 0, 1).unwrap_err(), libc::EBADF);
-        assert_eq!(fs.live_versions(), 0);
-        // A handle-less read pins the version until the kernel forgets the inode.
-        assert_eq!(fs.read(b.ino, 0, 0, 100).unwrap(), b"hello");
-        assert_eq!(fs.live_versions(), 1);
-        fs.forget(b.ino);
-        assert_eq!(fs.live_versions(), 0);
-        assert_eq!(fs.open(a.ino).unwrap_err(), libc::EISDIR);
-        assert_eq!(fs.access(b.ino, libc::W_OK).unwrap_err(), libc::EROFS);
-        fs.access(b.ino, libc::R_OK).unwrap();
-        let s = fs.statfs().unwrap();
-        let v = nix::sys::statvfs::statvfs(&fs.root).unwrap();
-        assert_eq!((s.blocks, s.files), (v.blocks(), v.files()));
-        assert_eq!(
-            (s.bsize, s.frsize),
-            (v.block_size() as u32, v.fragment_size() as u32)
-        );
-        assert!(
-            s.blocks > 0 && s.bavail <= s.bfree && s.bfree <= s.blocks,
-            "{s:?}"
-        );
-    }
-
-    #[test]
-    fn a_version_outlives_its_replacement() {
-        let (d, mut st, fs) = setup(&[("f", b"old bytes")]);
-        let store = LocalStore::open(&d.path().join("mirror")).unwrap();
-        let old = fs.lookup(ROOT_INO, OsStr::new("f")).unwrap();
-        let (fh, _) = fs.open(old.ino).unwrap();
-        assert_eq!(fs.read(old.ino, 0, 0, 3).unwrap(), b"old"); // pinned
-                                                                // Replaced: the path holds the new bytes before the record is committed.
-        store.write_atomic("f", b"new!").unwrap();
-        let mut b = st.batch().unwrap();
-        let ino = b
-            .upsert_file(
-                "f",
-                &FileMeta {
-                    size: 4,
-                    content_hash: Some("h4".into()),
-                    ..Default::default()
-                },
-                1,
-            )
-            .unwrap();
-        let changes = b.commit().unwrap();
-        assert_ne!(ino, old.ino, "a new content version is a new inode");
-        assert_eq!(changes.len(), 2);
-        assert!(changes[0].removed && changes[0].ino == old.ino);
-        assert!(!changes[1].removed && changes[1].ino == ino);
-        // The open handle and the pinned inode keep the old bytes; the new inode has the new ones.
-        assert_eq!(fs.read(old.ino, fh, 0, 100).unwrap(), b"old bytes");
-        assert_eq!(fs.read(old.ino, 0, 4, 100).unwrap(), b"bytes");
-        let kept = fs.getattr(old.ino).unwrap();
-        assert_eq!(
-            (kept.size, kept.nlink),
-            (9, 0),
-            "a kept version answers getattr"
-        );
-        assert_eq!(fs.lookup(ROOT_INO, OsStr::new("f")).unwrap().ino, ino);
-        assert_eq!(fs.read(ino, 0, 0, 100).unwrap(), b"new!");
-        // Once forgotten and released, the old inode cannot be opened again: ESTALE.
-        fs.release(fh);
-        fs.forget(old.ino);
-        assert_eq!(fs.open(old.ino).unwrap_err(), libc::ESTALE);
-        assert_eq!(fs.read(old.ino, 0, 0, 1).unwrap_err(), libc::ESTALE);
-        // A path that holds another version than its record (renamed in, not yet committed): ESTALE.
-        store.write_atomic("f", b"newer, longer").unwrap();
-        fs.forget(ino);
-        assert_eq!(fs.open(ino).unwrap_err(), libc::ESTALE);
-    }
-
-    #[test]
-    fn pins_are_bounded() {
-        let names: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
-        let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
-        let (_d, _st, fs) = setup(&files);
-        fs.set_max_pinned(3);
-        for _ in 0..50 {
-            for n in &names {
-                let a = fs.lookup(ROOT_INO, OsStr::new(n)).unwrap();
-                assert_eq!(fs.read(a.ino, 0, 0, 10).unwrap(), b"x");
-                if n.ends_with('5') {
-                    fs.forget(a.ino);
-                }
-            }
-        }
-        assert!(fs.live_versions() <= 3);
-        assert!(lock(&fs.versions).pin_order.len() <= 2 * 3 + 64 + 1);
-    }
-
-    #[test]
-    fn readdir_pages_and_repeats() {
-        let names: Vec<String> = (0..700).map(|i| format!("d/f{i:04}")).collect();
-        let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
-        let (_d, _st, fs) = setup(&files);
-        let d = fs.lookup(ROOT_INO, OsStr::new("d")).unwrap();
-        fs.opendir(d.ino).unwrap();
-        // Tiny pages: 0..10 entries each, like the reference tests of mountpoint-s3.
-        let mut all = Vec::new();
-        let mut offsets = Vec::new();
-        let mut off = 0;
-        let mut step = 0usize;
-        loop {
-            assert!(fs.readdir(d.ino, off, 0).unwrap().is_empty());
-            let page = fs.readdir(d.ino, off, step % 10 + 1).unwrap();
-            step += 1;
-            if page.is_empty() {
-                break;
-            }
-            if let Some(last) = page.last() {
-                off = last.offset;
-            }
-            for e in page {
-                offsets.push(e.offset);
-                all.push(e.name);
-            }
-        }
-        assert_eq!(all.len(), 702);
-        assert_eq!(&all[..3], &[".", "..", "f0000"]); // inode order = insertion order here
-        let mut sorted = all[2..].to_vec();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(sorted.len(), 700);
-        assert!(offsets.windows(2).all(|w| w[0] < w[1]));
-        // Any offset returned before is answered again, from the entry after it.
-        let again = fs.readdir(d.ino, offsets[300], 2).unwrap();
-        assert_eq!(again[0].name, all[301]);
-        assert_eq!(again[0].offset, offsets[301]);
-        assert_eq!(fs.readdir(d.ino, offsets[4], 1).unwrap()[0].name, all[5]);
-        assert!(fs.readdir(d.ino, offsets[701], 5).unwrap().is_empty());
-        assert!(fs.readdir(d.ino, u64::MAX - 8, 5).unwrap().is_empty());
-        assert_eq!(
-            fs.opendir(fs.lookup(d.ino, OsStr::new("f0001")).unwrap().ino)
-                .unwrap_err(),
-            libc::ENOTDIR
-        );
+impl DirOpen for std::fs::OpenOptions {
+    fn custom_flags_dir(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
     }
 }

@@ -146,6 +146,7 @@ impl<'a> Batch<'a> {
                     ino,
                     parent,
                     name: paths::name(rel).to_string(),
+                    path: rel.to_string(),
                     removed: false,
                 });
                 ino
@@ -201,6 +202,7 @@ impl<'a> Batch<'a> {
                     ino: ino as u64,
                     parent,
                     name: name.to_string(),
+                    path: rel.to_string(),
                     removed: true,
                 });
             }
@@ -224,6 +226,7 @@ impl<'a> Batch<'a> {
             ino,
             parent,
             name: name.to_string(),
+            path: rel.to_string(),
             removed: false,
         });
         Ok(ino)
@@ -291,6 +294,7 @@ impl<'a> Batch<'a> {
             ino: ino as u64,
             parent: parent as u64,
             name,
+            path: rel.to_string(),
             removed: true,
         });
         Ok(Some(ino as u64))

@@ -3,7 +3,9 @@
 //! * [`detect`]: local changes of the plain-directory mirror found by comparing the disk with the
 //!   records (a full scan at start, a subtree when the watcher says something moved there), recorded
 //!   in the outbox in the same transaction as the local state they describe.
-//! * [`watch`]: inotify on the mirror directory; settled paths go to [`detect`].
+//! * [`watch`]: inotify on the mirror directory, or the paths the writable FUSE view changed; settled
+//!   paths go to [`detect`].
+//! * [`view`]: the push side as the writable FUSE view calls it (changed paths, `fsync`, refusals).
 //! * [`pusher`]: the outbox pushed with `If-Match` (small files batched into `POST /fs/bulk` within
 //!   the server's body cap), answers committed with the records; exactly once across crashes.
 //! * [`conflict`]: what the pull does to a path with a local edit (never overwrite it silently: keep
@@ -13,6 +15,7 @@
 pub mod conflict;
 pub mod detect;
 pub mod pusher;
+pub mod view;
 pub mod watch;
 
 use std::time::Duration;

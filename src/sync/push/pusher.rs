@@ -45,6 +45,8 @@ pub struct PushState {
     pub held: Option<String>,
     /// A delete storm was refused: no delete before this instant.
     pub storm_until: Option<Instant>,
+    /// The token may not write (a 403 on a write): the writable view refuses writes with EACCES.
+    pub denied: Option<String>,
 }
 
 /// What one [`Engine::push_pending`] call did.
@@ -389,7 +391,8 @@ impl Engine {
         for n in &notes {
             match n {
                 Fate::Denied { rel, why } => {
-                    tracing::warn!(path = %rel, error = %why, "write denied (403): the local file is kept and not pushed again until the token changes")
+                    tracing::warn!(path = %rel, error = %why, "write denied (403): the local file is kept and not pushed again until the token changes");
+                    self.push_state().denied = Some(why.clone());
                 }
                 Fate::TooLarge { rel, why, .. } => {
                     tracing::warn!(path = %rel, error = %why, "too large for the server's body cap: the local file is kept and not pushed until it changes")

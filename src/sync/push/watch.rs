@@ -1,5 +1,5 @@
-//! Watching the plain-directory mirror (inotify, through the `notify` crate) for local changes while
-//! mountd runs.
+//! Local changes while mountd runs: the plain-directory mirror watched with inotify (through the
+//! `notify` crate), or the paths the writable FUSE view hands over ([`Touches`]); both settle here.
 //!
 //! Events only say *where* to look: each changed path is compared with its record by
 //! [`Engine::record_local`] once it has settled, so the order and the exact kind of the events do not
@@ -20,27 +20,59 @@
 //! Beyond `fs.inotify.max_user_watches` new directories are not watched: the watcher says so once and
 //! changes there are found by the next full scan (at start, after an overflow, and with every audit:
 //! `--audit-interval`).
+use crate::store::change::Touch;
 use crate::store::paths::RESERVED_DIR;
 use crate::sync::engine::Engine;
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 use notify::Watcher as _;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 /// The running watcher; dropping it stops watching.
 pub struct Watcher {
-    _inner: notify::RecommendedWatcher,
+    _inner: Option<notify::RecommendedWatcher>,
     task: tokio::task::JoinHandle<()>,
     /// Paths seen changing that are about to be recorded (a burst in progress, when many).
     unsettled: Arc<AtomicUsize>,
+    tx: mpsc::UnboundedSender<Touched>,
+}
+
+/// Where the writable view says which paths changed (cheap to clone, callable from any thread).
+#[derive(Clone)]
+pub struct Touches {
+    tx: mpsc::UnboundedSender<Touched>,
+    unsettled: Arc<AtomicUsize>,
+}
+
+impl Touches {
+    pub fn touched(&self, rel: &str, how: Touch) {
+        let seen = match how {
+            Touch::Settled => Seen::Settled,
+            Touch::Writing => Seen::Writing,
+            Touch::Gone => Seen::Gone,
+        };
+        // A change counts as unsettled at once: a push about to start waits for it.
+        self.unsettled.fetch_add(1, Ordering::Relaxed);
+        let _ = self.tx.send(Touched {
+            rel: Some(rel.to_string()),
+            seen,
+        });
+    }
 }
 
 impl Watcher {
+    /// The sender the writable view hands its changes to.
+    pub fn touches(&self) -> Touches {
+        Touches {
+            tx: self.tx.clone(),
+            unsettled: self.unsettled.clone(),
+        }
+    }
+
     /// How many changed paths wait to settle or to be recorded: while some do, a push may wait a
     /// moment more to take them in the same batch.
     pub fn unsettled(&self) -> Arc<AtomicUsize> {
@@ -55,6 +87,7 @@ impl Drop for Watcher {
 }
 
 /// What an event says about a path.
+#[derive(Debug, Clone, Copy)]
 enum Seen {
     /// Complete for now: closed after writing, renamed into place, a new directory.
     Settled,
@@ -80,12 +113,23 @@ fn classify(kind: &EventKind) -> Option<Seen> {
     })
 }
 
+/// One path seen changing (`None`: everything, after lost events).
+struct Touched {
+    rel: Option<String>,
+    seen: Seen,
+}
+
 /// Start watching the mirror; settled changes are recorded in the outbox and `pushed` is notified.
 pub fn spawn(engine: Engine, pushed: Arc<Notify>) -> Result<Watcher, String> {
     let root = engine.store().root().to_path_buf();
     let (tx, rx) = mpsc::unbounded_channel();
+    let events = tx.clone();
+    let at = root.clone();
+    let warned = std::sync::atomic::AtomicBool::new(false);
     let mut inner = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
-        let _ = tx.send(r);
+        for t in touches_of(r, &at, &warned) {
+            let _ = events.send(t);
+        }
     })
     .map_err(|e| format!("cannot watch {}: {e}", root.display()))?;
     inner
@@ -96,13 +140,30 @@ pub fn spawn(engine: Engine, pushed: Arc<Notify>) -> Result<Watcher, String> {
                 root.display()
             )
         })?;
+    Ok(settle(engine, Some(inner), tx, rx, pushed))
+}
+
+/// Settle the changes the writable view hands over (see [`Watcher::touches`]); nothing is watched.
+pub fn for_view(engine: Engine, pushed: Arc<Notify>) -> Watcher {
+    let (tx, rx) = mpsc::unbounded_channel();
+    settle(engine, None, tx, rx, pushed)
+}
+
+fn settle(
+    engine: Engine,
+    inner: Option<notify::RecommendedWatcher>,
+    tx: mpsc::UnboundedSender<Touched>,
+    rx: mpsc::UnboundedReceiver<Touched>,
+    pushed: Arc<Notify>,
+) -> Watcher {
     let unsettled = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn(debounce(engine, root, rx, pushed, unsettled.clone()));
-    Ok(Watcher {
+    let task = tokio::spawn(debounce(engine, rx, pushed, unsettled.clone()));
+    Watcher {
         _inner: inner,
         task,
         unsettled,
-    })
+        tx,
+    }
 }
 
 /// The mirror-relative path of an event's path, unless it is outside the tree or reserved.
@@ -117,27 +178,25 @@ fn relative(root: &Path, p: &Path) -> Option<String> {
 
 async fn debounce(
     engine: Engine,
-    root: PathBuf,
-    mut rx: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
+    mut rx: mpsc::UnboundedReceiver<Touched>,
     pushed: Arc<Notify>,
     unsettled: Arc<AtomicUsize>,
 ) {
     let cfg = engine.config().push.clone();
     let mut due: HashMap<String, Instant> = HashMap::new();
-    let mut warned = false;
     loop {
         unsettled.store(imminent(&due, &cfg) + rx.len(), Ordering::Relaxed);
         let next = due.values().min().copied();
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { return };
-                note(ev, &root, &cfg, &mut due, &mut warned);
+                note(ev, &cfg, &mut due);
             }
             _ = sleep_until(next) => {
                 // Everything the kernel has said so far first, and what settles within the batch
                 // window with it: a burst of new files goes in a few transactions, not one per file.
                 while let Ok(ev) = rx.try_recv() {
-                    note(ev, &root, &cfg, &mut due, &mut warned);
+                    note(ev, &cfg, &mut due);
                 }
                 let now = Instant::now() + cfg.batch_window;
                 let ready: Vec<String> = due.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
@@ -170,43 +229,29 @@ fn imminent(due: &HashMap<String, Instant>, cfg: &crate::sync::push::PushConfig)
     due.values().filter(|t| **t <= soon).count()
 }
 
-/// Note when the paths of one event settle (see the module doc).
-fn note(
+/// What one inotify event says, path by path (see the module doc).
+fn touches_of(
     ev: notify::Result<notify::Event>,
     root: &Path,
-    cfg: &crate::sync::push::PushConfig,
-    due: &mut HashMap<String, Instant>,
-    warned: &mut bool,
-) {
+    warned: &std::sync::atomic::AtomicBool,
+) -> Vec<Touched> {
+    let everything = |seen| vec![Touched { rel: None, seen }];
     let ev = match ev {
         Ok(ev) => ev,
         Err(e) => {
             // A watch that could not be added (the inotify limit): a rescan finds what changed there.
-            if !*warned {
-                *warned = true;
+            if !warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(error = %e, "the mirror watcher lost events; rescanning the mirror (raise fs.inotify.max_user_watches for large trees)");
             }
-            due.insert(String::new(), Instant::now() + cfg.batch_window);
-            return;
+            return everything(Seen::Settled);
         }
     };
-    let seen = if ev.need_rescan() {
-        Some(Seen::Overflow)
-    } else {
-        classify(&ev.kind)
-    };
-    let Some(seen) = seen else { return };
-    let now = Instant::now();
-    if let Seen::Overflow = seen {
+    if ev.need_rescan() {
         tracing::warn!("the kernel's inotify queue overflowed: rescanning the mirror");
-        due.insert(String::new(), now + cfg.batch_window);
-        return;
+        return everything(Seen::Overflow);
     }
-    let wait = |seen: &Seen| match seen {
-        Seen::Settled => cfg.batch_window,
-        Seen::Writing => cfg.file_settle,
-        Seen::Gone => cfg.atomic_save_settle,
-        Seen::Overflow => Duration::ZERO,
+    let Some(seen) = classify(&ev.kind) else {
+        return Vec::new();
     };
     // A rename with both names: the old one is gone (it may be the first half of an editor's save),
     // the new one settled.
@@ -214,12 +259,30 @@ fn note(
         ev.kind,
         EventKind::Modify(ModifyKind::Name(RenameMode::Both))
     );
-    for (i, p) in ev.paths.iter().enumerate() {
-        let seen = if both && i == 0 { &Seen::Gone } else { &seen };
-        if let Some(rel) = relative(root, p) {
-            due.insert(rel, now + wait(seen));
-        }
-    }
+    ev.paths
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let rel = relative(root, p)?;
+            let seen = if both && i == 0 { Seen::Gone } else { seen };
+            Some(Touched {
+                rel: Some(rel),
+                seen,
+            })
+        })
+        .collect()
+}
+
+/// Note when a touched path settles (see the module doc).
+fn note(t: Touched, cfg: &crate::sync::push::PushConfig, due: &mut HashMap<String, Instant>) {
+    let wait = match t.seen {
+        Seen::Settled => cfg.batch_window,
+        Seen::Writing => cfg.file_settle,
+        Seen::Gone => cfg.atomic_save_settle,
+        Seen::Overflow => cfg.batch_window,
+    };
+    // The whole mirror (lost events) or one path; a path seen again waits from now.
+    due.insert(t.rel.unwrap_or_default(), Instant::now() + wait);
 }
 
 async fn sleep_until(t: Option<Instant>) {

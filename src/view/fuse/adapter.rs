@@ -1,10 +1,12 @@
-//! The fuser adapter: maps FUSE requests onto [`MirrorFs`], converts errors to errno values and records
-//! per-operation latency metrics. Every call that would modify the tree answers EROFS.
+//! The fuser adapter: maps FUSE requests onto [`MirrorFs`] (which decides everything, including what a
+//! read-only view refuses), converts errors to errno values and records per-operation latency metrics.
 //!
-//! Caching: every content version of a file is an inode of its own whose bytes never change, so the
-//! kernel may cache file data for as long as it keeps the inode, and entry and attribute replies carry a
-//! long TTL (never zero); the sync engine's change sink ([`super::invalidate`]) invalidates exactly
-//! what changed. File data is served in one of the [`DataMode`]s:
+//! Caching: a file the sync engine replaces is a new inode, and the view's own writes go through the
+//! kernel, so the kernel may cache file data for as long as it keeps the inode, and entry and attribute
+//! replies carry a long TTL (never zero); the sync engine's change sink ([`super::invalidate`])
+//! invalidates exactly what changed. A writable view asks for the kernel's writeback cache in the
+//! page-cache mode (unless turned off): writes gather in the page cache and reach the daemon as large
+//! WRITEs, at the latest when the file is closed. File data is served in one of the [`DataMode`]s:
 //! * passthrough: OPEN registers the inode's opened version as the kernel's backing file (one
 //!   `BackingId` per inode, shared by its open handles); reads and mmap never reach the daemon. The id
 //!   outlives the last handle (up to [`MAX_IDLE_BACKINGS`], least recently released dropped first, and
@@ -15,11 +17,13 @@
 //!   cache miss is a READ without a handle, served from the version pinned at the inode's first read;
 //! * direct I/O: every read is a READ request (`FOPEN_DIRECT_IO`).
 //!
-//! OPENDIR is answered ENOSYS too (`FUSE_NO_OPENDIR_SUPPORT`: listings page statelessly by inode, and
-//! the kernel caches them), FLUSH is answered ENOSYS once (nothing to flush on a read-only file system),
-//! and opens that do reach the daemon carry `FOPEN_NOFLUSH`.
+//! OPENDIR is answered ENOSYS too (`FUSE_NO_OPENDIR_SUPPORT`: listings page statelessly by the file
+//! system's own cookies, and the kernel caches them). FLUSH is answered ENOSYS once when opens send no
+//! message (read-only closes would each cost a round trip); otherwise read-only opens carry
+//! `FOPEN_NOFLUSH` and a FLUSH of a written handle records it in the outbox before `close` returns.
 use super::mode::{DataMode, ModeState};
-use crate::view::fs::{Attr, Kind, MirrorFs};
+use crate::view::fs::{Attr, Caller, Kind, MirrorFs};
+use crate::view::ops::{SetAttr, SetTime};
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
@@ -33,12 +37,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-/// The FUSE generation of every inode. Inode numbers are SQLite `AUTOINCREMENT` row ids, never reused
-/// (a new content version is a new row), so one constant generation keeps every (inode, generation)
-/// pair unique.
-pub(super) const FUSE_GENERATION: Generation = Generation(1);
-/// Entries fetched from the database per step while filling one readdir reply.
-const READDIR_CHUNK: usize = 128;
 fn errno(e: i32) -> Errno {
     Errno::from_i32(e)
 }
@@ -48,10 +46,10 @@ fn file_attr(a: &Attr) -> FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.blocks,
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
-        ctime: a.mtime,
-        crtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
         kind: kind(a.kind),
         perm: a.perm,
         nlink: a.nlink,
@@ -148,6 +146,19 @@ impl Backings {
         }
     }
 
+    /// Handle `fh` of `ino` registered a new backing id.
+    fn register(&mut self, ino: u64, fh: u64, id: BackingId) {
+        self.by_ino.insert(
+            ino,
+            Backing {
+                id,
+                handles: 1,
+                idle_stamp: 0,
+            },
+        );
+        self.handles.insert(fh);
+    }
+
     /// The kernel forgot `ino`: nothing can open it again.
     fn forget(&mut self, ino: u64) {
         if let Some(b) = self.by_ino.remove(&ino) {
@@ -166,10 +177,37 @@ pub struct FuseAdapter {
     backings: Mutex<Backings>,
     backing_failed: AtomicBool,
     next_kept_fh: AtomicU64,
+    /// Ask for the kernel's writeback cache (a writable view in the page-cache mode).
+    writeback: bool,
+    /// `fsync` waits for the remote's answer.
+    fsync_push: bool,
+}
+
+/// How a writable mount uses the kernel for writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// The kernel's writeback cache (page-cache mode only).
+    pub writeback_cache: bool,
+    /// `fsync` waits until the remote answered the file (and fails with EIO when it refused it).
+    pub fsync_push: bool,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            writeback_cache: true,
+            fsync_push: false,
+        }
+    }
 }
 
 impl FuseAdapter {
-    pub(crate) fn new(fs: Arc<MirrorFs>, ttl: Duration, mode: Arc<ModeState>) -> FuseAdapter {
+    pub(crate) fn new(
+        fs: Arc<MirrorFs>,
+        ttl: Duration,
+        mode: Arc<ModeState>,
+        writes: WriteOptions,
+    ) -> FuseAdapter {
         FuseAdapter {
             fs,
             ttl: ttl.max(Duration::from_millis(1)),
@@ -177,6 +215,8 @@ impl FuseAdapter {
             backings: Mutex::new(Backings::default()),
             backing_failed: AtomicBool::new(false),
             next_kept_fh: AtomicU64::new(KEPT_FH_BASE),
+            writeback: writes.writeback_cache,
+            fsync_push: writes.fsync_push,
         }
     }
 
@@ -190,25 +230,35 @@ impl FuseAdapter {
         }
     }
 
-    fn readdir_pages(
-        &self,
-        ino: INodeNo,
-        offset: u64,
-        mut add: impl FnMut(&crate::view::fs::DirEntry) -> bool,
-    ) -> Result<(), i32> {
-        let mut off = offset;
-        loop {
-            let page = timed("readdir", || self.fs.readdir(ino.0, off, READDIR_CHUNK))?;
-            if page.is_empty() {
-                return Ok(());
-            }
-            for e in &page {
-                if add(e) {
-                    return Ok(());
-                }
-                off = e.offset;
-            }
+    fn entry(&self, reply: ReplyEntry, r: Result<Attr, i32>) {
+        match r {
+            Ok(a) => reply.entry_with_ttls(
+                &self.ttl,
+                &self.ttl,
+                &file_attr(&a),
+                Generation(a.generation),
+            ),
+            Err(e) => reply.error(errno(e)),
         }
+    }
+
+    fn attr(&self, reply: ReplyAttr, r: Result<Attr, i32>) {
+        match r {
+            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn empty(reply: ReplyEmpty, r: Result<(), i32>) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// Opens send no message (the kernel was told ENOSYS): the daemon never sees a close either.
+    fn zero_message_open(&self) -> bool {
+        self.mode.active() == DataMode::PageCache && ModeState::flag(&self.mode.no_open)
     }
 }
 
@@ -226,6 +276,20 @@ fn timed<T>(
     };
     crate::metrics::Metrics::global().observe_fuse(op, start.elapsed(), ok);
     r
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+    })
 }
 
 impl Filesystem for FuseAdapter {
@@ -257,6 +321,17 @@ impl Filesystem for FuseAdapter {
         if m.requested == DataMode::DirectIo {
             Self::add_cap(config, InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         }
+        if self.fs.options().writable
+            && self.writeback
+            && matches!(m.requested, DataMode::Auto | DataMode::PageCache)
+        {
+            // Page-cache writes: small writes gather in the kernel (the passthrough mode writes to
+            // the mirror file directly instead; the kernel does not combine the two).
+            m.writeback.store(
+                Self::add_cap(config, InitFlags::FUSE_WRITEBACK_CACHE),
+                Ordering::Release,
+            );
+        }
         m.init_finished();
         // The FUSE series are exported only while a mount is served.
         crate::metrics::Metrics::global().set_fuse_active(true);
@@ -268,84 +343,175 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match timed("lookup", || self.fs.lookup(parent.0, name)) {
-            Ok(a) => reply.entry_with_ttls(&self.ttl, &self.ttl, &file_attr(&a), FUSE_GENERATION),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.entry(reply, timed("lookup", || self.fs.lookup(parent.0, name)));
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
-        // The kernel sends FORGET once, when it evicts the inode: no read of it can follow.
-        self.fs.forget(ino.0);
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
         lock(&self.backings).forget(ino.0);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match timed("getattr", || self.fs.getattr(ino.0)) {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.attr(reply, timed("getattr", || self.fs.getattr(ino.0)));
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let s = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        self.attr(reply, timed("setattr", || self.fs.setattr(ino.0, s)));
     }
 
     fn readlink(&self, _req: &Request, _ino: INodeNo, reply: ReplyData) {
         reply.error(Errno::EINVAL);
     }
 
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = timed("mknod", || {
+            self.fs.mknod(parent.0, name, mode, umask, caller(req))
+        });
+        self.entry(reply, r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = timed("mkdir", || {
+            self.fs.mkdir(parent.0, name, mode, umask, caller(req))
+        });
+        self.entry(reply, r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(reply, timed("unlink", || self.fs.unlink(parent.0, name)));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(reply, timed("rmdir", || self.fs.rmdir(parent.0, name)));
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.entry(reply, self.fs.symlink());
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = timed("rename", || {
+            self.fs
+                .rename(parent.0, name, newparent.0, newname, flags.bits())
+        });
+        Self::empty(reply, r);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.entry(reply, self.fs.link());
+    }
+
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
-            return reply.error(Errno::EROFS);
-        }
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let mode = self.mode.active();
         if mode == DataMode::PageCache && ModeState::flag(&self.mode.no_open) {
             // From now on the kernel opens files without asking (and keeps their page cache).
             return reply.error(Errno::ENOSYS);
         }
-        if mode == DataMode::Passthrough {
+        let noflush = if write {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_NOFLUSH
+        };
+        if mode == DataMode::Passthrough && !write {
             // Opened before: its backing file is still registered, nothing to look up or open.
             let fh = self.next_kept_fh.fetch_add(1, Ordering::Relaxed);
             let mut b = lock(&self.backings);
             if let Ok(Some(id)) = timed("open", || Ok(b.reuse(ino.0, fh))) {
-                return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, id);
+                return reply.opened_passthrough(FileHandle(fh), noflush, id);
             }
         }
-        let (fh, version) = match timed("open", || self.fs.open(ino.0)) {
+        let (fh, version) = match timed("open", || self.fs.open(ino.0, write)) {
             Ok(v) => v,
             Err(e) => return reply.error(errno(e)),
         };
-        let cached = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
+        let cached = FopenFlags::FOPEN_KEEP_CACHE | noflush;
         match mode {
             DataMode::Passthrough => {
                 let mut b = lock(&self.backings);
                 // Another thread may have registered it meanwhile: one id per inode.
                 if let Some(id) = b.reuse(ino.0, fh) {
-                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, id);
+                    return reply.opened_passthrough(FileHandle(fh), noflush, id);
                 }
                 match reply.open_backing(&version.file) {
                     Ok(id) => {
-                        reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
-                        b.by_ino.insert(
-                            ino.0,
-                            Backing {
-                                id,
-                                handles: 1,
-                                idle_stamp: 0,
-                            },
-                        );
-                        b.handles.insert(fh);
+                        reply.opened_passthrough(FileHandle(fh), noflush, &id);
+                        b.register(ino.0, fh, id);
                     }
                     Err(e) => {
-                        if !self.backing_failed.swap(true, Ordering::Relaxed) {
-                            tracing::warn!(error = %e,
-                                "FUSE passthrough: registering a backing file failed; serving this file from the page cache");
-                        }
+                        self.no_backing(&e);
                         reply.opened(FileHandle(fh), cached);
                     }
                 }
             }
-            DataMode::DirectIo => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
-            ),
+            DataMode::DirectIo => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO | noflush)
+            }
             DataMode::PageCache | DataMode::Auto => reply.opened(FileHandle(fh), cached),
         }
     }
@@ -375,16 +541,38 @@ impl Filesystem for FuseAdapter {
         }
     }
 
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match timed("write", || self.fs.write(ino.0, fh.0, offset, data)) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        ino: INodeNo,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing to flush on a read-only file system; ENOSYS makes the kernel stop sending FLUSH.
-        reply.error(Errno::ENOSYS);
+        if self.zero_message_open() || !self.fs.options().writable {
+            // Closes of files opened without a message (or of a read-only view) have nothing to
+            // record; ENOSYS makes the kernel stop sending FLUSH.
+            return reply.error(Errno::ENOSYS);
+        }
+        Self::empty(reply, timed("flush", || self.fs.flush(ino.0, fh.0)));
     }
 
     fn release(
@@ -405,18 +593,18 @@ impl Filesystem for FuseAdapter {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        let r = timed("fsync", || {
+            self.fs.fsync(ino.0, fh.0, datasync, self.fsync_push)
+        });
+        Self::empty(reply, r);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         if ModeState::flag(&self.mode.no_opendir) {
             // Listings need no handle: from now on the kernel opens directories without asking.
             return reply.error(Errno::ENOSYS);
@@ -438,9 +626,12 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.readdir_pages(ino, offset, |e| {
-            reply.add(INodeNo(e.ino), e.offset, kind(e.kind), &e.name)
-        }) {
+        let r = timed("readdir", || {
+            self.fs.readdir(ino.0, offset, false, |e| {
+                reply.add(INodeNo(e.ino), e.offset, kind(e.kind), &e.name)
+            })
+        });
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -455,20 +646,20 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.ttl;
-        match self.readdir_pages(ino, offset, |e| {
-            let full = reply.add(
-                INodeNo(e.ino),
-                e.offset,
-                &e.name,
-                &ttl,
-                &file_attr(&e.attr),
-                FUSE_GENERATION,
-            );
-            if !full && e.kind == Kind::File {
-                self.fs.pin_entry(e.ino, &e.path, e.attr.size);
-            }
-            full
-        }) {
+        let r = timed("readdir", || {
+            self.fs.readdir(ino.0, offset, true, |e| {
+                let Some(a) = &e.attr else { return false };
+                reply.add(
+                    INodeNo(e.ino),
+                    e.offset,
+                    &e.name,
+                    &ttl,
+                    &file_attr(a),
+                    Generation(a.generation),
+                )
+            })
+        });
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -506,10 +697,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.fs.access(ino.0, mask.bits()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        Self::empty(reply, self.fs.access(ino.0, mask.bits()));
     }
 
     fn getxattr(
@@ -520,117 +708,12 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
+        // The kernel then answers EOPNOTSUPP itself, without asking again.
         reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
         reply.error(Errno::ENOSYS);
-    }
-
-    // ---- everything that would modify the tree: EROFS ----
-
-    fn setattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn mknod(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn mkdir(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn symlink(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        reply.error(Errno::EROFS);
     }
 
     fn setxattr(
@@ -643,52 +726,108 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        Self::empty(reply, self.fs.setxattr());
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        Self::empty(reply, self.fs.setxattr());
     }
 
     fn create(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(Errno::EROFS);
+        let (a, fh, version) = match timed("create", || {
+            self.fs
+                .create(parent.0, name, mode, umask, flags, caller(req))
+        }) {
+            Ok(v) => v,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let generation = Generation(a.generation);
+        let attr = file_attr(&a);
+        match self.mode.active() {
+            DataMode::Passthrough => {
+                let mut b = lock(&self.backings);
+                if let Some(id) = b.reuse(a.ino, fh) {
+                    return reply.created_passthrough(
+                        &self.ttl,
+                        &attr,
+                        generation,
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        id,
+                    );
+                }
+                match reply.open_backing(&version.file) {
+                    Ok(id) => {
+                        reply.created_passthrough(
+                            &self.ttl,
+                            &attr,
+                            generation,
+                            FileHandle(fh),
+                            FopenFlags::empty(),
+                            &id,
+                        );
+                        b.register(a.ino, fh, id);
+                    }
+                    Err(e) => {
+                        self.no_backing(&e);
+                        reply.created(
+                            &self.ttl,
+                            &attr,
+                            generation,
+                            FileHandle(fh),
+                            FopenFlags::FOPEN_KEEP_CACHE,
+                        );
+                    }
+                }
+            }
+            DataMode::DirectIo => reply.created(
+                &self.ttl,
+                &attr,
+                generation,
+                FileHandle(fh),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
+            DataMode::PageCache | DataMode::Auto => reply.created(
+                &self.ttl,
+                &attr,
+                generation,
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+        }
     }
 
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        let r = timed("fallocate", || {
+            self.fs.fallocate(ino.0, fh.0, offset, length, mode)
+        });
+        Self::empty(reply, r);
     }
+}
 
-    fn copy_file_range(
-        &self,
-        _req: &Request,
-        _ino_in: INodeNo,
-        _fh_in: FileHandle,
-        _offset_in: u64,
-        _ino_out: INodeNo,
-        _fh_out: FileHandle,
-        _offset_out: u64,
-        _len: u64,
-        _flags: fuser::CopyFileRangeFlags,
-        reply: ReplyWrite,
-    ) {
-        reply.error(Errno::EROFS);
+impl FuseAdapter {
+    fn no_backing(&self, e: &std::io::Error) {
+        if !self.backing_failed.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %e,
+                "FUSE passthrough: registering a backing file failed; serving this file from the page cache");
+        }
     }
 }

@@ -1,19 +1,22 @@
 //! Kernel cache invalidation: the [`ChangeSink`] the engine tells what each commit changed. For each
-//! change the entry (and for a removal the dentry) is invalidated, then the listing of every touched
-//! directory.
+//! changed path the name is invalidated in its directory, then the listing of every touched directory.
 //!
-//! An inode's content never changes (a new version is a new inode), so the data cached for an inode is
-//! never invalidated: a removed inode's dentry is deleted (the kernel marks the inode unlinked) and
-//! readers that hold it open keep reading their version from its page cache or backing file. An added
-//! inode is new to the kernel: only the name and the parent's listing need invalidating.
+//! A file the engine replaces is a new inode (a new file renamed over the path), so the data cached for
+//! an inode is never invalidated: readers that hold the old inode keep reading their version, and the
+//! next lookup of the name finds the new inode. Directories are found by their path in the mirror (a
+//! node id is the mirror inode's number).
 use crate::store::change::{Change, ChangeSink};
+use crate::store::paths;
+use crate::view::fs::MirrorFs;
 use fuser::{INodeNo, Notifier};
 use std::collections::HashSet;
 use std::ffi::OsStr;
+use std::sync::Arc;
 
 /// Invalidates kernel caches for what a sync changed.
 pub struct FuseSink {
     pub(super) notifier: Notifier,
+    pub(super) fs: Arc<MirrorFs>,
 }
 
 impl FuseSink {
@@ -30,25 +33,17 @@ impl ChangeSink for FuseSink {
     fn changed(&self, changes: &[Change]) {
         let mut parents = HashSet::new();
         for c in changes {
-            let name = OsStr::new(&c.name);
-            if c.removed {
-                self.note(
-                    "delete",
-                    self.notifier
-                        .delete(INodeNo(c.parent), INodeNo(c.ino), name),
-                );
-                self.note(
-                    "inval_entry",
-                    self.notifier.inval_entry(INodeNo(c.parent), name),
-                );
-            } else {
-                // A negative dentry (or one of an older version) may be cached for the name.
-                self.note(
-                    "inval_entry",
-                    self.notifier.inval_entry(INodeNo(c.parent), name),
-                );
-            }
-            parents.insert(c.parent);
+            // A directory removed with its parent has nothing left to invalidate in.
+            let Some(parent) = self.fs.dir_id(paths::parent(&c.path)) else {
+                continue;
+            };
+            // A negative dentry, or one of an older version, may be cached for the name.
+            self.note(
+                "inval_entry",
+                self.notifier
+                    .inval_entry(INodeNo(parent), OsStr::new(&c.name)),
+            );
+            parents.insert(parent);
         }
         // The listing of every touched directory (its cached readdir pages and attributes).
         for p in parents {

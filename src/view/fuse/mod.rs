@@ -7,7 +7,7 @@ mod mode;
 mod mount;
 mod mountinfo;
 
-pub use adapter::FuseAdapter;
+pub use adapter::{FuseAdapter, WriteOptions};
 pub use invalidate::FuseSink;
 pub use mode::DataMode;
 pub use mount::{cleanup_stale_mount, mount, MountHandle, MountOptions};

@@ -74,6 +74,8 @@ pub(crate) struct ModeState {
     pub passthrough: AtomicBool,
     pub no_open: AtomicBool,
     pub no_opendir: AtomicBool,
+    /// The kernel's writeback cache is on (a writable view in the page-cache mode).
+    pub writeback: AtomicBool,
     active: AtomicU8,
     init_done: Mutex<bool>,
     init_cv: Condvar,

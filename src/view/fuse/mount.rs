@@ -1,14 +1,14 @@
-//! Mounting and unmounting: mount read-only and serve from background threads, detect and detach a
+//! Mounting and unmounting: mount (read-only, or writable in mirror mode) and serve from background threads, detect and detach a
 //! stale mount first, and unmount without hanging (lazy detach, then abort the FUSE connection).
 //!
 //! fuser 0.18.0's `AutoUnmount` hangs on in-process unmount, so it is never used: [`MountHandle`]
 //! unmounts explicitly (also on drop), and [`mount`] detaches a stale mount it finds first.
 use super::adapter::FuseAdapter;
+use super::adapter::WriteOptions;
 use super::invalidate::FuseSink;
 use super::mode::{DataMode, ModeState};
 use super::mountinfo::{is_mountd_fuse, mounted_top, mountinfo};
-use crate::store::change::ChangeSink;
-use crate::store::db::StateReader;
+use crate::store::change::{ChangeSink, LocalChanges};
 use crate::view::fs::{FsOptions, MirrorFs};
 use fuser::{BackgroundSession, Config, MountOption, Notifier, SessionACL};
 use nix::mount::MntFlags;
@@ -34,6 +34,8 @@ pub struct MountOptions {
     pub fs: FsOptions,
     /// How file data is served (see [`DataMode`]).
     pub data_mode: DataMode,
+    /// How a writable view writes (`fs.writable`).
+    pub writes: WriteOptions,
 }
 
 impl Default for MountOptions {
@@ -45,6 +47,7 @@ impl Default for MountOptions {
             threads: 2,
             fs: FsOptions::default(),
             data_mode: DataMode::Auto,
+            writes: WriteOptions::default(),
         }
     }
 }
@@ -68,6 +71,7 @@ impl MountHandle {
     pub fn sink(&self) -> Arc<dyn ChangeSink> {
         Arc::new(FuseSink {
             notifier: self.notifier.clone(),
+            fs: self.fs.clone(),
         })
     }
 
@@ -394,12 +398,13 @@ fn pin_budget() -> usize {
     ((soft.saturating_sub(512) / 2).min(65536) as usize).max(256)
 }
 
-/// Mount the mirror read-only at `mountpoint` and serve it from background threads.
+/// Mount the mirror at `mountpoint` and serve it from background threads: read-only, or writable when
+/// `opts.fs.writable` (local changes then go to `changes`).
 pub fn mount(
     mountpoint: &Path,
-    state_db: &Path,
     root: &Path,
     opts: MountOptions,
+    changes: Option<Arc<dyn LocalChanges>>,
 ) -> Result<MountHandle, String> {
     cleanup_stale_mount(mountpoint)?;
     let mp = absolute_mountpoint(mountpoint);
@@ -409,14 +414,11 @@ pub fn mount(
         Err(e) => return Err(format!("mountpoint {}: {e}", mp.display())),
     }
     let threads = opts.threads.max(1);
-    let mut readers = Vec::with_capacity(threads);
-    for _ in 0..threads {
-        readers.push(
-            StateReader::open_path(state_db)
-                .map_err(|e| format!("opening the state database for the file system: {e}"))?,
-        );
-    }
-    let fs = Arc::new(MirrorFs::with_readers(readers, root, opts.fs));
+    let fs = Arc::new(
+        MirrorFs::new(root, opts.fs, changes)
+            .map_err(|e| format!("opening the mirror {}: {e}", root.display()))?,
+    );
+    let writable = fs.options().writable;
     let fsname: String = opts
         .fsname
         .chars()
@@ -430,7 +432,11 @@ pub fn mount(
         .collect();
     let mut config = Config::default();
     config.mount_options = vec![
-        MountOption::RO,
+        if writable {
+            MountOption::RW
+        } else {
+            MountOption::RO
+        },
         MountOption::FSName(fsname),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
@@ -454,7 +460,7 @@ pub fn mount(
     };
     config.n_threads = Some(threads);
     let mode = Arc::new(ModeState::new(opts.data_mode));
-    let adapter = FuseAdapter::new(fs.clone(), opts.ttl, mode.clone());
+    let adapter = FuseAdapter::new(fs.clone(), opts.ttl, mode.clone(), opts.writes);
     let session = fuser::Session::new(adapter, &mp, &config)
         .map_err(|e| format!("mounting {}: {e}", mp.display()))?;
     // Our own handle on the connection: POLLERR on it tells whether *our* mount is still connected.
@@ -506,6 +512,7 @@ pub fn mount(
     tracing::info!(mountpoint = %handle.mountpoint.display(), data_mode = %active, requested = %opts.data_mode,
         zero_message_open, zero_message_opendir = ModeState::flag(&mode.no_opendir),
         passthrough_available = ModeState::flag(&mode.passthrough),
-        "mounted read-only; FUSE data mode {active}");
+        writeback_cache = ModeState::flag(&mode.writeback),
+        "mounted {}; FUSE data mode {active}", if writable { "writable" } else { "read-only" });
     Ok(handle)
 }
