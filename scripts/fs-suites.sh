@@ -93,6 +93,8 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 MOUNTD=$TARGET_DIR/release/mountd
 REMOTE=$TARGET_DIR/release/mountd-remote
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mountd-fs-suites.XXXXXX")
+# pjdfstest's dummy users must reach the mountpoint inside it (mktemp makes it 0700).
+chmod 0755 "$WORK"
 DIR=$WORK/mirror TOKEN=$WORK/token FRESH=$WORK/fresh SECONDARY=$WORK/secondary
 MNT=${target:-$WORK/mnt}
 remote_pid='' service_pid='' failed_any=0
@@ -312,15 +314,23 @@ with os.fdopen(fd, "rb") as src, open(sys.argv[2], "wb") as dst:
     shutil.copyfileobj(src, dst)
 PY
     "$MOUNTD" --once "${common[@]}" --local-dir "$FRESH" >"$WORK/fresh.log" 2>&1 || true
-    if ((!drained)); then
-        "$MOUNTD" outbox --local-dir "$DIR" >&2 || true
-        record 0 1 "remote check: FAILED: the outbox did not drain in 120 s ($pending pending)"
-    elif [[ ! -f $FRESH/$rel ]]; then
-        record 0 1 "remote check: FAILED: the remote has no /$rel (see $WORK/fresh.log)"
+    local size remote verdict
+    size=$(stat -c %s "$WORK/final")
+    if [[ ! -f $FRESH/$rel ]]; then
+        verdict="the remote has no /$rel (see $WORK/fresh.log)" remote=missing
     elif cmp "$WORK/final" "$FRESH/$rel" >"$WORK/cmp.txt" 2>&1; then
-        record 1 0 "remote check: the remote holds the file's final $(stat -c %s "$WORK/final") bytes (drain + pull $(elapsed "$t0") s)"
+        verdict="the remote holds the file's final $size bytes" remote=same
     else
-        record 0 1 "remote check: FAILED: $(head -n1 "$WORK/cmp.txt") (mount $(stat -c %s "$WORK/final") bytes, remote $(stat -c %s "$FRESH/$rel"))"
+        verdict="the remote's /$rel differs: $(head -n1 "$WORK/cmp.txt") (mount $size bytes, remote $(stat -c %s "$FRESH/$rel"))"
+        remote=differs
+    fi
+    if ((drained)) && [[ $remote == same ]]; then
+        record 1 0 "remote check: $verdict (drain + pull $(elapsed "$t0") s)"
+    elif ((drained)); then
+        record 0 1 "remote check: FAILED: $verdict"
+    else
+        "$MOUNTD" outbox --local-dir "$DIR" >"$WORK/outbox.txt" 2>&1 || true
+        record 0 1 "remote check: FAILED: the outbox did not drain in 120 s ($pending pending: $(sed -n '2,4p' "$WORK/outbox.txt" | sed 's/^ *//' | paste -sd';' -)); $verdict"
     fi
 }
 
