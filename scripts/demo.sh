@@ -5,8 +5,9 @@
 #   3. serve it with `mountd-remote`,
 #   4. `mountd --once` into a mirror directory, then `mountd status`; a local edit pushed by the next
 #      `mountd --once` (two-way sync),
-#   5. run the mount service: as root with /dev/fuse, a read-only FUSE mount (ls, find, cat); else
-#      --no-fuse (the mirror directory itself is kept in sync),
+#   5. run the mount service: as root with /dev/fuse, a writable FUSE mount (ls, find, cat, a file
+#      saved through the mount and pushed to the server); else --no-fuse (the mirror directory itself
+#      is kept in sync),
 #   6. write a file on the remote and watch it appear (the service polls every 2 s).
 #
 #   scripts/demo.sh [--release] [--keep] [--no-fuse]
@@ -221,7 +222,7 @@ if [[ $use_fuse == 1 && $(id -u) -eq 0 && -c /dev/fuse ]]; then
     if [[ $mounted == 1 ]]; then
         echo "mounted (pid $service_pid):"
         grep -s " $MNT " /proc/mounts || true
-        say "browsing the read-only mount"
+        say "browsing the mount"
         run ls -la "$MNT"
         printf '$ find %s | head -n 15\n' "$MNT"
         find "$MNT" | head -n 15 || true # head closes the pipe early
@@ -229,8 +230,27 @@ if [[ $use_fuse == 1 && $(id -u) -eq 0 && -c /dev/fuse ]]; then
         run cat "$MNT/naïve café/résumé 日本語.txt"
         run cmp "$SAMPLE/images/random.bin" "$MNT/images/random.bin"
         echo "binary file identical through the mount"
-        printf '$ touch %s/new-file   (read-only: expect EROFS)\n' "$MNT"
-        touch "$MNT/new-file" 2>&1 || true
+        say "saving a file through the mount (pushed to the server)"
+        printf '$ echo "saved through the mount" > %s/notes/from-the-mount.txt\n' "$MNT"
+        mkdir -p "$MNT/notes"
+        echo "saved through the mount" >"$MNT/notes/from-the-mount.txt"
+        pushed=0
+        for _ in $(seq 300); do # 30 s
+            if curl -sS --fail "$URL/v1/workspaces/demo/fs/file?path=/notes/from-the-mount.txt" \
+                -H "$AUTH" -H 'X-Correlation-Id: demo_get_2' >"$WORK/pushed.json" 2>/dev/null; then
+                pushed=1
+                break
+            fi
+            service_alive || break
+            sleep 0.1
+        done
+        if [[ $pushed == 1 ]]; then
+            printf '$ curl %s/v1/workspaces/demo/fs/file?path=/notes/from-the-mount.txt\n' "$URL"
+            cat "$WORK/pushed.json"
+            echo
+        else
+            fail "/notes/from-the-mount.txt did not reach the server within 30s"
+        fi
 
         put_remote_file
         say "waiting for it to appear under the mount"

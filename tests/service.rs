@@ -116,11 +116,15 @@ fn mount_serves_the_mirror_exactly_including_a_5000_entry_directory() {
     names.sort();
     names.dedup();
     assert_eq!(names.len(), 5000, "every entry exactly once");
-    // Read-only.
-    let err = std::fs::write(mnt.join("README.md"), b"x").unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
-    let err = std::fs::create_dir(mnt.join("newdir")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    // Writable (mirror mode, the default): a write lands in the mirror directory itself.
+    std::fs::create_dir(mnt.join("newdir")).unwrap();
+    std::fs::write(mnt.join("newdir/n.txt"), b"written through the mount").unwrap();
+    assert_eq!(
+        std::fs::read(h.local().join("newdir/n.txt")).unwrap(),
+        b"written through the mount"
+    );
+    std::fs::remove_file(mnt.join("newdir/n.txt")).unwrap();
+    std::fs::remove_dir(mnt.join("newdir")).unwrap();
     for tool in [
         vec!["find", "."],
         vec!["ls", "-lR"],
@@ -383,11 +387,13 @@ fn audit_heals_local_drift_and_hostile_names_never_appear() {
     h.remote.put("/../evil.txt", b"evil");
     h.remote.put("/bad\\name.txt", b"evil");
     assert_eq!(h.run(&[]).code, 5, "hostile paths reported as skipped");
-    // Drift behind mountd's back: a mirrored file disappears from the directory.
+    // Drift behind mountd's back: a mirrored file disappears from the directory. (In mirror mode the
+    // mirror directory is the local side, and a file deleted there is a local delete, pushed; a
+    // pull-only mirror is healed from the remote.)
     std::fs::remove_file(h.local().join("docs/d1/f00001.txt")).unwrap();
     h.remote.reset_counts();
     let mnt = h.tmp.path().join("mnt");
-    let svc = Service::start(&h, &mnt, &["--audit-interval", "500ms"]);
+    let svc = Service::start(&h, &mnt, &["--audit-interval", "500ms", "--read-only"]);
     svc.wait_mounted();
     wait_for(
         "the audit to restore the file",

@@ -386,6 +386,33 @@ fn a_write_denied_path_is_kept_reported_and_retried_only_under_another_token() {
 }
 
 #[test]
+fn a_large_file_is_streamed_from_disk_exactly_once() {
+    let h = Harness::new();
+    h.remote.set_max_body_bytes(32 << 20);
+    h.remote.put("/small.txt", b"small\n");
+    first_sync(&h);
+    // Above the size pushed from memory: sent straight from disk, base64 streamed.
+    let big: Vec<u8> = (0..9 * 1024 * 1024 + 5)
+        .map(|i| ((i * 7) % 251) as u8)
+        .collect();
+    write(&h, "big.bin", &big);
+    let r = h.run(&["--max-push-bytes", "32M"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        h.remote.content("/big.bin").as_deref() == Some(&big[..]),
+        "the server holds the bytes"
+    );
+    assert_eq!(writes(&h, "/big.bin"), 1);
+    // mountd's own write comes back through the feed: nothing to fetch, nothing to push.
+    h.remote.reset_counts();
+    let r = h.run(&["--max-push-bytes", "32M"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(write_requests(&h), 0, "{:?}", h.remote.counts());
+    assert_eq!(h.remote.counts().file, 0, "{:?}", h.remote.counts());
+    assert_eq!(read(&h, "big.bin").as_deref(), Some(&big[..]));
+}
+
+#[test]
 fn a_file_above_the_body_cap_is_kept_reported_and_not_retried() {
     let h = Harness::new();
     h.remote.put("/small.txt", b"small\n");

@@ -581,10 +581,11 @@ pub struct RunArgs {
     /// Owner gid of files in the mount [default: the daemon's].
     #[arg(long, env = "MOUNTD_GID", help_heading = "Mount service")]
     pub gid: Option<u32>,
-    /// Permission bits of files in the mount (octal).
+    /// Permission bits of files in a read-only mount (pull-only; a writable mount shows and keeps the
+    /// files' own modes) (octal).
     #[arg(long, env = "MOUNTD_FILE_MODE", default_value = "0444", value_parser = parse_mode, help_heading = "Mount service")]
     pub file_mode: u16,
-    /// Permission bits of directories in the mount (octal).
+    /// Permission bits of directories in a read-only mount (pull-only) (octal).
     #[arg(long, env = "MOUNTD_DIR_MODE", default_value = "0555", value_parser = parse_mode, help_heading = "Mount service")]
     pub dir_mode: u16,
     /// How the mount serves file data: `auto` (the page cache with message-free opens: best for many

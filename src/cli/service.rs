@@ -262,10 +262,26 @@ fn show_failure(shown: &Mutex<Shown>, f: &Failures) {
     shown.lock().unwrap().failure = f.since.map(|(t, _)| (t, f.unavailable, f.error.clone()));
 }
 
+/// The signals the service reacts to.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// What serves the mirror once it is complete; dropped in this order when the service stops.
+struct Served {
+    push: Option<PushSide>,
+    realtime: Option<crate::sync::realtime::Realtime>,
+    mount: Option<crate::view::fuse::MountHandle>,
+}
+
 async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let mut sig = Signals {
+        term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+        int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        hup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
+    };
     let start_health = crate::sync::attempt::refresh_metrics(&s.engine).await;
     let shown = Arc::new(Mutex::new(Shown {
         phase: Phase::Bootstrapping,
@@ -282,25 +298,69 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
             return exit::USAGE;
         }
     }
-
     // 1. Bootstrap (or catch up) until complete; the mount is not served before that.
+    let failures = match bootstrap(a, s, &shown, &mut sig).await {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    // 2. Serve: the mount, the realtime stream and the push side.
+    let served = match start_serving(a, s).await {
+        Ok(served) => served,
+        Err(code) => return code,
+    };
+    shown.lock().unwrap().phase = Phase::Serving;
+    let text = status_text(&shown.lock().unwrap(), &s.engine);
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&text),
+    ]);
+    // 3. The poll loop, until a signal or a fatal error.
+    let stop = poll_loop(a, s, &shown, &served, failures, &mut sig).await;
+    notify(&[sd_notify::NotifyState::Stopping]);
+    // Stop the push side and the stream before the mount goes: no commit (and no cache
+    // invalidation) after it. A push cut short is pushed again, once, at the next start.
+    let Served {
+        push,
+        realtime,
+        mount,
+    } = served;
+    drop(push);
+    drop(realtime);
+    if let Some(m) = mount {
+        m.unmount();
+        tracing::info!("unmounted");
+    }
+    match stop {
+        Stop::Signal => stopped("signal"),
+        Stop::Fatal(code) => code,
+    }
+}
+
+/// Bootstrap (or catch up) until the mirror is complete, retrying with backoff; a complete mirror is
+/// served at once (even if the server is down: catch-up happens in the poll loop). `Err` is the exit
+/// code (a fatal error, or a signal).
+async fn bootstrap(
+    a: &RunArgs,
+    s: &mut Setup,
+    shown: &Mutex<Shown>,
+    sig: &mut Signals,
+) -> Result<Failures, i32> {
     let mut failures = Failures::default();
-    // A complete mirror is served at once (even if the server is down); catch-up happens in the loop.
     loop {
         match s.engine.read(|st| st.is_complete()).await {
             Ok(true) => break,
             Ok(false) => {}
             Err(e) => {
                 eprintln!("mountd: error: {e}");
-                return exit::FAILED;
+                return Err(exit::FAILED);
             }
         }
         let r = tokio::select! {
             r = app::attempt(s) => r,
-            _ = term.recv() => return stopped("SIGTERM during bootstrap"),
-            _ = int.recv() => return stopped("SIGINT during bootstrap"),
+            _ = sig.term.recv() => return Err(stopped("SIGTERM during bootstrap")),
+            _ = sig.int.recv() => return Err(stopped("SIGINT during bootstrap")),
         };
-        after_record(a, &shown, None);
+        after_record(a, shown, None);
         match r {
             Ok(at) => {
                 failures.recovered("bootstrap");
@@ -314,26 +374,30 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
                     || matches!(e, SyncError::GaveUp(_))
                 {
                     eprintln!("mountd: error: {e}\nmountd: hint: {}", exit::hint_for(&e));
-                    return code;
+                    return Err(code);
                 }
                 let wait = backoff(failures.count + 1, a.interval);
                 failures.failed("bootstrap", &e, wait);
-                show_failure(&shown, &failures);
+                show_failure(shown, &failures);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = hup.recv() => tracing::info!("SIGHUP: retrying now"),
-                    _ = term.recv() => return stopped("SIGTERM"),
-                    _ = int.recv() => return stopped("SIGINT"),
+                    _ = sig.hup.recv() => tracing::info!("SIGHUP: retrying now"),
+                    _ = sig.term.recv() => return Err(stopped("SIGTERM")),
+                    _ = sig.int.recv() => return Err(stopped("SIGINT")),
                 }
             }
         }
     }
-    show_failure(&shown, &failures);
+    show_failure(shown, &failures);
     if let Ok(h) = crate::sync::attempt::refresh_metrics(&s.engine).await {
-        after_record(a, &shown, Some(h));
+        after_record(a, shown, Some(h));
     }
+    Ok(failures)
+}
 
-    // 2. Serve: the push side's settler first (a writable view hands it what changes), then the mount.
+/// Mount the view (with the push side's settler first: a writable view hands it what changes), start
+/// the realtime stream and the pusher. `Err` is the exit code.
+async fn start_serving(a: &RunArgs, s: &mut Setup) -> Result<Served, i32> {
     let kick = Arc::new(tokio::sync::Notify::new());
     let fuse = a.mountpoint.is_some() && !a.no_fuse;
     let view_watcher = (fuse && s.engine.config().push.two_way())
@@ -350,11 +414,8 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
         }
         None => None,
     };
-    let mount = match mount_view(a, s, changes) {
-        Ok(m) => m,
-        Err(code) => return code,
-    };
-    // The realtime stream, next to the poll loop below.
+    let mount = mount_view(a, s, changes)?;
+    // The realtime stream, next to the poll loop.
     let realtime = if a.compat.websocket.unwrap_or(true) {
         Some(crate::sync::realtime::spawn(
             s.engine.clone(),
@@ -371,70 +432,56 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
         }
         None
     };
-    // Two-way sync: the watcher (plain directory) and the pusher, beside the pull.
+    // Two-way sync: the settler (the view's or the watched directory's changes) and the pusher.
     let push = match start_push(&s.engine, kick, view_watcher, a.interval).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("mountd: error: {e}");
-            return exit::FAILED;
+            return Err(exit::FAILED);
         }
     };
-    shown.lock().unwrap().phase = Phase::Serving;
-    let text = status_text(&shown.lock().unwrap(), &s.engine);
-    notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&text),
-    ]);
+    Ok(Served {
+        push,
+        realtime,
+        mount,
+    })
+}
 
-    // 3. Incremental sync every interval (±20%), audit by listing every audit interval; a failed pass
-    // is retried with backoff, forever.
+/// Incremental sync every interval (±20%), audit by listing every audit interval; a failed pass is
+/// retried with backoff, forever. Ends on a signal, an authorization failure or a dead FUSE session.
+async fn poll_loop(
+    a: &RunArgs,
+    s: &Setup,
+    shown: &Mutex<Shown>,
+    served: &Served,
+    mut failures: Failures,
+    sig: &mut Signals,
+) -> Stop {
     let mut last_audit = Instant::now();
     // The first pass runs at once: a restarted service catches up without waiting an interval.
     let mut wait = Duration::ZERO;
-    let stop = loop {
+    loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = hup.recv() => tracing::info!("SIGHUP: syncing now"),
+            _ = sig.hup.recv() => tracing::info!("SIGHUP: syncing now"),
             _ = s.engine.check_requested() => tracing::info!("the realtime stream reconnected without a cursor: checking the mirror now"),
-            _ = term.recv() => break Stop::Signal,
-            _ = int.recv() => break Stop::Signal,
+            _ = sig.term.recv() => return Stop::Signal,
+            _ = sig.int.recv() => return Stop::Signal,
         }
         let audit_due = !a.audit_interval.is_zero() && last_audit.elapsed() >= a.audit_interval;
         if audit_due {
-            // The local side's audit: a full scan of a watched mirror (changes in directories
-            // inotify could not watch are found here at the latest).
-            if let Some(p) = &push {
+            // The local side's audit: a full scan of the mirror (changes in directories inotify
+            // could not watch are found here at the latest).
+            if let Some(p) = &served.push {
                 p.rescan(&s.engine).await;
             }
         }
-        let e = s.engine.clone();
-        let progress = e.progress().clone();
         let started = Instant::now();
-        let pass =
-            crate::sync::watchdog::guarded(&progress, s.limits.idle, Duration::ZERO, async move {
-                // Not while a realtime batch is being applied (and none starts until this is done).
-                let _exclusive = e.exclusive().await;
-                let traversal = e.read(|st| st.checkpoint()).await?.is_some();
-                let applied = if audit_due || traversal {
-                    e.audit().await?;
-                    0
-                } else {
-                    e.sync_pass().await?
-                };
-                e.retry_quarantine().await?;
-                // The safety poll's count check (a mismatch lists again at once), on a pass whose
-                // feed was quiet: a busy server's count moves while it is read (checked anyway
-                // after a few busy passes in a row).
-                if applied == 0 || !e.defer_busy_listing(crate::sync::count_check::BUSY_DEFERRALS) {
-                    e.confirm_complete(true).await?;
-                }
-                Ok(())
-            });
         let r = tokio::select! {
-            r = pass => r,
+            r = sync_pass(s, audit_due) => r,
             // Abandon the in-flight page: everything committed stays, the rest is redone next start.
-            _ = term.recv() => break Stop::Signal,
-            _ = int.recv() => break Stop::Signal,
+            _ = sig.term.recv() => return Stop::Signal,
+            _ = sig.int.recv() => return Stop::Signal,
         };
         let health =
             crate::sync::attempt::record_pass(&s.engine, started.elapsed(), r.as_ref().map(|_| ()))
@@ -442,7 +489,7 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
         if let Err(db) = &health {
             tracing::error!(error = %db, "cannot record the sync outcome in the state database");
         }
-        after_record(a, &shown, health.ok());
+        after_record(a, shown, health.ok());
         match r {
             Ok(()) => {
                 if audit_due {
@@ -454,31 +501,45 @@ async fn serve(a: &RunArgs, s: &mut Setup) -> i32 {
             Err(e) => {
                 if exit::code_for(&e) == exit::AUTH {
                     eprintln!("mountd: error: {e}\nmountd: hint: {}", exit::hint_for(&e));
-                    break Stop::Fatal(exit::AUTH);
+                    return Stop::Fatal(exit::AUTH);
                 }
                 wait = backoff(failures.count + 1, a.interval);
                 failures.failed("sync", &e, wait);
             }
         }
-        show_failure(&shown, &failures);
-        if mount.as_ref().is_some_and(|m| !m.is_alive()) {
+        show_failure(shown, &failures);
+        if served.mount.as_ref().is_some_and(|m| !m.is_alive()) {
             eprintln!("mountd: error: the FUSE session ended (unmounted from outside?)");
-            break Stop::Fatal(exit::FAILED);
+            return Stop::Fatal(exit::FAILED);
         }
-    };
-    notify(&[sd_notify::NotifyState::Stopping]);
-    // Stop the stream and the push side before the mount goes: no commit (and no cache
-    // invalidation) after it. A push cut short is pushed again, once, at the next start.
-    drop(push);
-    drop(realtime);
-    if let Some(m) = mount {
-        m.unmount();
-        tracing::info!("unmounted");
     }
-    match stop {
-        Stop::Signal => stopped("signal"),
-        Stop::Fatal(code) => code,
-    }
+}
+
+/// One pass of the poll loop under the no-progress watchdog: the feed (or an audit), the quarantine
+/// retry and the count check.
+async fn sync_pass(s: &Setup, audit_due: bool) -> Result<(), SyncError> {
+    let e = s.engine.clone();
+    let progress = e.progress().clone();
+    crate::sync::watchdog::guarded(&progress, s.limits.idle, Duration::ZERO, async move {
+        // Not while a realtime batch is being applied (and none starts until this is done).
+        let _exclusive = e.exclusive().await;
+        let traversal = e.read(|st| st.checkpoint()).await?.is_some();
+        let applied = if audit_due || traversal {
+            e.audit().await?;
+            0
+        } else {
+            e.sync_pass().await?
+        };
+        e.retry_quarantine().await?;
+        // The safety poll's count check (a mismatch lists again at once), on a pass whose feed was
+        // quiet: a busy server's count moves while it is read (checked anyway after a few busy
+        // passes in a row).
+        if applied == 0 || !e.defer_busy_listing(crate::sync::count_check::BUSY_DEFERRALS) {
+            e.confirm_complete(true).await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Longest a push waits for a burst of local changes to end before it sends what it has.
@@ -566,9 +627,12 @@ async fn start_push(
     if !engine.config().push.two_way() {
         return Ok(None);
     }
-    let w = match view {
-        Some(w) => w,
-        None => crate::sync::push::watch::spawn(engine.clone(), kick.clone())?,
+    let (w, source) = match view {
+        Some(w) => (w, "recording the mount's local changes (two-way sync)"),
+        None => (
+            crate::sync::push::watch::spawn(engine.clone(), kick.clone())?,
+            "watching the mirror directory for local changes (two-way sync)",
+        ),
     };
     let unsettled = Some(w.unsettled());
     let found = engine
@@ -578,7 +642,7 @@ async fn start_push(
     tracing::info!(
         changes = found.changes(),
         dir = %engine.store().root().display(),
-        "recording local changes of the mirror (two-way sync)"
+        "{source}"
     );
     let pusher = tokio::spawn(push_loop(engine.clone(), kick.clone(), unsettled, interval));
     Ok(Some(PushSide {

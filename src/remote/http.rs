@@ -7,7 +7,8 @@
 
 use super::error::{parse_retry_after, RemoteError};
 use super::types::{
-    BulkOutcome, ErrorBody, EventsPage, PushFile, TreePage, WriteAck, WriteOutcome,
+    base64_len, BulkOutcome, ErrorBody, EventsPage, FileSource, PushFile, TreePage, WriteAck,
+    WriteOutcome,
 };
 use super::{BodyStream, Remote};
 use futures_util::TryStreamExt;
@@ -233,7 +234,8 @@ impl HttpRemote {
             if let Some(b) = &req.body {
                 r = r
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(b.clone());
+                    .header(reqwest::header::CONTENT_LENGTH, b.len())
+                    .body(b.to_body());
             }
             let resp = r.send().await.map_err(|e| RemoteError::Transport {
                 op: req.op.to_string(),
@@ -442,14 +444,29 @@ impl Remote for HttpRemote {
     }
 
     async fn put_file(&self, path: &str, file: &PushFile) -> Result<WriteOutcome, RemoteError> {
-        let body = serde_json::to_vec(file).expect("a push body serializes");
+        let body = match &file.source {
+            // A large file goes from disk, never whole in memory.
+            Some(src) => {
+                let (head, tail) = file.stream_frame();
+                ReqBody::File {
+                    head: head.into(),
+                    src: src.clone(),
+                    tail: tail.into(),
+                }
+            }
+            None => ReqBody::Bytes(
+                serde_json::to_vec(file)
+                    .expect("a push body serializes")
+                    .into(),
+            ),
+        };
         self.write(Request {
             method: reqwest::Method::PUT,
             op: "put",
             route: "/fs/file",
             query: &[("path", path)],
             if_match: Some(&file.if_match),
-            body: Some(body.into()),
+            body: Some(body),
         })
         .await
     }
@@ -476,7 +493,7 @@ impl Remote for HttpRemote {
                 route: "/fs/bulk",
                 query: &[],
                 if_match: None,
-                body: Some(body.into()),
+                body: Some(ReqBody::Bytes(body.into())),
             })
             .await?;
         if !resp.status().is_success() {
@@ -503,7 +520,108 @@ struct Request<'a> {
     route: &'a str,
     query: &'a [(&'a str, &'a str)],
     if_match: Option<&'a str>,
-    body: Option<bytes::Bytes>,
+    body: Option<ReqBody>,
+}
+
+/// A JSON request body: in memory, or a file streamed from disk between two pieces of JSON.
+enum ReqBody {
+    Bytes(bytes::Bytes),
+    File {
+        head: bytes::Bytes,
+        src: FileSource,
+        tail: bytes::Bytes,
+    },
+}
+
+impl ReqBody {
+    fn len(&self) -> u64 {
+        match self {
+            ReqBody::Bytes(b) => b.len() as u64,
+            ReqBody::File { head, src, tail } => {
+                head.len() as u64 + base64_len(src.size) + tail.len() as u64
+            }
+        }
+    }
+
+    /// A fresh body for one send (a retry reads the file again).
+    fn to_body(&self) -> reqwest::Body {
+        match self {
+            ReqBody::Bytes(b) => b.clone().into(),
+            ReqBody::File { head, src, tail } => {
+                reqwest::Body::wrap_stream(file_stream(head.clone(), src.clone(), tail.clone()))
+            }
+        }
+    }
+}
+
+/// Bytes read from the file per chunk (a multiple of 3: each chunk's base64 has no padding).
+const STREAM_CHUNK: usize = 3 * 64 * 1024;
+
+/// `head`, the file's bytes as base64, `tail`; the stream fails when the file is not `src.size` bytes
+/// with hash `src.sha256` (it changed since it was staged): the request is cut, never completed with
+/// other bytes than the ones recorded.
+fn file_stream(
+    head: bytes::Bytes,
+    src: FileSource,
+    tail: bytes::Bytes,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    use base64::Engine;
+    use sha2::Digest;
+    use tokio::io::AsyncReadExt;
+    enum St {
+        Head,
+        Open,
+        File(Box<(tokio::fs::File, sha2::Sha256, u64)>),
+        Tail,
+        Done,
+    }
+    futures_util::stream::unfold(St::Head, move |st| {
+        let (head, tail, src) = (head.clone(), tail.clone(), src.clone());
+        async move {
+            match st {
+                St::Head => Some((Ok(head), St::Open)),
+                St::Open => match tokio::fs::File::open(&src.abs).await {
+                    Ok(f) => Some((
+                        Ok(bytes::Bytes::new()),
+                        St::File(Box::new((f, sha2::Sha256::new(), 0))),
+                    )),
+                    Err(e) => Some((Err(e), St::Done)),
+                },
+                St::File(state) => {
+                    let (mut f, mut hasher, mut total) = *state;
+                    let mut buf = vec![0u8; STREAM_CHUNK];
+                    let mut got = 0;
+                    while got < buf.len() {
+                        match f.read(&mut buf[got..]).await {
+                            Ok(0) => break,
+                            Ok(n) => got += n,
+                            Err(e) => return Some((Err(e), St::Done)),
+                        }
+                    }
+                    buf.truncate(got);
+                    total += got as u64;
+                    hasher.update(&buf);
+                    if got == STREAM_CHUNK {
+                        let chunk = base64::engine::general_purpose::STANDARD.encode(&buf);
+                        return Some((Ok(chunk.into()), St::File(Box::new((f, hasher, total)))));
+                    }
+                    // The end of the file: it must be the staged bytes.
+                    let hash = hex::encode(hasher.finalize());
+                    if total != src.size || !hash.eq_ignore_ascii_case(&src.sha256) {
+                        let e = std::io::Error::other(format!(
+                            "{} changed while it was being pushed",
+                            src.abs.display()
+                        ));
+                        return Some((Err(e), St::Done));
+                    }
+                    let chunk = base64::engine::general_purpose::STANDARD.encode(&buf);
+                    Some((Ok(chunk.into()), St::Tail))
+                }
+                St::Tail => Some((Ok(tail), St::Done)),
+                St::Done => None,
+            }
+        }
+    })
 }
 
 /// An error body, or a clear stand-in for one that is not JSON (a proxy's HTML page).

@@ -95,9 +95,46 @@ pub struct PushFile {
     pub encoding: Option<&'static str>,
     #[serde(rename = "ifMatch")]
     pub if_match: String,
+    /// A large file sent straight from disk (`content` is then empty): never held in memory.
+    #[serde(skip)]
+    pub source: Option<FileSource>,
+}
+
+/// A file whose bytes a [`PushFile`] streams from disk (base64), checked against `sha256` as sent: a
+/// file that changed meanwhile aborts the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSource {
+    pub abs: std::path::PathBuf,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Length of the standard base64 (padded) encoding of `n` bytes.
+pub fn base64_len(n: u64) -> u64 {
+    n.div_ceil(3) * 4
 }
 
 impl PushFile {
+    /// A file streamed from `src` (base64).
+    pub fn streamed(path: String, src: FileSource, if_match: String) -> PushFile {
+        PushFile {
+            path,
+            content_type: "application/octet-stream".into(),
+            content: String::new(),
+            encoding: Some("base64"),
+            if_match,
+            source: Some(src),
+        }
+    }
+
+    /// The JSON body around a streamed file's content: what comes before and after it.
+    pub fn stream_frame(&self) -> (String, String) {
+        let json = serde_json::to_string(self).expect("a push body serializes");
+        // `content` is serialized empty: split the document there.
+        let at = json.find("\"content\":\"\"").expect("the content field") + "\"content\":\"".len();
+        (json[..at].to_string(), json[at..].to_string())
+    }
+
     /// The body for `bytes`: text when they are UTF-8 without NUL, else base64.
     pub fn new(path: String, bytes: &[u8], if_match: String) -> PushFile {
         use base64::Engine;
@@ -108,6 +145,7 @@ impl PushFile {
                 content: text.to_string(),
                 encoding: None,
                 if_match,
+                source: None,
             },
             _ => PushFile {
                 path,
@@ -115,13 +153,18 @@ impl PushFile {
                 content: base64::engine::general_purpose::STANDARD.encode(bytes),
                 encoding: Some("base64"),
                 if_match,
+                source: None,
             },
         }
     }
 
     /// Bytes this entry adds to a request body (its JSON form), for the server's body cap.
     pub fn encoded_len(&self) -> usize {
-        serde_json::to_vec(self).map_or(usize::MAX, |v| v.len())
+        let framed = serde_json::to_vec(self).map_or(usize::MAX, |v| v.len());
+        match &self.source {
+            Some(src) => framed.saturating_add(base64_len(src.size) as usize),
+            None => framed,
+        }
     }
 }
 

@@ -20,6 +20,15 @@ pub struct Change {
 /// Receives what each commit changed.
 pub trait ChangeSink: Send + Sync {
     fn changed(&self, changes: &[Change]);
+
+    /// The sync is about to look at these local files to replace or delete them: anything written to
+    /// them but still held by a cache (the kernel's writeback cache) must reach the files first, so a
+    /// local edit is seen as one (and kept).
+    fn before_replace(&self, _paths: &[&str]) {}
+
+    /// What the view shows of every file changed (the token may no longer write: modes lose their
+    /// write bits): cached attributes must go.
+    fn attributes_changed(&self) {}
 }
 
 /// How a path changed through the file system view, for the push side (two-way sync).

@@ -279,6 +279,7 @@ impl LocalStore {
                 .open(&tmp)
                 .map_err(|e| WriteError::local(&tmp, e))?;
             let v = fill(&mut f, &tmp)?;
+            keep_mode(&target, &f);
             drop(f);
             fs::rename(&tmp, &target).map_err(|e| WriteError::local(&target, e))?;
             Ok(v)
@@ -366,6 +367,7 @@ impl LocalStore {
         target: &Path,
     ) -> Result<(), WriteError> {
         self.clear_dir_in_way(rel, target)?;
+        keep_mode(target, f);
         let tmp = self.tmp_path();
         link_unnamed_at(f, &tmp, by).map_err(|e| WriteError::local(&tmp, e))?;
         fs::rename(&tmp, target).map_err(|e| {
@@ -422,6 +424,7 @@ impl LocalStore {
             .map_err(|e| WriteError::local(&self.abs(parent), e))?;
         let target = self.abs(rel);
         self.clear_dir_in_way(rel, &target)?;
+        keep_mode(&target, &tmp.file);
         let from = tmp.path.take().expect("temp file not persisted twice");
         self.in_dir(parent, || fs::rename(&from, &target))
             .map_err(|e| {
@@ -588,6 +591,18 @@ impl Drop for TempFile {
 
 /// A lookup error that means "no such file here": missing, or a path component is a file (ENOTDIR), as
 /// when the remote replaced that file by a directory and the mirror has not caught up yet.
+/// A new version of a file keeps the permission bits of the one it replaces (a mode set locally:
+/// `chmod +x` through the mount; the remote has no modes). Best effort.
+fn keep_mode(target: &Path, new: &fs::File) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(old) = fs::symlink_metadata(target) {
+        let mode = old.permissions().mode() & 0o7777;
+        if old.is_file() && mode != 0o644 {
+            let _ = new.set_permissions(fs::Permissions::from_mode(mode));
+        }
+    }
+}
+
 /// An unnamed file (`O_TMPFILE`) in directory `dir`, to be linked in when complete.
 fn open_unnamed(dir: &Path) -> io::Result<fs::File> {
     fs::OpenOptions::new()

@@ -431,6 +431,11 @@ impl Engine {
         self.sink = Some(sink);
     }
 
+    /// The sink, if any (see [`ChangeSink::before_replace`]).
+    pub(crate) fn sink(&self) -> Option<&Arc<dyn ChangeSink>> {
+        self.sink.as_ref()
+    }
+
     pub(crate) fn push_state(
         &self,
     ) -> std::sync::MutexGuard<'_, crate::sync::push::pusher::PushState> {

@@ -53,6 +53,8 @@ struct Live {
 
 #[derive(Default)]
 struct Table {
+    /// Inodes deleted (or replaced by a rename) through the view: still writable while open.
+    unlinked: std::collections::HashSet<u64>,
     live: HashMap<u64, Live>,
     handles: HashMap<u64, Arc<Handle>>,
     /// Pinned inodes, oldest first (may hold inodes unpinned since; skipped when evicting).
@@ -189,7 +191,18 @@ impl Files {
 
     /// The kernel forgot inode `ino`: no handle-less I/O of it can come any more.
     pub fn forget(&self, ino: u64) {
-        self.table().unpin(ino);
+        let mut t = self.table();
+        t.unpin(ino);
+        t.unlinked.remove(&ino);
+    }
+
+    /// Inode `ino` is being deleted (or replaced by a rename) through the view.
+    pub fn unlinking(&self, ino: u64) {
+        self.table().unlinked.insert(ino);
+    }
+
+    fn unlinked_here(&self, ino: u64) -> bool {
+        self.table().unlinked.contains(&ino)
     }
 
     /// Number of open file handles.
@@ -221,7 +234,9 @@ impl Files {
             Arc::new(Handle {
                 version: v,
                 write,
-                wrote: AtomicBool::new(false),
+                // Writes through a passthrough handle never reach the daemon: a handle opened for
+                // writing counts as written (recording an unchanged file costs a `stat`).
+                wrote: AtomicBool::new(write),
             }),
         );
         fh
@@ -404,6 +419,7 @@ impl MirrorFs {
         if !v.writable {
             return Err(libc::EACCES);
         }
+        self.check_current(&v)?;
         self.files.writes.fetch_add(1, Ordering::Relaxed);
         v.file
             .write_all_at(data, offset)
@@ -413,6 +429,22 @@ impl MirrorFs {
         }
         self.written(&v);
         Ok(data.len() as u32)
+    }
+
+    /// A version the sync replaced (or deleted) under a writer takes no more writes: they would go to a
+    /// file no longer in the mirror and be lost silently. The writer gets ESTALE (with the writeback
+    /// cache, from `fsync`/`close`). A file deleted through the view stays writable while open, as on
+    /// a local disk.
+    pub(super) fn check_current(&self, v: &Version) -> Result<(), Errno> {
+        let st = sys::fstat(v.file.as_fd()).map_err(|e| io_errno(&e))?;
+        if st.nlink == 0 && !self.files.unlinked_here(v.ino) {
+            tracing::warn!(
+                ino = v.ino,
+                "a write to a file the sync replaced meanwhile was refused (ESTALE)"
+            );
+            return Err(libc::ESTALE);
+        }
+        Ok(())
     }
 
     /// Tell the push side that version `v` is being written (at most every [`TOUCH_EVERY_MS`]).
@@ -446,6 +478,7 @@ impl MirrorFs {
         if !v.writable {
             return Err(libc::EACCES);
         }
+        self.check_current(&v)?;
         nix::fcntl::posix_fallocate(&v.file, offset as libc::off_t, len as libc::off_t)
             .map_err(|e| e as Errno)?;
         if let Some(h) = h {

@@ -190,6 +190,13 @@ impl MirrorFs {
         self.nodes.len()
     }
 
+    /// The node ids the kernel holds (the root included).
+    pub fn known_ids(&self) -> Vec<u64> {
+        let mut ids = self.nodes.ids();
+        ids.push(super::nodes::ROOT);
+        ids
+    }
+
     pub(super) fn count(&self) {
         self.calls.fetch_add(1, Ordering::Relaxed);
     }
@@ -266,7 +273,7 @@ impl MirrorFs {
     }
 
     /// Why writes are refused, if they are (a token that may not write); logged once.
-    pub(super) fn refused(&self) -> Option<String> {
+    pub fn refused(&self) -> Option<String> {
         let why = self.changes.as_ref()?.refused()?;
         if !self.refusal_logged.swap(true, Ordering::Relaxed) {
             tracing::warn!(reason = %why, "file system view: writes are refused with EACCES (the token may not write)");
@@ -485,6 +492,12 @@ impl MirrorFs {
             namelen: v.name_max().min(255) as u32,
             frsize: v.fragment_size() as u32,
         })
+    }
+
+    /// The node id of the regular file at `rel`, for cache invalidation.
+    pub fn file_id(&self, rel: &str) -> Option<u64> {
+        let st = self.stat_rel(OsStr::new(rel)).ok()?;
+        st.is_file().then(|| self.nodes.id_of(st.ino))
     }
 
     /// The node id of the directory at `rel` ("" = the root), for cache invalidation.

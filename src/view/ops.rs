@@ -206,6 +206,9 @@ impl MirrorFs {
         self.count();
         self.writable()?;
         let (dir, rel) = self.parent_dir(parent, name)?;
+        if let Ok(st) = sys::statx(dir.as_fd(), name) {
+            self.files.unlinking(self.nodes.id_of(st.ino));
+        }
         nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
             .map_err(errno)?;
         self.touch(&rel, Touch::Gone);
@@ -240,6 +243,11 @@ impl MirrorFs {
         let exchanged = if flags & libc::RENAME_EXCHANGE != 0 {
             Some(sys::statx(to_dir.as_fd(), newname).map_err(|e| io_errno(&e))?)
         } else {
+            if let Ok(victim) = sys::statx(to_dir.as_fd(), newname) {
+                if victim.ino != moved.ino {
+                    self.files.unlinking(self.nodes.id_of(victim.ino));
+                }
+            }
             None
         };
         let from = sys::cstr(name).map_err(|e| io_errno(&e))?;
@@ -304,6 +312,9 @@ impl MirrorFs {
             Ok(fd) if sys::fstat(fd.as_fd()).is_ok_and(|st| self.nodes.id_of(st.ino) == id) => fd,
             Ok(_) | Err(_) => {
                 let v = self.files.kept(id).ok_or(libc::ENOENT)?;
+                if s.size.is_some() {
+                    self.check_current(&v)?;
+                }
                 OwnedFd::from(v.file.try_clone().map_err(|e| io_errno(&e))?)
             }
         };

@@ -211,7 +211,7 @@ fn readdir_pages_and_repeats() {
         let max = step % 10 + 1;
         step += 1;
         let mut page = Vec::new();
-        fs.readdir(d.ino, off, step % 2 == 0, |e| {
+        fs.readdir(d.ino, off, step.is_multiple_of(2), |e| {
             if page.len() == max {
                 return true;
             }
@@ -227,7 +227,11 @@ fn readdir_pages_and_repeats() {
             break;
         }
         for (name, o, plus) in page {
-            assert_eq!(plus, step % 2 == 0, "attributes only in readdirplus");
+            assert_eq!(
+                plus,
+                step.is_multiple_of(2),
+                "attributes only in readdirplus"
+            );
             off = o;
             offsets.push(o);
             all.push(name);

@@ -114,7 +114,17 @@ impl Remote for InProc {
     }
 
     async fn put_file(&self, path: &str, file: &PushFile) -> Result<WriteOutcome, RemoteError> {
-        let body = serde_json::to_vec(file).unwrap();
+        // A file streamed from disk: the same JSON document, read whole here.
+        let body = match &file.source {
+            Some(src) => {
+                use base64::Engine;
+                let bytes = std::fs::read(&src.abs).unwrap();
+                let (head, tail) = file.stream_frame();
+                let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                format!("{head}{b64}{tail}").into_bytes()
+            }
+            None => serde_json::to_vec(file).unwrap(),
+        };
         written(
             "put",
             self.ws.put_json(path, &body, Some(&file.if_match)),

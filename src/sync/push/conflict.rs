@@ -109,6 +109,11 @@ impl Engine {
         if claims.is_empty() {
             return Ok(HashMap::new());
         }
+        if let Some(sink) = self.sink() {
+            // Writes a writable view still holds in the kernel's cache reach the files first.
+            let paths: Vec<&str> = claims.iter().map(|(p, _)| p.as_str()).collect();
+            sink.before_replace(&paths);
+        }
         let store = self.store().clone();
         let two_way = self.config().push.two_way();
         let (verdicts, kept) = self

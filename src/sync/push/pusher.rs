@@ -29,6 +29,9 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+/// Files above this size are pushed straight from disk (`PUT`, base64 streamed, hashed as sent): the
+/// daemon never holds one whole in memory.
+const STREAM_FROM: u64 = 4 << 20;
 /// Rows taken per round.
 const ROUND: usize = 1000;
 /// Bytes of a bulk body around its files (`{"files":[...]}`, commas).
@@ -264,9 +267,15 @@ impl Engine {
         // Greedy batches within the cap.
         let budget = cap.saturating_sub(BULK_OVERHEAD);
         let mut batches: Vec<Vec<Staged>> = Vec::new();
+        let mut alone: Vec<Vec<Staged>> = Vec::new();
         let mut size = 0;
         for s in staged {
             let len = s.file.encoded_len() + 1;
+            if s.file.source.is_some() {
+                // Streamed from disk: a PUT of its own.
+                alone.push(vec![s]);
+                continue;
+            }
             if batches.is_empty() || size + len > budget {
                 batches.push(Vec::new());
                 size = 0;
@@ -274,6 +283,7 @@ impl Engine {
             size += len;
             batches.last_mut().expect("a batch").push(s);
         }
+        batches.extend(alone);
         while let Some(batch) = batches.pop() {
             match self.send_batch(batch, report).await? {
                 Sent::Fates(f) => fates.extend(f),
@@ -392,7 +402,11 @@ impl Engine {
             match n {
                 Fate::Denied { rel, why } => {
                     tracing::warn!(path = %rel, error = %why, "write denied (403): the local file is kept and not pushed again until the token changes");
-                    self.push_state().denied = Some(why.clone());
+                    let first = self.push_state().denied.replace(why.clone()).is_none();
+                    if let (true, Some(sink)) = (first, self.sink()) {
+                        // The writable view shows modes without write bits from now on.
+                        sink.attributes_changed();
+                    }
                 }
                 Fate::TooLarge { rel, why, .. } => {
                     tracing::warn!(path = %rel, error = %why, "too large for the server's body cap: the local file is kept and not pushed until it changes")
@@ -679,6 +693,51 @@ fn bulk_fates(batch: Vec<Staged>, out: BulkOutcome) -> Vec<Fate> {
 
 /// Read one pending put from disk: `Ok(None)` when the file is gone or not a regular file (detection
 /// records what it is now), `Ok(Some(Err))` when it cannot be pushed as it is (too large).
+/// Stage a large file to be streamed from disk: hashed now (reading it once), checked again as it is
+/// sent.
+fn stage_streamed(
+    abs: std::path::PathBuf,
+    before: &std::fs::Metadata,
+    stat: String,
+    root: &str,
+    cap: usize,
+    row: Outgoing,
+) -> Result<Option<Result<Staged, Fate>>, SyncError> {
+    let hash = crate::store::mirror::hash_file(&abs).map_err(|e| SyncError::local(&abs, &e))?;
+    let after = std::fs::symlink_metadata(&abs).map_err(|e| SyncError::local(&abs, &e))?;
+    if key_of(&after) != stat {
+        // Still being written: pushed once it settles.
+        return Ok(None);
+    }
+    let if_match = row.base_revision.clone().unwrap_or_else(|| "0".into());
+    let src = crate::remote::types::FileSource {
+        abs,
+        size: before.len(),
+        sha256: hash.clone(),
+    };
+    let file = PushFile::streamed(paths::to_remote(root, &row.path), src, if_match);
+    if file.encoded_len() + BULK_OVERHEAD > cap {
+        return Ok(Some(Err(Fate::TooLarge {
+            why: format!(
+                "{} needs a request body of {}, above the server's body cap of {} (--max-push-bytes)",
+                row.path,
+                crate::store::space::human_bytes(file.encoded_len() as u64),
+                crate::store::space::human_bytes(cap as u64)
+            ),
+            rel: row.path,
+            stat,
+        })));
+    }
+    Ok(Some(Ok(Staged {
+        content_type: file.content_type.clone(),
+        size: before.len(),
+        row,
+        file,
+        hash,
+        stat,
+    })))
+}
+
 fn stage(
     store: &crate::store::LocalStore,
     root: &str,
@@ -707,6 +766,9 @@ fn stage(
             rel: row.path,
             stat,
         })));
+    }
+    if before.len() > STREAM_FROM {
+        return stage_streamed(abs, &before, stat, root, cap, row);
     }
     let mut bytes = Vec::with_capacity(before.len() as usize);
     f.read_to_end(&mut bytes)

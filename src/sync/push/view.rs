@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
+/// How long `fsync` waits to record a change itself before it leaves it to the settler.
+const RECORD_WAIT: Duration = Duration::from_secs(2);
 /// How long `fsync` waits for the remote's answer with `--fsync-push`.
 const PUSH_WAIT: Duration = Duration::from_secs(120);
 
@@ -96,11 +98,25 @@ impl LocalChanges for ViewChanges {
 
     fn record_now(&self, rels: Vec<String>, wait_push: bool) -> Result<(), String> {
         self.rt.block_on(async {
-            let d = self
-                .engine
-                .record_local(rels.clone())
+            // Recording waits for the pull's lock; the pull may itself wait for this view (the
+            // kernel writing back a file it is about to replace): past a moment the paths are left
+            // to the settler instead of waiting on (the file is durable on disk either way).
+            let d = match tokio::time::timeout(RECORD_WAIT, self.engine.record_local(rels.clone()))
                 .await
-                .map_err(|e| e.to_string())?;
+            {
+                Ok(d) => d.map_err(|e| e.to_string())?,
+                Err(_) => {
+                    for r in &rels {
+                        self.touches.touched(r, Touch::Settled);
+                    }
+                    if wait_push {
+                        return Err(format!(
+                            "the sync held the mirror for over {RECORD_WAIT:?}: recorded shortly, not pushed yet"
+                        ));
+                    }
+                    return Ok(());
+                }
+            };
             if d.changes() > 0 || d.pending > 0 {
                 self.pushed.notify_one();
             }

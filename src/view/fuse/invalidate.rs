@@ -3,7 +3,9 @@
 //!
 //! A file the engine replaces is a new inode (a new file renamed over the path), so the data cached for
 //! an inode is never invalidated: readers that hold the old inode keep reading their version, and the
-//! next lookup of the name finds the new inode. Directories are found by their path in the mirror (a
+//! next lookup of the name finds the new inode. Before the sync replaces or deletes a file of a
+//! writable view, the kernel is made to write back what it still holds of it (see
+//! [`ChangeSink::before_replace`]). Directories are found by their path in the mirror (a
 //! node id is the mirror inode's number).
 use crate::store::change::{Change, ChangeSink};
 use crate::store::paths;
@@ -48,6 +50,25 @@ impl ChangeSink for FuseSink {
         // The listing of every touched directory (its cached readdir pages and attributes).
         for p in parents {
             self.note("inval_inode", self.notifier.inval_inode(INodeNo(p), 0, -1));
+        }
+    }
+
+    fn attributes_changed(&self) {
+        for id in self.fs.known_ids() {
+            self.note("inval_inode", self.notifier.inval_inode(INodeNo(id), -1, 0));
+        }
+    }
+
+    /// Invalidating a file's pages makes the kernel write its dirty ones (writeback cache) to the
+    /// daemon first, so the file on disk holds every byte written before the sync compares it.
+    fn before_replace(&self, paths: &[&str]) {
+        if !self.fs.options().writable {
+            return;
+        }
+        for p in paths {
+            if let Some(id) = self.fs.file_id(p) {
+                self.note("inval_inode", self.notifier.inval_inode(INodeNo(id), 0, 0));
+            }
         }
     }
 }

@@ -116,6 +116,9 @@ impl MountHandle {
             && self
                 .key
                 .is_none_or(|k| mounted_top(&self.mountpoint) == Some(k));
+        if ours && self.fs.options().writable {
+            flush_writeback(&self.mountpoint);
+        }
         if ours {
             if let Err(e) = umount(&self.mountpoint, MntFlags::empty()) {
                 tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e,
@@ -161,6 +164,31 @@ impl MountHandle {
 impl Drop for MountHandle {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Make the kernel write what a writable mount still caches (the writeback cache of files left open)
+/// to the daemon, and so to the mirror's files, while the session still serves: a lazy unmount would
+/// lose it with the connection. Bounded: a session that does not answer is left to the unmount.
+fn flush_writeback(mountpoint: &Path) {
+    let mp = mountpoint.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("mountd-fuse-syncfs".into())
+        .spawn(move || {
+            let r =
+                std::fs::File::open(&mp).and_then(|d| nix::unistd::syncfs(&d).map_err(Into::into));
+            let _ = tx.send(r);
+        });
+    if spawned.is_err() {
+        return;
+    }
+    match rx.recv_timeout(JOIN_TIMEOUT) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "syncfs of the mount before unmounting failed"),
+        Err(_) => tracing::warn!(
+            "syncfs of the mount did not finish within {JOIN_TIMEOUT:?}; unmounting anyway"
+        ),
     }
 }
 
@@ -486,6 +514,7 @@ pub fn mount(
         fs,
         mode: DataMode::Auto,
     };
+
     // The kernel sends INIT as soon as it is mounted; the mode is decided from its answer.
     if !mode.wait_init(INIT_TIMEOUT) {
         return Err(format!(
