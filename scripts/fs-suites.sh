@@ -268,12 +268,18 @@ EOF
     make_dir "$MNT/fsx" fsx || return 0
     file=$MNT/fsx/fsx.file
     say "fsx: $ops operations on $file (seed $seed)"
-    fsx -N "$ops" -S "$seed" -f "$fconf" -P "$WORK/fsx-artifacts" "$file" >"$WORK/fsx.log" 2>&1 || fsx_rc=$?
+    # -v logs every operation: a failure that panics (an unexpected errno) names the operation it hit.
+    fsx -v -N "$ops" -S "$seed" -f "$fconf" -P "$WORK/fsx-artifacts" "$file" >"$WORK/fsx.log" 2>&1 || fsx_rc=$?
     if ((fsx_rc == 0)) && grep -q 'All operations completed A-OK' "$WORK/fsx.log"; then
         record 1 0 "fsx: $ops operations, no mismatch (seed $seed, $(elapsed "$t0") s)"
     else
-        tail -n 40 "$WORK/fsx.log" >&2
-        record 0 1 "fsx: FAILED (exit $fsx_rc, seed $seed, $(elapsed "$t0") s): $(grep -m1 -iE 'error|panicked|fail' "$WORK/fsx.log" || echo "see $WORK/fsx.log")"
+        local why last
+        # fsx's own verdict (miscompare, size error), or the panic's message (an unexpected errno).
+        why=$(grep -m1 -E 'miscompare|Size error|short (read|write)|unexpectedly|does not support|Result::unwrap' "$WORK/fsx.log" |
+            sed 's/^\[ERROR fsx\] *//' || true)
+        last=$(grep -E '^\[INFO +fsx\] +[0-9]+ ' "$WORK/fsx.log" | tail -n1 | sed 's/^\[INFO  *fsx\] *//' || true)
+        grep -m1 -B2 -A60 -E 'miscompare|Size error|panicked' "$WORK/fsx.log" | grep -v '^\[INFO' | head -n 70 >&2 || true
+        record 0 1 "fsx: FAILED (exit $fsx_rc, seed $seed, $(elapsed "$t0") s): ${why:-see $WORK/fsx.log}${last:+; last operation logged: $last}"
     fi
     if [[ -n $target ]]; then
         summary+=("remote check: skipped (--mountpoint)")
@@ -330,7 +336,7 @@ PY
         record 0 1 "remote check: FAILED: $verdict"
     else
         "$MOUNTD" outbox --local-dir "$DIR" >"$WORK/outbox.txt" 2>&1 || true
-        record 0 1 "remote check: FAILED: the outbox did not drain in 120 s ($pending pending: $(sed -n '2,4p' "$WORK/outbox.txt" | sed 's/^ *//' | paste -sd';' -)); $verdict"
+        record 0 1 "remote check: FAILED: the outbox did not drain in 120 s ($pending pending, first: $(sed -n '2,4p' "$WORK/outbox.txt" | sed 's/^ *//' | paste -sd';' -)); $verdict"
     fi
 }
 
