@@ -61,8 +61,9 @@ impl Histogram {
 }
 
 /// FUSE operations with their own latency histogram.
-pub const FUSE_OPS: [&str; 8] = [
-    "lookup", "getattr", "readdir", "open", "read", "release", "statfs", "other",
+pub const FUSE_OPS: [&str; 17] = [
+    "lookup", "getattr", "readdir", "open", "read", "release", "statfs", "write", "create",
+    "setattr", "mkdir", "unlink", "rmdir", "rename", "flush", "fsync", "other",
 ];
 
 pub struct Metrics {

@@ -522,8 +522,8 @@ pub struct RunArgs {
     #[arg(long, env = "MOUNTD_MAX_RETRY_WAIT", value_parser = parse_duration, default_value = "60s", help_heading = "Network")]
     pub max_retry_wait: Duration,
 
-    /// Where to mount the read-only FUSE view (service mode). Must be an empty directory outside
-    /// the mirror and the state DB's directory.
+    /// Where to mount the FUSE view (service mode; writable in mirror mode). Must be an empty directory
+    /// outside the mirror and the state DB's directory.
     #[arg(long, env = "RELAYFILE_MOUNTPOINT", help_heading = "Mount service")]
     pub mountpoint: Option<PathBuf>,
     /// Mount over a non-empty --mountpoint (its files are hidden while mounted).

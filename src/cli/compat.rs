@@ -175,9 +175,28 @@ fn read_paths_file(p: &std::path::Path) -> Result<Vec<String>, String> {
 /// matches of the command that holds `a` (to tell configured values from defaults).
 pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
     let mut r = Resolution::default();
-    let w = &mut r.warnings;
+    resolve_remote_path(a)?;
+    warn_token_sources(a, m, &mut r.warnings);
+    resolve_direction(a, m)?;
+    resolve_mode(a, &mut r.warnings, &mut r.notes)?;
+    if a.mount_kind == MountKind::Flush {
+        r.warnings.push("--mount-kind flush: recorded in the state file; the run is an ordinary sync (to push what is pending and exit, use --flush-outbox-once)".into());
+    }
 
-    // Remote path(s): one root, like relayfile-mount.
+    let read = resolve_timeouts(a, m, &mut r.warnings);
+    resolve_concurrency(a, m, &mut r.warnings);
+    resolve_guards(a, m, &mut r.warnings, &mut r.notes);
+    warn_no_effect(a, m, read, &mut r.warnings);
+    if a.read_only
+        && (a.compat.flush_outbox_once == Some(true) || a.compat.push_local_once == Some(true))
+    {
+        return Err("--flush-outbox-once and --push-local-once push local changes: they need --sync-mode mirror (not pull-only or --read-only)".into());
+    }
+    Ok(r)
+}
+
+/// Remote path(s): one root, like relayfile-mount.
+fn resolve_remote_path(a: &mut RunArgs) -> Result<(), String> {
     let mut paths: Vec<String> = a.remote_paths.clone();
     if let Some(p) = &a.paths_file {
         paths.extend(read_paths_file(p)?);
@@ -198,7 +217,11 @@ pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
     }
     a.remote_path = distinct.pop().unwrap_or_else(|| "/".into());
 
-    // Token: the command line shows it to every user (`ps`).
+    Ok(())
+}
+
+/// Token: the command line shows it to every user (`ps`); several sources: the first one wins.
+fn warn_token_sources(a: &RunArgs, m: &ArgMatches, w: &mut Vec<String>) {
     if m.value_source("token") == Some(ValueSource::CommandLine) {
         w.push("--token on the command line is visible to every user of this machine (ps, /proc/PID/cmdline); use --token-file or --creds-file (the token itself is never logged)".into());
     }
@@ -218,8 +241,10 @@ pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
             given[0]
         ));
     }
+}
 
-    // Sync direction: mirror (two-way) unless pull-only or --read-only.
+/// Sync direction: mirror (two-way) unless pull-only or --read-only.
+fn resolve_direction(a: &mut RunArgs, m: &ArgMatches) -> Result<(), String> {
     match a.compat.sync_mode {
         Some(SyncMode::WriteOnly) => {
             return Err("--sync-mode write-only: mountd always applies remote changes; use --sync-mode mirror (two-way, the default) or pull-only".into())
@@ -234,7 +259,15 @@ pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
         _ => {}
     }
 
-    // Mode: poll (plain directory) or fuse (read-only view at --mountpoint).
+    Ok(())
+}
+
+/// Mode: poll (plain directory) or fuse (the view at --mountpoint).
+fn resolve_mode(
+    a: &mut RunArgs,
+    w: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
     let by_mode = a.mode.map(|x| x == MountMode::Fuse);
     let want_fuse = match (by_mode, a.fuse) {
         (Some(x), Some(y)) if x != y => {
@@ -254,32 +287,31 @@ pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
                 );
             }
             if a.mountpoint.is_none() && !a.once {
-                return Err("--mode fuse needs --mountpoint DIR: mountd serves its read-only FUSE view at a mountpoint of its own (the mirror in --local-dir is never mounted over); or use --mode poll to keep --local-dir in sync as a plain directory".into());
+                return Err("--mode fuse needs --mountpoint DIR: mountd serves its FUSE view at a mountpoint of its own (the mirror in --local-dir is never mounted over); or use --mode poll to keep --local-dir in sync as a plain directory".into());
             }
         }
         Some(false) => a.no_fuse = true,
         None => {
             if !a.once && !a.no_fuse && a.mountpoint.is_none() {
                 a.no_fuse = true;
-                r.notes.push("no --mountpoint: keeping --local-dir in sync as a plain directory (relayfile-mount's default --mode poll; pass --mountpoint DIR for the read-only FUSE view)".into());
+                notes.push("no --mountpoint: keeping --local-dir in sync as a plain directory (relayfile-mount's default --mode poll; pass --mountpoint DIR for the FUSE view)".into());
             }
         }
     }
     if a.no_fuse && !a.once {
         if let Some(mp) = &a.mountpoint {
-            r.warnings.push(format!(
+            w.push(format!(
                 "--mountpoint {} is not used: the mirror is served as a plain directory (--no-fuse / --mode poll)",
                 mp.display()
             ));
         }
     }
-    let w = &mut r.warnings;
+    Ok(())
+}
 
-    if a.mount_kind == MountKind::Flush {
-        w.push("--mount-kind flush: mountd has no outbox to flush (it never writes to the remote); recorded in the state file, the run is an ordinary sync".into());
-    }
-
-    // Timeouts: every value relayfile-mount accepts is accepted.
+/// Timeouts: every value relayfile-mount accepts is accepted (companions clamped in lockstep, one
+/// warning each). Returns the per-read timeout.
+fn resolve_timeouts(a: &mut RunArgs, m: &ArgMatches, w: &mut Vec<String>) -> Duration {
     if a.bootstrap_idle_timeout.is_zero() {
         w.push(format!(
             "{}: the no-progress watchdog cannot be turned off in mountd (a stuck bootstrap would never be cancelled); using the default {}",
@@ -343,7 +375,11 @@ pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
         a.interval = DEFAULT_INTERVAL;
     }
 
-    // Concurrency: at most 64, like relayfile-mount.
+    read
+}
+
+/// Concurrency: at most 64, like relayfile-mount.
+fn resolve_concurrency(a: &mut RunArgs, m: &ArgMatches, w: &mut Vec<String>) {
     for (id, flag, env) in [
         (
             "read_concurrency",
@@ -385,7 +421,10 @@ pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
             a.incremental_read_concurrency, a.read_concurrency
         ));
     }
+}
 
+/// Stall guard, mass-delete guard and audits: relayfile-mount's names, unless mountd's own are set.
+fn resolve_guards(a: &mut RunArgs, m: &ArgMatches, w: &mut Vec<String>, notes: &mut Vec<String>) {
     // Stall guard and mass-delete guard: relayfile-mount's names, unless mountd's own are set.
     if let Some(n) = a.bootstrap_stall_cycles {
         if explicit(m, "stall_limit") {
@@ -419,7 +458,7 @@ pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
                 .interval
                 .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
             if every > a.audit_interval {
-                r.notes.push(format!(
+                notes.push(format!(
                     "RELAYFILE_MOUNT_FULL_PULL_EVERY={n}: audits at most every {n} poll intervals ({})",
                     fmt(every)
                 ));
@@ -427,9 +466,10 @@ pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
             }
         }
     }
-    let w = &mut r.warnings;
+}
 
-    // relayfile-mount settings with no effect here, one warning each.
+/// relayfile-mount settings with no effect here, one warning each.
+fn warn_no_effect(a: &RunArgs, m: &ArgMatches, read: Duration, w: &mut Vec<String>) {
     if let Some(n) = a.bootstrap_max_files_per_cycle {
         if n != -1 {
             w.push(format!(
@@ -503,10 +543,6 @@ pub fn resolve(a: &mut RunArgs, m: &ArgMatches) -> Result<Resolution, String> {
             w.push(format!("{}: {ro}", o(id, flag, env)));
         }
     }
-    if a.read_only && (c.flush_outbox_once == Some(true) || c.push_local_once == Some(true)) {
-        return Err("--flush-outbox-once and --push-local-once push local changes: they need --sync-mode mirror (not pull-only or --read-only)".into());
-    }
-    Ok(r)
 }
 
 #[cfg(test)]
