@@ -6,18 +6,20 @@
 #              root with its two dummy users (nobody, tests: created if missing) switching users, so the
 #              mount is started with --allow-other; then the script's own extra::* checks of what
 #              pjdfstest does not test (O_APPEND, RENAME_NOREPLACE, renames over files and directories,
-#              chmod's mode, fallocate mode 0) and of the errno each unsupported operation answers.
+#              chmod's mode, new modes under a umask, fallocate mode 0) and of the errno each
+#              unsupported operation answers (scripts/lib/fs-suites.py).
 #   fsx        N random operations (pread/pwrite, mmap reads and writes, truncate, posix_fallocate,
 #              fsync, fdatasync, close/reopen, msync invalidate) on one file in the mount, every read
 #              verified by fsx; then mountd's outbox must drain and a fresh `mountd --once` pull of the
 #              remote must hold the file's final bytes (cmp).
-# Set-up: the release build (in ${CARGO_TARGET_DIR:-target}), `mountd-remote` on loopback and the
-# service with --mountpoint --allow-other (--sync-mode mirror, the default). Needs root and /dev/fuse.
-# pjdfstest and fsx are installed with `cargo install --locked` when missing (about 3 minutes).
+# Set-up: the release build in ${CARGO_TARGET_DIR:-target} (--debug: the debug build, e.g. the one
+# scripts/test.sh made), `mountd-remote` on loopback and the service with --mountpoint --allow-other
+# (--sync-mode mirror, the default). Needs root and /dev/fuse. pjdfstest and fsx are installed with
+# `cargo install --locked` when missing (about 3 minutes).
 # Runtime: see "Tests and benchmarks" in README.md.
 #
 #   scripts/fs-suites.sh [--only pjdfstest|fsx] [--ops N] [--seed N] [--mountpoint DIR]
-#                        [--run-excluded] [--no-build] [--keep]
+#                        [--run-excluded] [--debug] [--no-build] [--keep]
 #
 #   --only SUITE       run one suite
 #   --ops N            fsx operations (default 100000)
@@ -25,6 +27,7 @@
 #   --mountpoint DIR   run against DIR (an existing mount, or any directory: useful to check the
 #                      harness on ext4 or tmpfs) instead of starting the remote and mountd; no remote check
 #   --run-excluded     run the excluded tests too and say which pass (never counted as failures)
+#   --debug            use (and build) the debug binaries instead of the release ones
 #   --no-build         use the binaries already built
 #   --keep             keep the work directory (logs, configs, mirror); it is kept anyway on a failure
 # Exit status 0 when everything passed, 1 on any failure, 2 on a usage error. The last line is
@@ -39,7 +42,7 @@ EXCLUDE=$ROOT/scripts/fs-suites.exclude
 PJDFSTEST_VERSION=0.2.2
 FSX_VERSION=0.3.2
 
-only='' ops=100000 seed='' target='' run_excluded=0 build=1 keep=0
+only='' ops=100000 seed='' target='' run_excluded=0 build=1 keep=0 profile=release
 while (($#)); do
     case $1 in
     --only) only=$2; shift 2 ;;
@@ -47,9 +50,10 @@ while (($#)); do
     --seed) seed=$2; shift 2 ;;
     --mountpoint) target=$2; shift 2 ;;
     --run-excluded) run_excluded=1; shift ;;
+    --debug) profile=debug; shift ;;
     --no-build) build=0; shift ;;
     --keep) keep=1; shift ;;
-    -h | --help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "fs-suites.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -90,8 +94,8 @@ fi
 # Set-up: remote + service (or the directory given), a work directory, cleanup
 # ---------------------------------------------------------------------------------------------------
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-MOUNTD=$TARGET_DIR/release/mountd
-REMOTE=$TARGET_DIR/release/mountd-remote
+MOUNTD=$TARGET_DIR/$profile/mountd
+REMOTE=$TARGET_DIR/$profile/mountd-remote
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mountd-fs-suites.XXXXXX")
 # pjdfstest's dummy users must reach the mountpoint inside it (mktemp makes it 0700).
 chmod 0755 "$WORK"
@@ -123,8 +127,12 @@ trap 'exit 130' INT TERM
 
 if [[ -z $target ]]; then
     if ((build)); then
-        say "building the release binaries"
-        cargo build --workspace --release --bins --quiet
+        say "building the $profile binaries"
+        if [[ $profile == release ]]; then
+            cargo build --workspace --release --bins --quiet
+        else
+            cargo build --workspace --bins --quiet
+        fi
     fi
     [[ -x $MOUNTD && -x $REMOTE ]] || die "$MOUNTD or $REMOTE is missing (build, or drop --no-build)"
     [[ -c /dev/fuse ]] || die "/dev/fuse is missing"
