@@ -201,6 +201,7 @@ impl Engine {
                         (Some(r), _) => r.local_stat.as_deref() != Some(stat.as_str()),
                         (None, _) => !st.is_pending(&rel)?,
                     };
+                    tracing::debug!(path = %rel, edited, ?incoming, record = ?rec.as_ref().map(|r| (&r.revision, &r.content_hash, &r.local_stat)), %stat, row = ?out.as_ref().map(|o| o.op), "guard: a local file the pull would replace");
                     if !edited {
                         // The local file is the recorded version; if that is what the remote has,
                         // only the revision may move (mountd's own write coming back, say).
@@ -219,7 +220,25 @@ impl Engine {
                         .map_err(|e| SyncError::local(&store.abs(&rel), &e))?;
                     let rec_hash = rec.as_ref().and_then(|r| r.content_hash.clone());
                     if out.is_none() && rec_hash.as_deref() == Some(hash.as_str()) {
-                        // Touched, not changed: the recorded bytes are still there.
+                        // Touched, not changed: the recorded bytes are still there. If the remote
+                        // has them too (mountd's own write coming back), there is nothing to write:
+                        // rewriting would replace the file by a copy of itself under its writers.
+                        if let Incoming::Content {
+                            hash: Some(h),
+                            revision,
+                        } = &incoming
+                        {
+                            if h.eq_ignore_ascii_case(&hash) {
+                                acts.push(Act::Adopt {
+                                    rel: rel.clone(),
+                                    revision: revision.clone(),
+                                    hash,
+                                    size: meta.len(),
+                                    stat,
+                                });
+                                verdicts.insert(rel, Verdict::Skip);
+                            }
+                        }
                         continue;
                     }
                     let base = out
