@@ -704,6 +704,20 @@ fn bulk_fates(batch: Vec<Staged>, out: BulkOutcome) -> Vec<Fate> {
 
 /// Read one pending put from disk: `Ok(None)` when the file is gone or not a regular file (detection
 /// records what it is now), `Ok(Some(Err))` when it cannot be pushed as it is (too large).
+/// The fate of a file whose request body alone exceeds the server's cap.
+fn body_too_large(file: &PushFile, cap: usize, row: Outgoing, stat: String) -> Fate {
+    Fate::TooLarge {
+        why: format!(
+            "{} needs a request body of {}, above the server's body cap of {} (--max-push-bytes)",
+            row.path,
+            crate::store::space::human_bytes(file.encoded_len() as u64),
+            crate::store::space::human_bytes(cap as u64)
+        ),
+        rel: row.path,
+        stat,
+    }
+}
+
 /// Stage a large file to be streamed from disk: hashed now (reading it once), checked again as it is
 /// sent.
 fn stage_streamed(
@@ -728,16 +742,7 @@ fn stage_streamed(
     };
     let file = PushFile::streamed(paths::to_remote(root, &row.path), src, if_match);
     if file.encoded_len() + BULK_OVERHEAD > cap {
-        return Ok(Some(Err(Fate::TooLarge {
-            why: format!(
-                "{} needs a request body of {}, above the server's body cap of {} (--max-push-bytes)",
-                row.path,
-                crate::store::space::human_bytes(file.encoded_len() as u64),
-                crate::store::space::human_bytes(cap as u64)
-            ),
-            rel: row.path,
-            stat,
-        })));
+        return Ok(Some(Err(body_too_large(&file, cap, row, stat))));
     }
     Ok(Some(Ok(Staged {
         content_type: file.content_type.clone(),
@@ -793,16 +798,7 @@ fn stage(
     let if_match = row.base_revision.clone().unwrap_or_else(|| "0".into());
     let file = PushFile::new(paths::to_remote(root, &row.path), &bytes, if_match);
     if file.encoded_len() + BULK_OVERHEAD > cap {
-        return Ok(Some(Err(Fate::TooLarge {
-            why: format!(
-                "{} needs a request body of {}, above the server's body cap of {} (--max-push-bytes)",
-                row.path,
-                crate::store::space::human_bytes(file.encoded_len() as u64),
-                crate::store::space::human_bytes(cap as u64)
-            ),
-            rel: row.path,
-            stat,
-        })));
+        return Ok(Some(Err(body_too_large(&file, cap, row, stat))));
     }
     Ok(Some(Ok(Staged {
         content_type: file.content_type.clone(),
