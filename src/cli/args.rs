@@ -138,9 +138,10 @@ fn parse_secret(s: &str) -> Result<Secret, String> {
     about = "Mirror a relayfile workspace to local disk, keep it in sync both ways, and serve it over FUSE",
     long_about = "mountd copies a remote relayfile workspace onto local disk and keeps it in sync.\n\n\
     With --once it bootstraps (or catches up) the mirror and exits: 0 only when the mirror is complete.\n\
-    Without --once it runs as a service: bootstrap if needed, then mount a FUSE view (read-only) at\n\
-    --mountpoint (or, with --no-fuse / --mode poll, keep --local-dir in sync as a plain directory) and\n\
-    apply the events feed.\n\n\
+    Without --once it runs as a service: bootstrap if needed, then mount a FUSE view at --mountpoint\n\
+    (writable in mirror mode, the default: local changes are pushed; read-only with --read-only) or,\n\
+    with --no-fuse / --mode poll, keep --local-dir in sync as a plain directory, and apply the events\n\
+    feed and the realtime stream.\n\n\
     mountd is a drop-in for relayfile-mount: its flags and RELAYFILE_* variables are accepted (see\n\
     docs/COMPATIBILITY.md). Durations use Go syntax (45s, 1m30s, 300ms); booleans accept\n\
     1/0/true/false/t/f/yes/no and --flag=false.",
@@ -288,7 +289,8 @@ pub enum OutboxAction {
 pub enum MountKind {
     Daemon,
     InitialSync,
-    /// relayfile-mount's outbox flush; mountd has no outbox (read-only): recorded, no other effect.
+    /// relayfile-mount's outbox flush: recorded in the state file; the run is an ordinary sync (use
+    /// --flush-outbox-once to push what is pending and exit).
     Flush,
 }
 
@@ -320,7 +322,7 @@ pub enum ProgressMode {
 pub enum MountMode {
     /// Plain directory kept in sync (mountd's --no-fuse).
     Poll,
-    /// Read-only FUSE view at --mountpoint.
+    /// FUSE view at --mountpoint (writable in mirror mode).
     Fuse,
 }
 
