@@ -83,7 +83,6 @@ pub struct Files {
     pin_on_entry: AtomicBool,
     next_fh: AtomicU64,
     reads: AtomicU64,
-    writes: AtomicU64,
     started: Instant,
 }
 
@@ -95,7 +94,6 @@ impl Default for Files {
             pin_on_entry: AtomicBool::new(false),
             next_fh: AtomicU64::new(1),
             reads: AtomicU64::new(0),
-            writes: AtomicU64::new(0),
             started: Instant::now(),
         }
     }
@@ -225,10 +223,6 @@ impl Files {
         self.reads.load(Ordering::Relaxed)
     }
 
-    pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
-    }
-
     fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
         self.table().handles.get(&fh).cloned()
     }
@@ -334,10 +328,8 @@ impl MirrorFs {
                 },
             )
             .expect("an opened version");
+        // A handle opened for writing counts as written (see `add_handle`).
         let fh = self.files.add_handle(v.clone(), true);
-        if let Some(h) = self.files.handle(fh) {
-            h.wrote.store(true, Ordering::Relaxed);
-        }
         (fh, v)
     }
 
@@ -426,7 +418,6 @@ impl MirrorFs {
             return Err(libc::EACCES);
         }
         self.check_current(&v)?;
-        self.files.writes.fetch_add(1, Ordering::Relaxed);
         v.file
             .write_all_at(data, offset)
             .map_err(|e| io_errno(&e))?;
@@ -547,11 +538,6 @@ impl MirrorFs {
                 self.touch(&rel, Touch::Settled);
             }
         }
-    }
-
-    /// Whether handle `fh` was opened for writing.
-    pub fn is_write_handle(&self, fh: u64) -> bool {
-        self.files.handle(fh).is_some_and(|h| h.write)
     }
 
     /// Data reads (READ requests) served so far.

@@ -29,6 +29,7 @@ use crate::store::paths::RESERVED_DIR;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -149,7 +150,7 @@ impl MirrorFs {
     ) -> std::io::Result<MirrorFs> {
         let root_fd = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags_dir()
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
             .open(root)?;
         let root_fd = OwnedFd::from(root_fd);
         let st = sys::fstat(root_fd.as_fd())?;
@@ -504,17 +505,5 @@ impl MirrorFs {
     pub fn dir_id(&self, rel: &str) -> Option<u64> {
         let st = self.stat_rel(OsStr::new(rel)).ok()?;
         st.is_dir().then(|| self.nodes.id_of(st.ino))
-    }
-}
-
-/// Open a directory for `fstat`/`*at` use.
-trait DirOpen {
-    fn custom_flags_dir(&mut self) -> &mut Self;
-}
-
-impl DirOpen for std::fs::OpenOptions {
-    fn custom_flags_dir(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
     }
 }

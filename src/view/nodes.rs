@@ -54,12 +54,6 @@ impl Nodes {
         }
     }
 
-    /// The mirror inode number of a node id.
-    pub fn ino_of(&self, id: u64) -> u64 {
-        // The mapping swaps two numbers: it is its own inverse.
-        self.id_of(id)
-    }
-
     /// The kernel learnt of node `id` at `parent`/`name` (one more lookup).
     pub fn remember(&self, id: u64, parent: u64, name: &OsStr) {
         if id == ROOT {
@@ -160,7 +154,7 @@ mod tests {
     fn paths_follow_renames_and_forgets() {
         let n = Nodes::new(77);
         assert_eq!((n.id_of(77), n.id_of(1), n.id_of(5)), (ROOT, 77, 5));
-        assert_eq!(n.ino_of(n.id_of(1)), 1);
+        assert_eq!(n.id_of(n.id_of(1)), 1, "the mapping is its own inverse");
         n.remember(10, ROOT, OsStr::new("a"));
         n.remember(11, 10, OsStr::new("b.txt"));
         assert_eq!(n.path(11).unwrap(), "a/b.txt");
