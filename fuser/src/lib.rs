@@ -31,6 +31,7 @@ use serde::Serialize;
 
 pub use crate::access_flags::AccessFlags;
 pub use crate::bsd_file_flags::BsdFileFlags;
+pub use crate::dispatch::{Dispatched, Dispatcher, ReplySink};
 use crate::forget_one::ForgetOne;
 pub use crate::ll::Errno;
 pub use crate::ll::Generation;
@@ -84,6 +85,7 @@ mod access_flags;
 mod bsd_file_flags;
 mod channel;
 mod dev_fuse;
+mod dispatch;
 /// Experimental APIs
 #[cfg(feature = "experimental")]
 pub mod experimental;

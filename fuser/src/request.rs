@@ -16,6 +16,7 @@ use crate::PollNotifier;
 use crate::RenameFlags;
 use crate::Request;
 use crate::channel::ChannelSender;
+use crate::dispatch::ReplySink;
 use crate::forget_one::ForgetOne;
 use crate::ll;
 use crate::ll::Errno;
@@ -26,6 +27,7 @@ use crate::reply::ReplyDirectory;
 use crate::reply::ReplyDirectoryPlus;
 use crate::reply::ReplyRaw;
 use crate::reply::ReplySender;
+use crate::reply::SinkSender;
 use crate::session::SessionACL;
 use crate::session::SessionEventLoop;
 
@@ -34,6 +36,8 @@ use crate::session::SessionEventLoop;
 pub(crate) struct RequestWithSender<'a> {
     /// Channel sender for sending the reply
     ch: ChannelSender,
+    /// Where the answer goes when the request did not come from reading `/dev/fuse` (mountd patch)
+    sink: Option<std::sync::Arc<dyn ReplySink>>,
     /// Parsed request
     pub(crate) request: ll::AnyRequest<'a>,
 }
@@ -49,7 +53,28 @@ impl<'a> RequestWithSender<'a> {
             }
         };
 
-        Some(Self { ch, request })
+        Some(Self {
+            ch,
+            sink: None,
+            request,
+        })
+    }
+
+    /// Answer through `sink` instead of writing to `/dev/fuse` (mountd patch).
+    pub(crate) fn with_sink(mut self, sink: std::sync::Arc<dyn ReplySink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Where this request's answer goes (mountd patch).
+    fn reply_sender(&self) -> ReplySender {
+        match &self.sink {
+            Some(sink) => ReplySender::Sink(SinkSender {
+                sink: sink.clone(),
+                ch: self.ch.clone(),
+            }),
+            None => ReplySender::Channel(self.ch.clone()),
+        }
     }
 
     /// Dispatch request to the given filesystem.
@@ -304,7 +329,7 @@ impl<'a> RequestWithSender<'a> {
                     x.offset(),
                     ReplyDirectory::new(
                         self.request.unique(),
-                        ReplySender::Channel(self.ch.clone()),
+                        self.reply_sender(),
                         x.size() as usize,
                     ),
                 );
@@ -479,7 +504,7 @@ impl<'a> RequestWithSender<'a> {
                     x.offset(),
                     ReplyDirectoryPlus::new(
                         self.request.unique(),
-                        ReplySender::Channel(self.ch.clone()),
+                        self.reply_sender(),
                         x.size() as usize,
                     ),
                 );
@@ -552,7 +577,7 @@ impl<'a> RequestWithSender<'a> {
     /// Create a reply object for this request that can be passed to the filesystem
     /// implementation and makes sure that a request is replied exactly once
     pub(crate) fn reply<T: Reply>(&self) -> T {
-        Reply::new(self.request.unique(), ReplySender::Channel(self.ch.clone()))
+        Reply::new(self.request.unique(), self.reply_sender())
     }
 
     /// Returns a Request reference for this request

@@ -125,7 +125,8 @@ impl Drop for UmountOnDrop {
 #[derive(Debug)]
 pub struct Session<FS: Filesystem> {
     /// Filesystem operation implementations. None after `destroy` called.
-    pub(crate) filesystem: FilesystemHolder<FS>,
+    /// Shared with [`Dispatcher`](crate::Dispatcher)s (mountd patch).
+    pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     /// Communication channel to the kernel driver
     pub(crate) ch: Channel,
     /// Handle to the mount.  Dropping this unmounts.
@@ -175,9 +176,9 @@ impl<FS: Filesystem> Session<FS> {
         let ch = Channel::new(file);
 
         let mut session = Session {
-            filesystem: FilesystemHolder {
+            filesystem: Arc::new(FilesystemHolder {
                 fs: Some(filesystem),
-            },
+            }),
             ch,
             mount: UmountOnDrop {
                 mount: Arc::new(Mutex::new(Some(mount))),
@@ -203,9 +204,9 @@ impl<FS: Filesystem> Session<FS> {
     ) -> io::Result<Self> {
         let ch = Channel::new(Arc::new(DevFuse(File::from(fd))));
         let mut session = Session {
-            filesystem: FilesystemHolder {
+            filesystem: Arc::new(FilesystemHolder {
                 fs: Some(filesystem),
-            },
+            }),
             ch,
             mount: UmountOnDrop {
                 mount: Arc::new(Mutex::new(None)),
@@ -219,6 +220,18 @@ impl<FS: Filesystem> Session<FS> {
         session.handshake()?;
 
         Ok(session)
+    }
+
+    /// A dispatcher of raw requests to this session's file system, for requests that do not come
+    /// from reading `/dev/fuse` (mountd patch: FUSE over io_uring).
+    pub fn dispatcher(&self, name: &str) -> crate::Dispatcher<FS> {
+        crate::Dispatcher::new(SessionEventLoop {
+            thread_name: name.to_string(),
+            ch: self.ch.clone(),
+            filesystem: self.filesystem.clone(),
+            allowed: self.allowed,
+            session_owner: self.session_owner,
+        })
     }
 
     /// Run the session loop in a background thread. If the returned handle is dropped,
@@ -267,7 +280,7 @@ impl<FS: Filesystem> Session<FS> {
             return Err(io::Error::other("n_threads"));
         };
 
-        let mut filesystem = Arc::new(filesystem);
+        let mut filesystem = filesystem;
 
         let mut channels = Vec::with_capacity(n_threads);
 
@@ -321,13 +334,11 @@ impl<FS: Filesystem> Session<FS> {
             }
         }
 
-        let Some(filesystem) = Arc::get_mut(&mut filesystem) else {
-            return Err(io::Error::other(
-                "BUG: must have one refcount for filesystem",
-            ));
-        };
-
-        filesystem.destroy();
+        // A `Dispatcher` may still hold the file system: then `destroy` runs when it lets go
+        // (`FilesystemHolder`'s drop; mountd patch).
+        if let Some(filesystem) = Arc::get_mut(&mut filesystem) {
+            filesystem.destroy();
+        }
 
         reply
     }
@@ -415,7 +426,8 @@ impl<FS: Filesystem> Session<FS> {
             let mut config = KernelConfig::new(init.capabilities(), init.max_readahead(), v);
 
             // Call filesystem init method and give it a chance to return an error
-            let Some(filesystem) = &mut self.filesystem.fs else {
+            let Some(filesystem) = Arc::get_mut(&mut self.filesystem).and_then(|h| h.fs.as_mut())
+            else {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "Bug: filesystem must be initialized during handshake",

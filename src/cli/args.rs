@@ -62,6 +62,11 @@ pub fn parse_go_duration(s: &str) -> Result<(bool, Duration), String> {
 
 /// A non-negative Go duration; `0` and `off` mean "disabled" where the flag says so.
 /// `auto`, `passthrough`, `page-cache` or `direct-io`.
+pub fn parse_transport(s: &str) -> Result<crate::view::fuse::Transport, String> {
+    crate::view::fuse::Transport::parse(s)
+        .ok_or_else(|| format!("unknown FUSE transport '{s}' (expected auto, uring or dev)"))
+}
+
 pub fn parse_data_mode(s: &str) -> Result<crate::view::fuse::DataMode, String> {
     crate::view::fuse::DataMode::parse(s)
         .ok_or_else(|| format!("{s:?} is not auto, passthrough, page-cache or direct-io"))
@@ -597,6 +602,13 @@ pub struct RunArgs {
     /// daemon). docs/PERFORMANCE.md has the measurements behind the default.
     #[arg(long, env = "MOUNTD_DATA_MODE", value_parser = parse_data_mode, default_value = "auto", help_heading = "Mount service")]
     pub data_mode: crate::view::fuse::DataMode,
+    /// How FUSE requests travel between the kernel and mountd: `auto` (io_uring when the kernel offers
+    /// it, else /dev/fuse, with one log line saying why), `uring` (io_uring or the mount fails), or
+    /// `dev` (/dev/fuse). io_uring (Linux >= 6.14, CONFIG_FUSE_IO_URING) serves each request on its
+    /// caller's CPU; an operator turns it on with `echo Y > /sys/module/fuse/parameters/enable_uring`
+    /// (or the boot option fuse.enable_uring=1). docs/PERFORMANCE.md has the figures.
+    #[arg(long, env = "MOUNTD_FUSE_TRANSPORT", value_parser = parse_transport, default_value = "auto", help_heading = "Mount service")]
+    pub fuse_transport: crate::view::fuse::Transport,
     /// Writable mount (mirror mode), page-cache data mode: let the kernel gather writes in its page
     /// cache (FUSE's writeback cache) and send them as large WRITEs, at the latest on close. Off by
     /// default: with it the kernel asks the daemon for a file's attributes after every close, which

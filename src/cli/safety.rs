@@ -107,7 +107,7 @@ fn live_mount_at(mp: &Path) -> Option<(String, String)> {
         (point == want).then_some((fstype, source))
     })?;
     match std::fs::metadata(mp) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => None,
+        Err(e) if crate::view::fuse::is_dead_mount(&e) => None,
         _ => Some(found),
     }
 }

@@ -600,6 +600,7 @@ fn mount_view(
             writeback_cache: a.writeback_cache,
             fsync_push: a.fsync_push,
         },
+        transport: a.fuse_transport,
     };
     match crate::view::fuse::mount(mnt, s.engine.store().root(), opts, changes) {
         Ok(m) => {

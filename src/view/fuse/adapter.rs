@@ -183,6 +183,8 @@ pub struct FuseAdapter {
     writeback: bool,
     /// `fsync` waits for the remote's answer.
     fsync_push: bool,
+    /// Ask for FUSE over io_uring at INIT.
+    uring: bool,
 }
 
 /// How a writable mount uses the kernel for writes.
@@ -210,6 +212,7 @@ impl FuseAdapter {
         ttl: Duration,
         mode: Arc<ModeState>,
         writes: WriteOptions,
+        uring: bool,
     ) -> FuseAdapter {
         FuseAdapter {
             fs,
@@ -220,6 +223,7 @@ impl FuseAdapter {
             next_kept_fh: AtomicU64::new(KEPT_FH_BASE),
             writeback: writes.writeback_cache,
             fsync_push: writes.fsync_push,
+            uring,
         }
     }
 
@@ -334,6 +338,16 @@ impl Filesystem for FuseAdapter {
                 Self::add_cap(config, InitFlags::FUSE_WRITEBACK_CACHE),
                 Ordering::Release,
             );
+        }
+        if self.uring && Self::add_cap(config, InitFlags::FUSE_OVER_IO_URING) {
+            // A ring entry's payload buffer must hold the largest request and answer: keep both at
+            // 1 MiB (the kernel's default page limit caps requests there anyway).
+            let max = super::uring::MAX_PAYLOAD as u32;
+            let readahead = config
+                .set_max_readahead(max)
+                .or_else(|kernel_max| config.set_max_readahead(kernel_max.min(max)));
+            let ok = config.set_max_write(max).is_ok() && readahead.is_ok();
+            m.uring.store(ok, Ordering::Release);
         }
         m.init_finished();
         // The FUSE series are exported only while a mount is served.

@@ -76,6 +76,8 @@ pub(crate) struct ModeState {
     pub no_opendir: AtomicBool,
     /// The kernel's writeback cache is on (a writable view in the page-cache mode).
     pub writeback: AtomicBool,
+    /// The connection may be served over io_uring (`FUSE_OVER_IO_URING` granted at INIT).
+    pub uring: AtomicBool,
     active: AtomicU8,
     init_done: Mutex<bool>,
     init_cv: Condvar,

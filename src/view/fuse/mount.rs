@@ -8,6 +8,7 @@ use super::adapter::WriteOptions;
 use super::invalidate::FuseSink;
 use super::mode::{DataMode, ModeState};
 use super::mountinfo::{is_mountd_fuse, mounted_top, mountinfo};
+use super::uring::{self, Transport, UringHandle};
 use crate::store::change::{ChangeSink, LocalChanges};
 use crate::view::fs::{FsOptions, MirrorFs};
 use fuser::{BackgroundSession, Config, MountOption, Notifier, SessionACL};
@@ -36,6 +37,8 @@ pub struct MountOptions {
     pub data_mode: DataMode,
     /// How a writable view writes (`fs.writable`).
     pub writes: WriteOptions,
+    /// Which kernel interface carries the requests (see [`Transport`]).
+    pub transport: Transport,
 }
 
 impl Default for MountOptions {
@@ -48,6 +51,7 @@ impl Default for MountOptions {
             fs: FsOptions::default(),
             data_mode: DataMode::Auto,
             writes: WriteOptions::default(),
+            transport: Transport::Auto,
         }
     }
 }
@@ -64,6 +68,8 @@ pub struct MountHandle {
     conn: OwnedFd,
     fs: Arc<MirrorFs>,
     mode: DataMode,
+    /// The io_uring queues, when they carry the requests.
+    uring: Option<UringHandle>,
 }
 
 impl MountHandle {
@@ -82,6 +88,24 @@ impl MountHandle {
     /// The data mode in use (decided at mount time).
     pub fn data_mode(&self) -> DataMode {
         self.mode
+    }
+
+    /// The transport in use: [`Transport::Uring`] or [`Transport::Dev`].
+    pub fn transport(&self) -> Transport {
+        if self.uring.is_some() {
+            Transport::Uring
+        } else {
+            Transport::Dev
+        }
+    }
+
+    /// Requests answered over io_uring so far (0 over `/dev/fuse`).
+    pub fn uring_requests(&self) -> u64 {
+        self.uring.as_ref().map_or(0, |u| {
+            u.stats()
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 
     /// The file system view served by this mount.
@@ -157,6 +181,17 @@ impl MountHandle {
             Ok(Err(e)) => tracing::debug!(error = %e, "FUSE session ended with an error"),
             Err(_) => tracing::warn!(mountpoint = %self.mountpoint.display(),
                 "FUSE session did not end; leaving it detached"),
+        }
+        // The connection is gone or detached: the ring threads have ended or end now.
+        if let Some(u) = self.uring.take() {
+            let promotions = u.promotions();
+            if promotions > 0 {
+                tracing::info!(
+                    promotions,
+                    "FUSE ring threads left the idle class while kept waiting for their CPU"
+                );
+            }
+            u.stop();
         }
     }
 }
@@ -268,14 +303,23 @@ fn absolute_mountpoint(p: &Path) -> PathBuf {
     }
 }
 
+/// The error a FUSE mount whose daemon died answers: ENOTCONN ("Transport endpoint is not
+/// connected"), or ECONNABORTED while the kernel still tears down the io_uring queues of a dead
+/// daemon.
+pub fn is_dead_mount(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+    )
+}
+
 /// Detach a dead FUSE mount ("Transport endpoint is not connected") or an earlier mountd mount left at
 /// `mountpoint`. Returns how many mounts were detached.
 pub fn cleanup_stale_mount(mountpoint: &Path) -> Result<usize, String> {
     let mp = absolute_mountpoint(mountpoint);
     let mut detached = 0;
     for _ in 0..8 {
-        let dead =
-            matches!(std::fs::metadata(&mp), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+        let dead = std::fs::metadata(&mp).is_err_and(|e| is_dead_mount(&e));
         let top = mountinfo().into_iter().rev().find(|m| m.mountpoint == mp);
         let ours = top.as_ref().is_some_and(is_mountd_fuse);
         if !dead && !ours {
@@ -291,8 +335,7 @@ pub fn cleanup_stale_mount(mountpoint: &Path) -> Result<usize, String> {
             tracing::warn!(error = %e, "umount2(MNT_DETACH) failed; trying fusermount3 -uz");
             fusermount_detach(&mp);
         }
-        let still_dead =
-            matches!(std::fs::metadata(&mp), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+        let still_dead = std::fs::metadata(&mp).is_err_and(|e| is_dead_mount(&e));
         let same = mountinfo()
             .into_iter()
             .rev()
@@ -488,7 +531,13 @@ pub fn mount(
     };
     config.n_threads = Some(threads);
     let mode = Arc::new(ModeState::new(opts.data_mode));
-    let adapter = FuseAdapter::new(fs.clone(), opts.ttl, mode.clone(), opts.writes);
+    let adapter = FuseAdapter::new(
+        fs.clone(),
+        opts.ttl,
+        mode.clone(),
+        opts.writes,
+        opts.transport != Transport::Dev,
+    );
     let session = fuser::Session::new(adapter, &mp, &config)
         .map_err(|e| format!("mounting {}: {e}", mp.display()))?;
     // Our own handle on the connection: POLLERR on it tells whether *our* mount is still connected.
@@ -497,6 +546,9 @@ pub fn mount(
         .try_clone_to_owned()
         .map_err(|e| format!("duplicating the /dev/fuse descriptor: {e}"))?;
     let notifier = session.notifier();
+    // INIT was answered inside Session::new: the rings can register now.
+    let ring = start_transport(&session, &mode, opts.transport)
+        .map_err(|e| format!("mounting {}: {e}", mp.display()))?;
     let session = session
         .spawn()
         .map_err(|e| format!("starting the FUSE session: {e}"))?;
@@ -513,6 +565,7 @@ pub fn mount(
         key,
         fs,
         mode: DataMode::Auto,
+        uring: ring,
     };
 
     // The kernel sends INIT as soon as it is mounted; the mode is decided from its answer.
@@ -538,10 +591,71 @@ pub fn mount(
         handle.fs.set_max_pinned(pin_budget());
         handle.fs.set_pin_on_entry(true);
     }
+    check_ring_serves(&mut handle, opts.transport)
+        .map_err(|e| format!("mounting {}: {e}", handle.mountpoint.display()))?;
     tracing::info!(mountpoint = %handle.mountpoint.display(), data_mode = %active, requested = %opts.data_mode,
+        transport = %handle.transport(), uring_queues = handle.uring.as_ref().map_or(0, |u| u.queues()),
         zero_message_open, zero_message_opendir = ModeState::flag(&mode.no_opendir),
         passthrough_available = ModeState::flag(&mode.passthrough),
         writeback_cache = ModeState::flag(&mode.writeback),
         "mounted {}; FUSE data mode {active}", if writable { "writable" } else { "read-only" });
     Ok(handle)
+}
+
+/// Start the io_uring queues when `wanted` allows it. `Auto` falls back to `/dev/fuse` with one log
+/// line saying why; `Uring` fails instead.
+fn start_transport(
+    session: &fuser::Session<FuseAdapter>,
+    mode: &ModeState,
+    wanted: Transport,
+) -> Result<Option<UringHandle>, String> {
+    if wanted == Transport::Dev {
+        return Ok(None);
+    }
+    let started = if ModeState::flag(&mode.uring) {
+        uring::start(
+            session.as_fd(),
+            |q| session.dispatcher(&format!("ring-{q}")),
+            uring::MAX_PAYLOAD,
+        )
+    } else {
+        Err(uring::kernel_support()
+            .err()
+            .unwrap_or_else(|| "the kernel did not offer FUSE over io_uring at INIT".into()))
+    };
+    match started {
+        Ok(h) => Ok(Some(h)),
+        Err(e) if wanted == Transport::Uring => Err(format!("--fuse-transport uring: {e}")),
+        Err(e) => {
+            tracing::info!("FUSE transport: /dev/fuse, because io_uring is not available: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// The kernel uses the rings only once every CPU's queue registered: ask the mount for its statistics
+/// and see that the answer came through a ring. If not, serve over `/dev/fuse` (or fail for `Uring`).
+fn check_ring_serves(handle: &mut MountHandle, wanted: Transport) -> Result<(), String> {
+    if handle.uring.is_none() {
+        return Ok(());
+    }
+    let before = handle.uring_requests();
+    if let Err(e) = nix::sys::statfs::statfs(handle.mountpoint.as_path()) {
+        // No answer either way: keep the queues (stopping them under a kernel that uses them would
+        // leave its requests without a server).
+        tracing::warn!(error = %e, "could not check that the io_uring queues serve the mount");
+        return Ok(());
+    }
+    if handle.uring_requests() > before {
+        return Ok(());
+    }
+    let why = "the kernel did not route requests to the io_uring queues";
+    if wanted == Transport::Uring {
+        return Err(format!("--fuse-transport uring: {why}"));
+    }
+    tracing::info!("FUSE transport: /dev/fuse, because {why}");
+    if let Some(u) = handle.uring.take() {
+        u.stop();
+    }
+    Ok(())
 }
