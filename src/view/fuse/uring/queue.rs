@@ -230,6 +230,8 @@ struct Queue {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     slots: Vec<Arc<Slot>>,
     sinks: Vec<Arc<dyn ReplySink>>,
+    /// Completions seen while checking the registration (requests can arrive at once).
+    early: Vec<(u64, i32)>,
 }
 
 /// A `URING_CMD` for the FUSE device; `iov` set for a registration (`addr` = the iovecs, `len` = 2).
@@ -275,7 +277,12 @@ impl Queue {
             .iter()
             .map(|s| Arc::new(SlotSink(s.clone())) as Arc<dyn ReplySink>)
             .collect();
-        let mut q = Queue { ring, slots, sinks };
+        let mut q = Queue {
+            ring,
+            slots,
+            sinks,
+            early: Vec::new(),
+        };
         {
             let mut sq = q.ring.submission();
             for (i, slot) in q.slots.iter().enumerate() {
@@ -304,15 +311,14 @@ impl Queue {
             if cqe.result() < 0 && cqe.user_data() != STOP {
                 refused = Some(std::io::Error::from_raw_os_error(-cqe.result()));
             } else {
-                early.push(cqe);
+                // The last queue to register makes the ring ready: a request may be here already.
+                early.push((cqe.user_data(), cqe.result()));
             }
         }
         if let Some(e) = refused {
             return Err(format!("the kernel refused the ring entries: {e}"));
         }
-        if !early.is_empty() {
-            return Err("the ring completed entries before registering them all".into());
-        }
+        q.early = early;
         Ok(q)
     }
 
@@ -322,15 +328,16 @@ impl Queue {
         dispatcher: &Dispatcher<FS>,
         stats: &Stats,
     ) -> Result<(), String> {
-        let mut done: Vec<(u64, i32)> = Vec::with_capacity(cfg.depth + 1);
+        let mut done: Vec<(u64, i32)> = std::mem::take(&mut self.early);
         loop {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(format!("io_uring_enter: {e}")),
+            if done.is_empty() {
+                match self.ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => return Err(format!("io_uring_enter: {e}")),
+                }
+                done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             }
-            done.clear();
-            done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             for &(idx, res) in &done {
                 if idx == STOP {
                     return Ok(());
@@ -355,6 +362,7 @@ impl Queue {
                     }
                 }
             }
+            done.clear();
         }
     }
 
