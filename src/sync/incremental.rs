@@ -311,6 +311,7 @@ impl Engine {
             .map(|job| self.fetch_one(job))
             .buffer_unordered(self.config().concurrency);
         let mut n = 0;
+        let mut failed = Vec::new();
         while let Some(r) = results.next().await {
             match r? {
                 Fetched::Done { job, meta, fetched } => {
@@ -320,13 +321,14 @@ impl Engine {
                     }
                     self.note_done(p, job.remote, job.rel, meta);
                 }
-                Fetched::Failed { job, error } => {
-                    // Even a 404 is not a delete: only a file.deleted event or a fresh listing says
-                    // so. The local copy stays; the file is retried (and a later delete event clears it).
-                    self.note_file_failure(p, job, &error, retry);
-                }
+                Fetched::Failed { job, error } => failed.push((job, error)),
             }
         }
+        drop(results);
+        // Even a 404 is not a delete: only a file.deleted event or a fresh listing says so. The
+        // local copy stays; a file still listed is retried (and a later delete event clears it), one
+        // its directory no longer lists vanished and is not quarantined.
+        self.note_file_failures(p, failed, retry).await?;
         Ok(n)
     }
 
