@@ -566,10 +566,13 @@ impl Engine {
         let within = scope.clone();
         let (unseen, tracked, orphans, classes, unlisted) = self
             .read(move |st| {
-                // Pending writes without a record: written by an interrupted run, not in this listing.
+                // Pending writes without a file's record: written by an interrupted run, not in
+                // this listing (a directory's record is the one the remote replaced by the file
+                // and the listing still had, or one this completion sweeps: either way the file
+                // is not the remote's).
                 let mut orphans = Vec::new();
                 for rel in st.pending()? {
-                    if st.file(&rel)?.is_none() {
+                    if st.file(&rel)?.is_none_or(|r| r.kind != Kind::File) {
                         orphans.push(rel);
                     }
                 }

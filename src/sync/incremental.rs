@@ -228,29 +228,42 @@ impl Engine {
             .run(move |st: &mut State| -> Result<_, SyncError> {
                 let mut files = Vec::with_capacity(deletes.len());
                 let mut gone = Vec::new();
+                let mut stray = Vec::new();
                 for (rel, remote) in deletes {
                     // A recorded file, or one written by an interrupted run before its record was
-                    // committed: the remote deleted it. A directory is not a file.deleted's business
-                    // (the path is a directory by now: a later listing or event says what it holds),
-                    // but a quarantine of the deleted file goes all the same.
-                    if st.file(&rel)?.is_none_or(|r| r.kind == Kind::File) {
-                        store
-                            .remove_file(&rel)
-                            .map_err(|e| SyncError::local(&store.abs(&rel), &e))?;
-                        files.push((rel, remote));
-                    } else {
+                    // committed: the remote deleted it. (`guard_local` has had its say: a local
+                    // edit is not among these, or has been kept as a conflict copy.)
+                    let dir_record = st.file(&rel)?.is_some_and(|r| r.kind != Kind::File);
+                    let err = |e: std::io::Error| SyncError::local(&store.abs(&rel), &e);
+                    // A directory on disk is left alone (a later listing or event says what it
+                    // holds), and so is anything but a regular file where a directory is recorded.
+                    if !dir_record || store.lstat(&rel).map_err(err)?.is_some_and(|m| m.is_file()) {
+                        store.remove_file(&rel).map_err(err)?;
+                    }
+                    if dir_record {
+                        // The record is still the directory the remote replaced by this file: a
+                        // file there is one an interrupted run wrote before its record was
+                        // committed (a pending write, mountd's), or a local file the guard kept as
+                        // a conflict copy (pull-only). Either way it went with the remote's
+                        // delete. The directory's record is not a file.deleted's business, but a
+                        // quarantine of the deleted file goes all the same, and so does the
+                        // pending write.
+                        stray.push(rel);
                         gone.push(remote);
+                    } else {
+                        files.push((rel, remote));
                     }
                 }
-                Ok((files, gone))
+                Ok((files, gone, stray))
             })
             .await?;
-        let (deletes, gone) = deletes;
+        let (deletes, gone, stray) = deletes;
         for (rel, remote) in deletes {
             p.deletes.push(rel);
             p.cleared.push(remote);
         }
         p.cleared.extend(gone);
+        p.orphans.extend(stray);
         Ok(())
     }
 
