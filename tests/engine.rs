@@ -6,6 +6,7 @@ use common::inproc::Rig;
 use mountd::remote::fault::{Fault, Op, Rule};
 use mountd::store::db::MetaKey;
 use mountd::sync::engine::SyncError;
+use mountd_remote::HideEvents;
 use std::time::Duration;
 
 fn sample(r: &Rig, n: usize) {
@@ -159,6 +160,79 @@ async fn a_killed_tree_pull_resumes_from_its_checkpoint_without_refetching() {
     assert!(
         refetched <= 20,
         "at most one page fetched twice, got {refetched}"
+    );
+}
+
+/// What a run killed right after it replaced the directory `b/a` by the remote's file `b/a` leaves:
+/// the file on disk and its pending write, while the records (and the cursor) still say `b/a` is a
+/// directory holding `b/a/f0`.
+async fn killed_after_replacing_a_directory_by_a_file(r: &mut Rig) {
+    r.put("/b/a/f0", b"in the directory");
+    r.put("/b/keep", b"stays");
+    r.attempt().await.unwrap();
+    r.delete("/b/a/f0");
+    r.put("/b/a", b"the file that replaced it");
+    let e = r.engine();
+    e.intend(vec!["b/a".into()]).await.unwrap();
+    std::fs::remove_file(r.local().join("b/a/f0")).unwrap();
+    std::fs::remove_dir(r.local().join("b/a")).unwrap();
+    std::fs::write(r.local().join("b/a"), b"the file that replaced it").unwrap();
+    r.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_removes_the_file_a_killed_run_wrote_over_a_recorded_directory() {
+    let mut r = Rig::new(100);
+    killed_after_replacing_a_directory_by_a_file(&mut r).await;
+    // The remote deletes the file before the next run: the file is mountd's own (pending), not a
+    // local file to keep.
+    r.delete("/b/a");
+    assert_eq!(r.attempt().await.unwrap(), "catch-up");
+    r.assert_exact();
+    assert!(r.state(|st| st.pending()).await.is_empty());
+    assert!(r.state(|st| st.conflicts()).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_removes_the_file_a_killed_run_wrote_over_a_directory_the_remote_no_longer_has() {
+    let mut r = Rig::new(100);
+    killed_after_replacing_a_directory_by_a_file(&mut r).await;
+    // The feed never says the file went: only the audit's listing does.
+    r.ws.hide_events(HideEvents {
+        next: u64::MAX,
+        ..Default::default()
+    });
+    r.delete("/b/a");
+    r.ws.hide_events(HideEvents::default());
+    r.cfg.force_audit = true;
+    r.attempt().await.unwrap();
+    r.assert_exact();
+    assert!(r.state(|st| st.pending()).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_file_over_a_recorded_directory_is_kept_as_a_conflict_copy_when_the_remote_deletes_it(
+) {
+    let mut r = Rig::new(100);
+    r.put("/b/a/f0", b"in the directory");
+    r.attempt().await.unwrap();
+    // The user (not mountd: nothing pending) puts a file where the directory was, and the remote
+    // does the same, then deletes its file.
+    std::fs::remove_file(r.local().join("b/a/f0")).unwrap();
+    std::fs::remove_dir(r.local().join("b/a")).unwrap();
+    std::fs::write(r.local().join("b/a"), b"the user's own").unwrap();
+    r.delete("/b/a/f0");
+    r.put("/b/a", b"the remote's");
+    r.delete("/b/a");
+    r.attempt().await.unwrap();
+    // Pull-only: the remote's delete applies, the user's bytes are kept aside.
+    r.assert_exact();
+    let c = r.state(|st| st.conflicts()).await;
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0].path, "b/a");
+    assert_eq!(
+        std::fs::read(r.local().join(&c[0].copy)).unwrap(),
+        b"the user's own"
     );
 }
 

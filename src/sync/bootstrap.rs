@@ -403,6 +403,9 @@ impl Engine {
                 .map(|job| self.fetch_one(job))
                 .buffer_unordered(self.config().concurrency);
             let mut fatal = None;
+            // Files the server answered 404 for: each checked against a fresh listing once the page
+            // is fetched (see `Engine::note_file_failures`).
+            let mut not_found = Vec::new();
             let mut last_commit = std::time::Instant::now();
             while let Some(r) = results.next().await {
                 match r {
@@ -411,6 +414,9 @@ impl Engine {
                             self.note_fetched();
                         }
                         self.note_done(&mut p, job.remote, job.rel, meta)
+                    }
+                    Ok(Fetched::Failed { job, error }) if error.status() == Some(404) => {
+                        not_found.push((job, error))
                     }
                     Ok(Fetched::Failed { job, error }) => {
                         self.note_file_failure(&mut p, job, &error, false)
@@ -429,10 +435,14 @@ impl Engine {
             }
             drop(results);
             if let Some(e) = fatal {
+                for (job, error) in not_found {
+                    self.note_file_failure(&mut p, job, &error, false);
+                }
                 self.commit(p.take_records(), ck.snapshot, None, vec![])
                     .await?;
                 return Err(e);
             }
+            self.note_file_failures(&mut p, not_found, false).await?;
             ck.pages_done += 1;
             ck.files_done = self.progress().files();
             match page.next_cursor.filter(|c| !c.is_empty()) {
@@ -556,10 +566,13 @@ impl Engine {
         let within = scope.clone();
         let (unseen, tracked, orphans, classes, unlisted) = self
             .read(move |st| {
-                // Pending writes without a record: written by an interrupted run, not in this listing.
+                // Pending writes without a file's record: written by an interrupted run, not in
+                // this listing (a directory's record is the one the remote replaced by the file
+                // and the listing still had, or one this completion sweeps: either way the file
+                // is not the remote's).
                 let mut orphans = Vec::new();
                 for rel in st.pending()? {
-                    if st.file(&rel)?.is_none() {
+                    if st.file(&rel)?.is_none_or(|r| r.kind != Kind::File) {
                         orphans.push(rel);
                     }
                 }

@@ -294,6 +294,13 @@ pub struct Recorded {
     pub meta: FileMeta,
 }
 
+/// The files and directories one directory's listing holds (remote paths).
+#[derive(Debug, Default)]
+struct Listing {
+    files: std::collections::HashSet<String>,
+    dirs: std::collections::HashSet<String>,
+}
+
 /// What a commit records, built while a page is processed.
 #[derive(Default)]
 pub struct Pending {
@@ -880,6 +887,109 @@ impl Engine {
                 keep: Some(job.rel),
             },
         );
+    }
+
+    /// Per-file failures of a batch, each 404 first checked against a fresh listing of the file's
+    /// directory. A file that listing no longer has vanished after it was listed or announced (deleted,
+    /// or replaced by a directory): it is no straggler, so it is not quarantined and the systemic rule
+    /// does not count it (a quarantine it had goes; a delete event, or the listing's sweep, says what
+    /// becomes of a local copy). A file still listed, or whose directory cannot be listed, is
+    /// quarantined as any other failure: the server lists a file it does not serve.
+    pub async fn note_file_failures(
+        &self,
+        p: &mut Pending,
+        failed: Vec<(FetchJob, FileError)>,
+        retry: bool,
+    ) -> Result<(), SyncError> {
+        let mut listings = HashMap::new();
+        for (job, error) in failed {
+            if error.status() == Some(404)
+                && self.still_listed(&job.remote, &mut listings).await? == Some(false)
+            {
+                tracing::info!(path = %job.remote, "file not found and no longer listed: it vanished since it was listed; not quarantined");
+                p.cleared.push(job.remote);
+                continue;
+            }
+            self.note_file_failure(p, job, &error, retry);
+        }
+        Ok(())
+    }
+
+    /// Whether the remote still lists the file `path`, from a depth-1 listing of its directory
+    /// (`listings`: those already made, per directory; `None` for one that could not be listed). A
+    /// directory that cannot be listed is looked for in its own parent, up to the remote root: gone
+    /// from a listing that worked, it took the file with it. `None`: it cannot be told.
+    async fn still_listed(
+        &self,
+        path: &str,
+        listings: &mut HashMap<String, Option<Listing>>,
+    ) -> Result<Option<bool>, SyncError> {
+        let root = match self.cfg.remote_root.trim_end_matches('/') {
+            "" => "/",
+            r => r,
+        };
+        let (mut child, mut child_is_dir) = (path.trim_end_matches('/').to_string(), false);
+        loop {
+            let parent = match child.rfind('/') {
+                Some(0) => "/".to_string(),
+                Some(i) => child[..i].to_string(),
+                None => return Ok(None),
+            };
+            if parent != root && !paths::is_under(root, &parent) {
+                return Ok(None);
+            }
+            if !listings.contains_key(&parent) {
+                let l = self.list_children(&parent).await?;
+                listings.insert(parent.clone(), l);
+            }
+            match &listings[&parent] {
+                Some(l) => {
+                    let there = if child_is_dir {
+                        l.dirs.contains(&child)
+                    } else {
+                        l.files.contains(&child)
+                    };
+                    // A directory listed by its parent but not listable itself tells nothing.
+                    return Ok(match (there, child_is_dir) {
+                        (false, _) => Some(false),
+                        (true, false) => Some(true),
+                        (true, true) => None,
+                    });
+                }
+                None if parent == root => return Ok(None),
+                None => {
+                    child = parent;
+                    child_is_dir = true;
+                }
+            }
+        }
+    }
+
+    /// Every entry of a depth-1 listing of `dir` (all its pages); `None` when the server refuses to
+    /// list it (400, 403, 404, 410). Transient failures fail the attempt, as in the tree pull.
+    async fn list_children(&self, dir: &str) -> Result<Option<Listing>, SyncError> {
+        let mut l = Listing::default();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = match self.remote.tree(dir, 1, cursor.as_deref()).await {
+                Ok(page) => page,
+                Err(e) if matches!(e.status(), Some(400 | 403 | 404 | 410)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            self.progress.unit();
+            for e in page.entries {
+                let path = e.path.trim_end_matches('/').to_string();
+                if e.is_dir() {
+                    l.dirs.insert(path);
+                } else {
+                    l.files.insert(path);
+                }
+            }
+            match page.next_cursor.filter(|c| !c.is_empty()) {
+                Some(c) => cursor = Some(c),
+                None => return Ok(Some(l)),
+            }
+        }
     }
 
     /// A remote path that cannot be mirrored (it would escape the root, hit the reserved directory...);

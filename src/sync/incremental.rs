@@ -228,29 +228,42 @@ impl Engine {
             .run(move |st: &mut State| -> Result<_, SyncError> {
                 let mut files = Vec::with_capacity(deletes.len());
                 let mut gone = Vec::new();
+                let mut stray = Vec::new();
                 for (rel, remote) in deletes {
                     // A recorded file, or one written by an interrupted run before its record was
-                    // committed: the remote deleted it. A directory is not a file.deleted's business
-                    // (the path is a directory by now: a later listing or event says what it holds),
-                    // but a quarantine of the deleted file goes all the same.
-                    if st.file(&rel)?.is_none_or(|r| r.kind == Kind::File) {
-                        store
-                            .remove_file(&rel)
-                            .map_err(|e| SyncError::local(&store.abs(&rel), &e))?;
-                        files.push((rel, remote));
-                    } else {
+                    // committed: the remote deleted it. (`guard_local` has had its say: a local
+                    // edit is not among these, or has been kept as a conflict copy.)
+                    let dir_record = st.file(&rel)?.is_some_and(|r| r.kind != Kind::File);
+                    let err = |e: std::io::Error| SyncError::local(&store.abs(&rel), &e);
+                    // A directory on disk is left alone (a later listing or event says what it
+                    // holds), and so is anything but a regular file where a directory is recorded.
+                    if !dir_record || store.lstat(&rel).map_err(err)?.is_some_and(|m| m.is_file()) {
+                        store.remove_file(&rel).map_err(err)?;
+                    }
+                    if dir_record {
+                        // The record is still the directory the remote replaced by this file: a
+                        // file there is one an interrupted run wrote before its record was
+                        // committed (a pending write, mountd's), or a local file the guard kept as
+                        // a conflict copy (pull-only). Either way it went with the remote's
+                        // delete. The directory's record is not a file.deleted's business, but a
+                        // quarantine of the deleted file goes all the same, and so does the
+                        // pending write.
+                        stray.push(rel);
                         gone.push(remote);
+                    } else {
+                        files.push((rel, remote));
                     }
                 }
-                Ok((files, gone))
+                Ok((files, gone, stray))
             })
             .await?;
-        let (deletes, gone) = deletes;
+        let (deletes, gone, stray) = deletes;
         for (rel, remote) in deletes {
             p.deletes.push(rel);
             p.cleared.push(remote);
         }
         p.cleared.extend(gone);
+        p.orphans.extend(stray);
         Ok(())
     }
 
@@ -311,6 +324,7 @@ impl Engine {
             .map(|job| self.fetch_one(job))
             .buffer_unordered(self.config().concurrency);
         let mut n = 0;
+        let mut failed = Vec::new();
         while let Some(r) = results.next().await {
             match r? {
                 Fetched::Done { job, meta, fetched } => {
@@ -320,13 +334,14 @@ impl Engine {
                     }
                     self.note_done(p, job.remote, job.rel, meta);
                 }
-                Fetched::Failed { job, error } => {
-                    // Even a 404 is not a delete: only a file.deleted event or a fresh listing says
-                    // so. The local copy stays; the file is retried (and a later delete event clears it).
-                    self.note_file_failure(p, job, &error, retry);
-                }
+                Fetched::Failed { job, error } => failed.push((job, error)),
             }
         }
+        drop(results);
+        // Even a 404 is not a delete: only a file.deleted event or a fresh listing says so. The
+        // local copy stays; a file still listed is retried (and a later delete event clears it), one
+        // its directory no longer lists vanished and is not quarantined.
+        self.note_file_failures(p, failed, retry).await?;
         Ok(n)
     }
 
