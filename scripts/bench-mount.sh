@@ -6,8 +6,11 @@
 #   once        `mountd --once` into DIR: wall time and peak RSS
 #   startup     the service (`--mountpoint MNT --interval 1s`) from launch until MNT is mounted
 #   reads       find | wc -l, cat of every file, dd of the large file, 4 KiB random reads of the large
-#               file (timed inside the reader), ls -l of a 1000-entry dir and du -s, each on X=DIR (the
-#               plain mirror), X=MNT (the FUSE view, once per --modes data mode, MOUNTD_DATA_MODE) and
+#               file (timed inside the reader), ls -l of a 1000-entry dir, du -s, and stat_rt (one
+#               stat(2) of every file with dentries dropped first, timed inside the reader: one LOOKUP
+#               round trip each on the view; the mean per stat, in µs, is the figure), each on X=DIR (the
+#               plain mirror), X=MNT (the FUSE view, once per --modes entry: a data mode
+#               (MOUNTD_DATA_MODE), optionally @TRANSPORT (MOUNTD_FUSE_TRANSPORT: dev or uring)) and
 #               X=RMNT (`rclone mount DIR`, when rclone is installed): cold (page cache dropped before
 #               every run) and warm; median times and the ratios to DIR
 #   latency     a PUT on the remote until the file shows the new bytes (latency-probe: kept-alive PUTs,
@@ -20,11 +23,13 @@
 #   scripts/bench-mount.sh [--mount-files N] [--big-file-mib M] [--latency-samples K]
 #                          [--realtime-samples K] [--no-build] [--latency-only | --no-latency]
 #                          [--modes "page-cache passthrough ..."] [--no-rclone] [--random-reads R]
-#                          [--one-dir] [--only "find ls_l_dir ..."]
+#                          [--one-dir] [--only "find ls_l_dir ..."] [--load | --no-load]
 #     defaults: 100000 files, 1024 MiB, 10 samples per polling interval, 40 per realtime row, modes
-#     "page-cache passthrough", 2000 random reads; --big-file-mib 0 skips the large file; --one-dir
+#     "page-cache passthrough" over /dev/fuse, and the same over io_uring when the kernel offers it
+#     (fuse.enable_uring), 2000 random reads; --big-file-mib 0 skips the large file; --one-dir
 #     puts all N files into one directory (/d000), so ls_l_dir lists N entries; --only runs these read
-#     benchmarks only (of find cat_all dd_large rand_4k ls_l_dir du)
+#     benchmarks only (of find cat_all dd_large rand_4k ls_l_dir du stat_rt); --load runs the
+#     under-load comparison of the transports (default: on when io_uring is on)
 set -euo pipefail
 # shellcheck source=lib/remote.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/remote.sh"
@@ -33,7 +38,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 n_files=100000 big_mib=1024 samples=10 rt_samples=40 build=1 reads=1 latency=1 use_rclone=1 rand_n=2000 one_dir=0 only=''
-modes='page-cache passthrough'
+load='' load_transports='dev uring'
+modes=''
 while (($#)); do
     case $1 in
     --mount-files) n_files=$2; shift 2 ;;
@@ -48,6 +54,8 @@ while (($#)); do
     --random-reads) rand_n=$2; shift 2 ;;
     --one-dir) one_dir=1; shift ;;
     --only) only=$2; shift 2 ;;
+    --load) load=1; shift ;;
+    --no-load) load=0; shift ;;
     -h | --help)
         sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
@@ -206,12 +214,13 @@ expected=$((n_files + (big_mib > 0 ? 1 : 0)))
     exit 1
 }
 
-# start_service INTERVAL [DATA_MODE [WEBSOCKET]]: launch the service (polling only unless WEBSOCKET is
-# true), wait until MNT is mounted; sets service_pid, startup_s.
+# start_service INTERVAL [DATA_MODE[@TRANSPORT] [WEBSOCKET]]: launch the service (polling only unless
+# WEBSOCKET is true), wait until MNT is mounted; sets service_pid, startup_s.
 start_service() {
-    local t0 rc=0
+    local t0 rc=0 dm=${2:-auto} tr=auto
+    [[ $dm == *@* ]] && tr=${dm#*@} dm=${dm%@*}
     t0=$EPOCHREALTIME
-    MOUNTD_DATA_MODE=${2:-auto} "$MOUNTD" "${COMMON[@]}" --mountpoint "$MNT" --interval "$1" \
+    MOUNTD_DATA_MODE=$dm MOUNTD_FUSE_TRANSPORT=$tr "$MOUNTD" "${COMMON[@]}" --mountpoint "$MNT" --interval "$1" \
         --websocket="${3:-false}" 2>"$WORK/service-$1.log" &
     service_pid=$!
     for _ in $(seq 18000); do # 3 min
@@ -270,6 +279,22 @@ if ! (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
     cold_note='NOT cold: /proc/sys/vm/drop_caches is not writable here'
     say "cannot drop caches; the \"cold\" runs are not cold"
 fi
+# stat of every file below a directory, timed inside the reader (its own walk is not timed).
+cat >"$WORK/statrt.py" <<'PY'
+import os, sys, time
+root = sys.argv[1]
+paths = []
+for d in sorted(os.listdir(root)):
+    p = os.path.join(root, d)
+    if d != ".mountd" and os.path.isdir(p) and d != "big":
+        paths.extend(os.path.join(p, f) for f in sorted(os.listdir(p)))
+with open("/proc/sys/vm/drop_caches", "w") as f:
+    f.write("2")
+t = time.perf_counter()
+for p in paths:
+    os.stat(p)
+print("%.3f" % ((time.perf_counter() - t) / max(1, len(paths)) * 1e6))
+PY
 # The random reader times its own loop (no interpreter start-up in the figure).
 cat >"$WORK/rand.py" <<'PY'
 import os, random, sys, time
@@ -317,7 +342,7 @@ measure() {
 declare -A res
 benches=(find cat_all)
 ((big_mib > 0)) && benches+=(dd_large rand_4k)
-benches+=(ls_l_dir du)
+benches+=(ls_l_dir du stat_rt)
 if [[ -n $only ]]; then
     keep=()
     for b in "${benches[@]}"; do [[ " $only " == *" $b "* ]] && keep+=("$b"); done
@@ -325,7 +350,7 @@ if [[ -n $only ]]; then
 fi
 # run_suite LABEL X: every benchmark, cold and warm, on directory X; results in res[name.mode.LABEL].
 run_suite() {
-    local label=$1 x=$2 name mode runs cmd tmpl internal t
+    local label=$1 x=$2 name mode runs cmd tmpl internal t unit
     for name in "${benches[@]}"; do
         internal=''
         case $name in
@@ -335,6 +360,7 @@ run_suite() {
         rand_4k) tmpl="python3 $WORK/rand.py @X@/big/large.bin $rand_n" cold=3 warm=5 internal=1 ;;
         ls_l_dir) tmpl='ls -l @X@/d000 > /dev/null' cold=3 warm=10 ;;
         du) tmpl='du -s @X@ > /dev/null' cold=3 warm=10 ;;
+        stat_rt) tmpl="python3 $WORK/statrt.py @X@" cold=3 warm=3 internal=1 ;;
         esac
         for mode in cold warm; do
             runs=$cold
@@ -343,12 +369,26 @@ run_suite() {
             say "$name $mode $label ($runs runs): $cmd"
             t=$(measure "$mode" "$runs" "$cmd" "$internal")
             [[ $t == fail ]] && say "$name $mode $label FAILED (see $WORK/hyperfine.log)"
-            [[ $t != fail ]] && emit "mount.$name.$label.$mode" "$t" s
+            unit=s
+            [[ $name == stat_rt ]] && unit=us
+            [[ $t != fail ]] && emit "mount.$name.$label.$mode" "$t" "$unit"
             res[$name.$mode.$label]=$t
         done
     done
 }
 
+uring_on=0
+[[ $(cat /sys/module/fuse/parameters/enable_uring 2>/dev/null) == Y ]] && uring_on=1
+[[ -z $load ]] && load=$uring_on
+((uring_on)) || load_transports='dev'
+if [[ -z $modes ]]; then
+    modes='page-cache@dev passthrough@dev'
+    if ((uring_on)); then
+        modes+=' page-cache@uring passthrough@uring'
+    else
+        say "FUSE over io_uring is off here (/sys/module/fuse/parameters/enable_uring): /dev/fuse only"
+    fi
+fi
 labels=(dir)
 if [[ $reads == 1 ]]; then
     # The service started above (auto mode) gives way to one service per data mode.
@@ -411,6 +451,58 @@ if [[ $reads == 1 ]]; then
     start_service 1s
 else
     cold_note='read benchmarks skipped (--latency-only)'
+fi
+
+# ---------------------------------------------------------------------------------------------------
+# 3b. Under CPU load (--load, or by default when io_uring is on): a CPU-bound process per core runs
+#     while a reader opens, reads and closes every small file through the view in passthrough mode
+#     (one OPEN round trip per file), once per transport. The reader reports its total time and the
+#     longest single file (open + read + close); the idle-class ring threads must not starve.
+# ---------------------------------------------------------------------------------------------------
+cat >"$WORK/catmax.py" <<'PY'
+import os, sys, time
+root = sys.argv[1]
+paths = []
+for d in sorted(os.listdir(root)):
+    p = os.path.join(root, d)
+    if d not in (".mountd", "big") and os.path.isdir(p):
+        paths.extend(os.path.join(p, f) for f in sorted(os.listdir(p)))
+worst = 0.0
+t0 = time.perf_counter()
+for p in paths:
+    t = time.perf_counter()
+    with open(p, "rb") as f:
+        f.read()
+    worst = max(worst, time.perf_counter() - t)
+print("%.3f %.3f" % (time.perf_counter() - t0, worst * 1e3))
+PY
+if [[ $load == 1 && $reads == 1 ]]; then
+    stop_service
+    ncpu=$(nproc)
+    for tr in $load_transports; do
+        say "under load: $ncpu CPU-bound processes, passthrough@$tr"
+        start_service 1s "passthrough@$tr"
+        python3 "$WORK/catmax.py" "$MNT" >/dev/null # warm the dentries
+        hogs=()
+        for _ in $(seq "$ncpu"); do
+            python3 -c 'while True: pass' &
+            hogs+=($!)
+        done
+        best='' worst_ms=0
+        for _ in 1 2 3; do
+            read -r secs ms < <(python3 "$WORK/catmax.py" "$MNT")
+            [[ -z $best ]] || awk -v a="$secs" -v b="$best" 'BEGIN { exit !(a < b) }' && best=$secs
+            worst_ms=$(awk -v a="$ms" -v b="$worst_ms" 'BEGIN { print (a > b) ? a : b }')
+        done
+        kill "${hogs[@]}" 2>/dev/null
+        wait "${hogs[@]}" 2>/dev/null || true
+        emit "mount.load.cat_all.$tr" "$best" s
+        emit "mount.load.max_file.$tr" "$worst_ms" ms
+        rows+=("$(printf '%-10s %-5s %9s  max %s ms (passthrough@%s, %s CPU hogs)' cat_all load "$best" "$worst_ms" "$tr" "$ncpu")")
+        stop_service
+        grep -o 'promotions=[0-9]*' "$WORK/service-1s.log" >&2 || true
+    done
+    start_service 1s
 fi
 
 service_hwm=$(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$service_pid/status" 2>/dev/null || echo 0)
