@@ -260,6 +260,24 @@ async fn incremental_sync_applies_creates_updates_and_deletes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_nobody_waited_for_does_not_interrupt_a_later_attempt() {
+    let mut r = Rig::new(20);
+    r.cfg.use_export = true;
+    r.cfg.export_timeout = Duration::from_millis(50);
+    sample(&r, 10);
+    // The export hangs with nobody waiting for a hang; its sub-deadline cuts it, the tree pull runs.
+    r.faults.add(Rule::new(Op::Export, Fault::Hang).times(1));
+    assert_eq!(r.attempt().await.unwrap(), "tree");
+    // A hang armed later (and never reached) does not end this attempt at once.
+    r.put("/late", b"late");
+    r.faults.hang_at_call(10_000);
+    let run = r.attempt_until_hang().await;
+    assert!(run.is_some(), "interrupted by the earlier hang");
+    run.unwrap().unwrap();
+    r.assert_exact();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bootstrap_replays_writes_made_during_it_in_the_same_run() {
     let mut r = Rig::new(5);
     r.cfg.use_export = false;

@@ -20,6 +20,8 @@
 mod common;
 use common::inproc::Rig;
 use mountd::remote::fault::{Fault, Op, Rule};
+use mountd::sync::attempt::Limits;
+use mountd::sync::engine::Engine;
 use mountd::sync::push::Direction;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -257,12 +259,11 @@ fn add_fault(r: &Rig, f: &FaultSpec) {
 }
 
 /// One run as `mountd --once` does it: local changes recorded, pull, push.
-async fn run(r: &mut Rig) -> Result<(), String> {
-    let e = r.engine();
+async fn once(e: Engine, limits: Limits) -> Result<(), String> {
     e.record_local(vec![String::new()])
         .await
         .map_err(|e| e.to_string())?;
-    mountd::sync::attempt::attempt(&e, r.limits)
+    mountd::sync::attempt::attempt(&e, limits)
         .await
         .map_err(|e| e.to_string())?;
     mountd::cli::once::flush(&e)
@@ -271,13 +272,17 @@ async fn run(r: &mut Rig) -> Result<(), String> {
     Ok(())
 }
 
-/// [`run`], dropped (as a kill would) as soon as a call hangs.
+/// [`once`] in a runtime of its own: nothing of it runs on after it returns.
+async fn run(r: &mut Rig) -> Result<(), String> {
+    let limits = r.limits;
+    r.isolated(move |e| once(e, limits)).await
+}
+
+/// [`run`], dropped (as a kill would drop it) as soon as a call hangs; nothing it started runs on
+/// after this returns.
 async fn run_until_hang(r: &mut Rig) {
-    let faults = r.faults.clone();
-    tokio::select! {
-        _ = run(r) => {}
-        _ = faults.hung() => {}
-    }
+    let limits = r.limits;
+    r.until_hang(move |e| once(e, limits)).await;
 }
 
 fn remote_tree(r: &Rig) -> BTreeMap<String, Vec<u8>> {

@@ -473,13 +473,10 @@ async fn a_kill_right_after_a_lost_answer_pushes_the_change_once_after_the_resta
         // The write is applied and its answer lost; the retry hangs: killed there.
         r.faults.add(Rule::new(Op::Put, Fault::LoseAnswer).times(1));
         r.faults.add(Rule::new(Op::Put, Fault::Hang).times(1));
-        let e = r.engine();
-        let faults = r.faults.clone();
-        tokio::select! {
-            res = mountd::cli::once::flush(&e) => panic!("the push should hang: ok={}", res.is_ok()),
-            _ = faults.hung() => {}
-        }
-        drop(e);
+        let flushed = r
+            .until_hang(|e| async move { mountd::cli::once::flush(&e).await.is_ok() })
+            .await;
+        assert!(flushed.is_none(), "the push should hang: ok={flushed:?}");
         r.kill();
         assert_eq!(writes(&r, "/a.txt"), 1, "applied before the kill");
         r.faults.clear();

@@ -172,20 +172,35 @@ impl FaultyRemote {
         lock(&self.rules).push(rule);
     }
 
-    /// Remove every rule and any pending hang: the remote behaves again.
+    /// Remove every rule and any pending hang: the remote behaves again. A hang signalled with
+    /// nobody waiting for it is forgotten too.
     pub fn clear(&self) {
         lock(&self.rules).clear();
         *lock(&self.hang_at) = None;
+        self.forget_hangs();
     }
 
-    /// The `n`-th call from now (1-based, any operation) hangs; [`FaultyRemote::hung`] then resolves.
+    /// The `n`-th call from now (1-based, any operation) hangs; [`FaultyRemote::hung`] then resolves
+    /// (for this hang or a later one: a hang signalled before, with nobody waiting, is forgotten).
     pub fn hang_at_call(&self, n: u64) {
+        self.forget_hangs();
         *lock(&self.hang_at) = Some(self.calls.load(Ordering::SeqCst) + n.max(1));
     }
 
-    /// Resolves once a call hung (by a [`Fault::Hang`] rule or [`FaultyRemote::hang_at_call`]).
+    /// Resolves once a call hung (by a [`Fault::Hang`] rule or [`FaultyRemote::hang_at_call`]),
+    /// including one that hung before this was first polled (one hang wakes one waiter, or is kept
+    /// for the next) — unless [`FaultyRemote::clear`] or [`FaultyRemote::hang_at_call`] came between.
     pub async fn hung(&self) {
         self.hung.notified().await
+    }
+
+    /// Drop the permit a hang left when nobody was waiting (an attempt that hung at a
+    /// [`Fault::Hang`] rule and was cut by its own deadline, or a second call hanging in an attempt
+    /// already dropped at the first), so that it cannot end a later [`FaultyRemote::hung`] at once.
+    fn forget_hangs(&self) {
+        use futures_util::FutureExt;
+        // Polled once: takes a stored permit, if any; otherwise it stops waiting when dropped.
+        let _ = self.hung.notified().now_or_never();
     }
 
     /// Calls of `op` seen so far (faulted ones included).

@@ -20,6 +20,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Wait until every job handed to the database thread so far has run (jobs run in order: one more,
+/// empty, has run only after them). A dropped caller does not take back a job it handed over.
+fn drain_db(db: &Db) {
+    db.run_blocking(|_| Ok::<(), mountd::store::db::StateError>(()))
+        .expect("the database thread is alive");
+}
+
 /// The reference store as a [`Remote`].
 pub struct InProc {
     pub ws: Workspace,
@@ -259,8 +266,70 @@ impl Rig {
     }
 
     /// As after `kill -9`: everything in memory is gone; the next [`Rig::engine`] reopens SQLite.
+    ///
+    /// Nothing of the engine is still running by then when it was only driven through
+    /// [`Rig::isolated`] (as every attempt of the rig is); for whatever else a test ran on the engine,
+    /// every job already handed to the database thread has run when this returns.
     pub fn kill(&mut self) {
-        self.engine = None;
+        if let Some(e) = self.engine.take() {
+            drain_db(e.db());
+        }
+    }
+
+    /// Run `work` on the engine in a tokio runtime of its own, as a process of its own would, and
+    /// tear that runtime down before returning — whether `work` finished or was dropped halfway (see
+    /// [`Rig::until_hang`]). When this returns nothing `work` started is still running: every task it
+    /// spawned was dropped at its next await (aborted ones included), every blocking job that had
+    /// started ran to its end (one not started never runs), and every job handed to the database
+    /// thread has run. So a "killed" run writes nothing to the mirror or the state DB afterwards
+    /// (a real `kill -9` cannot), and a test reads a mirror nothing else is changing.
+    pub async fn isolated<T, F, Fut>(&mut self, work: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(Engine) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
+        let e = self.engine();
+        let db = e.db().clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // A thread of its own: a runtime can be neither started nor dropped on one of the caller's.
+        std::thread::Builder::new()
+            .name("rig-run".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let out = rt.block_on(work(e));
+                // Waits for the workers (each task dropped at its next await) and for every blocking
+                // job that started; the queued ones are dropped unstarted.
+                drop(rt);
+                drain_db(&db);
+                drop(db);
+                let _ = tx.send(out);
+            })
+            .unwrap();
+        rx.await
+            .expect("the isolated run panicked (its message is above)")
+    }
+
+    /// [`Rig::isolated`], but `work` is dropped (as a kill would drop it) as soon as a call hangs;
+    /// `None` when it hung.
+    pub async fn until_hang<T, F, Fut>(&mut self, work: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Engine) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
+        let faults = self.faults.clone();
+        self.isolated(move |e| async move {
+            tokio::select! {
+                r = work(e) => Some(r),
+                _ = faults.hung() => None,
+            }
+        })
+        .await
     }
 
     /// A rig whose engine pushes local changes too (`--sync-mode mirror`).
@@ -294,15 +363,15 @@ impl Rig {
 
     /// The start scan of the mirror directory: local changes recorded in the outbox.
     pub async fn record(&mut self) -> mountd::sync::push::detect::Detected {
-        self.engine()
-            .record_local(vec![String::new()])
+        self.isolated(|e| async move { e.record_local(vec![String::new()]).await })
             .await
             .unwrap()
     }
 
     /// What `--once` does after its pull: push until nothing more goes through.
     pub async fn flush(&mut self) -> Result<mountd::sync::push::pusher::Pushed, SyncError> {
-        mountd::cli::once::flush(&self.engine()).await
+        self.isolated(|e| async move { mountd::cli::once::flush(&e).await })
+            .await
     }
 
     /// Record the local changes, then push them.
@@ -311,23 +380,27 @@ impl Rig {
         self.flush().await.unwrap()
     }
 
-    /// One attempt under the watchdog and the stall guard.
+    /// One attempt under the watchdog and the stall guard ([`Rig::isolated`]).
     pub async fn attempt(&mut self) -> Result<&'static str, SyncError> {
-        let e = self.engine();
-        mountd::sync::attempt::attempt(&e, self.limits)
-            .await
-            .map(|a| a.path)
+        let limits = self.limits;
+        self.isolated(move |e| async move {
+            mountd::sync::attempt::attempt(&e, limits)
+                .await
+                .map(|a| a.path)
+        })
+        .await
     }
 
     /// Run an attempt, but drop it (as a kill would) as soon as a call hangs; `None` when it hung.
+    /// Nothing the attempt started runs on once this returns ([`Rig::isolated`]).
     pub async fn attempt_until_hang(&mut self) -> Option<Result<&'static str, SyncError>> {
-        let e = self.engine();
-        let faults = self.faults.clone();
         let limits = self.limits;
-        tokio::select! {
-            r = mountd::sync::attempt::attempt(&e, limits) => Some(r.map(|a| a.path)),
-            _ = faults.hung() => None,
-        }
+        self.until_hang(move |e| async move {
+            mountd::sync::attempt::attempt(&e, limits)
+                .await
+                .map(|a| a.path)
+        })
+        .await
     }
 
     pub fn put(&self, path: &str, bytes: &[u8]) {
