@@ -68,6 +68,28 @@ fi
 echo "ok: /dev/fuse usable by $(id -un)" >&2
 export MOUNTD_REQUIRE_FUSE=1
 
+# FUSE transports: the FUSE tests run over io_uring where the kernel has it (turned on here as root:
+# the fuse module parameter enable_uring), then once more over /dev/fuse. Where io_uring cannot be
+# had, they run over /dev/fuse only and the run says so.
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+uring_skip=''
+if [[ ! -e $URING_PARAM ]]; then
+    uring_skip="this kernel has no FUSE over io_uring (Linux >= 6.14 with CONFIG_FUSE_IO_URING)"
+elif [[ $(cat "$URING_PARAM") != Y ]]; then
+    if [[ $(id -u) -eq 0 ]] && echo Y >"$URING_PARAM" 2>/dev/null; then
+        echo "ok: turned on FUSE over io_uring ($URING_PARAM)" >&2
+    else
+        uring_skip="$URING_PARAM is off and cannot be turned on here (needs root)"
+    fi
+fi
+if [[ -z $uring_skip ]]; then
+    export MOUNTD_FUSE_TRANSPORT=uring
+    echo "ok: FUSE tests run over io_uring, then over /dev/fuse" >&2
+else
+    export MOUNTD_FUSE_TRANSPORT=dev
+    echo "test.sh: NOTE: the FUSE tests run over /dev/fuse only: $uring_skip" >&2
+fi
+
 # ---------------------------------------------------------------------------------------------------
 # Rust checks
 # ---------------------------------------------------------------------------------------------------
@@ -110,6 +132,12 @@ if cargo nextest --version >/dev/null 2>&1; then
     timeout --kill-after=30s "$TEST_TIMEOUT" cargo nextest run --workspace --no-fail-fast --locked 2>&1 |
         tee "$log_dir/nextest.log" || rc=1
     count "$log_dir/nextest.log"
+    if [[ $MOUNTD_FUSE_TRANSPORT == uring ]]; then
+        step "the FUSE tests again over /dev/fuse (MOUNTD_FUSE_TRANSPORT=dev)"
+        MOUNTD_FUSE_TRANSPORT=dev timeout --kill-after=30s 300 cargo nextest run --no-fail-fast --locked \
+            --test fuse_view --test fuse_write --test service 2>&1 | tee "$log_dir/nextest-dev.log" || rc=1
+        count "$log_dir/nextest-dev.log"
+    fi
     # nextest does not run doctests.
     step "cargo test --doc"
     timeout --kill-after=30s 300 cargo test --workspace --doc --locked 2>&1 | tee "$log_dir/doc.log" || rc=1
@@ -119,6 +147,12 @@ else
     timeout --kill-after=30s "$TEST_TIMEOUT" cargo test --workspace --no-fail-fast --locked 2>&1 |
         tee "$log_dir/test.log" || rc=1
     count "$log_dir/test.log"
+    if [[ $MOUNTD_FUSE_TRANSPORT == uring ]]; then
+        step "the FUSE tests again over /dev/fuse (MOUNTD_FUSE_TRANSPORT=dev)"
+        MOUNTD_FUSE_TRANSPORT=dev timeout --kill-after=30s 300 cargo test --no-fail-fast --locked \
+            --test fuse_view --test fuse_write --test service 2>&1 | tee "$log_dir/test-dev.log" || rc=1
+        count "$log_dir/test-dev.log"
+    fi
 fi
 if ((rc != 0 && failed == 0)); then
     # The runner failed without counting a failed test (a timeout, a crash): count it as one.
