@@ -179,10 +179,17 @@ impl MountHandle {
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "FUSE session ended with an error"),
-            Err(_) => tracing::warn!(mountpoint = %self.mountpoint.display(),
-                "FUSE session did not end; leaving it detached"),
+            Err(_) => {
+                tracing::warn!(mountpoint = %self.mountpoint.display(),
+                    "FUSE session did not end; leaving it detached");
+                // A detached mount still being served keeps its ring threads too: stopping them
+                // would leave the kernel's requests on the rings without a server.
+                if let Some(u) = self.uring.take() {
+                    std::mem::forget(u);
+                }
+            }
         }
-        // The connection is gone or detached: the ring threads have ended or end now.
+        // The connection is gone: the ring threads have ended or end now.
         if let Some(u) = self.uring.take() {
             let promotions = u.promotions();
             if promotions > 0 {
