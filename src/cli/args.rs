@@ -605,7 +605,7 @@ pub struct RunArgs {
     /// How FUSE requests travel between the kernel and mountd: `auto` (io_uring when the kernel offers
     /// it, else /dev/fuse, with one log line saying why), `uring` (io_uring or the mount fails), or
     /// `dev` (/dev/fuse). io_uring (Linux >= 6.14, CONFIG_FUSE_IO_URING) serves each request on its
-    /// caller's CPU; an operator turns it on with `echo Y > /sys/module/fuse/parameters/enable_uring`
+    /// caller's CPU, one at a time per CPU (so `auto` keeps /dev/fuse under --fsync-push); an operator turns it on with `echo Y > /sys/module/fuse/parameters/enable_uring`
     /// (or the boot option fuse.enable_uring=1). docs/PERFORMANCE.md has the figures.
     #[arg(long, env = "MOUNTD_FUSE_TRANSPORT", value_parser = parse_transport, default_value = "auto", help_heading = "Mount service")]
     pub fuse_transport: crate::view::fuse::Transport,

@@ -554,7 +554,7 @@ pub fn mount(
         .map_err(|e| format!("duplicating the /dev/fuse descriptor: {e}"))?;
     let notifier = session.notifier();
     // INIT was answered inside Session::new: the rings can register now.
-    let ring = start_transport(&session, &mode, opts.transport)
+    let ring = start_transport(&session, &mode, transport_for(&opts))
         .map_err(|e| format!("mounting {}: {e}", mp.display()))?;
     let session = session
         .spawn()
@@ -607,6 +607,16 @@ pub fn mount(
         writeback_cache = ModeState::flag(&mode.writeback),
         "mounted {}; FUSE data mode {active}", if writable { "writable" } else { "read-only" });
     Ok(handle)
+}
+
+/// The transport to try: `auto` keeps `/dev/fuse` under `--fsync-push`, whose `fsync` waits for the
+/// server inside the call, because an io_uring queue serves one call at a time per CPU.
+fn transport_for(opts: &MountOptions) -> Transport {
+    if opts.transport == Transport::Auto && opts.writes.fsync_push {
+        tracing::info!("FUSE transport: /dev/fuse, because --fsync-push makes fsync wait for the server inside the call (an io_uring queue serves one call at a time per CPU)");
+        return Transport::Dev;
+    }
+    opts.transport
 }
 
 /// Start the io_uring queues when `wanted` allows it. `Auto` falls back to `/dev/fuse` with one log
