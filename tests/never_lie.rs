@@ -343,20 +343,33 @@ fn a_full_disk_fails_the_run_says_so_and_quarantines_nothing() {
             );
         }
     }
-    // Under a mirrored file it names the file and how much it needed: its size (every file has the
-    // same size, 81.2 KiB).
+}
+
+/// With the state DB on another file system, the mirror's own disk is what fills: the message names
+/// the mirrored file and how much it needed. (In the test above either may fill first.)
+#[test]
+fn a_full_mirror_disk_names_the_file_and_its_size() {
+    let mut h = Harness::with_page_size(10);
+    let _fs = Tmpfs::mount(&h.local(), "2m");
+    for i in 0..40 {
+        h.put(&format!("/big/f{i:02}.bin"), &big(i));
+    }
+    let db = h.tmp.path().join("elsewhere.db");
+    let r = h.run(&["--state-db", db.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    // Every file has the same size, 81.2 KiB.
     let needs = format!(
         "it needs {}",
         mountd::sync::engine::human_bytes(big(0).len() as u64)
     );
     assert!(
-        full_messages
-            .iter()
-            .any(|m| m.contains("the disk is full: writing")
-                && m.contains("/big/f")
-                && m.contains(&needs)),
-        "a full disk under a mirrored file names the file and its size: {full_messages:?}"
+        r.stderr.contains("the disk is full: writing")
+            && r.stderr.contains("/big/f")
+            && r.stderr.contains(&needs),
+        "a full disk under a mirrored file names the file and its size: {}",
+        r.all()
     );
+    assert!(r.stderr.contains("free space"), "a hint: {}", r.all());
 }
 
 #[test]
