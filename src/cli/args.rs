@@ -60,18 +60,19 @@ pub fn parse_go_duration(s: &str) -> Result<(bool, Duration), String> {
     Ok((neg && total > 0.0, Duration::from_secs_f64(total)))
 }
 
-/// A non-negative Go duration; `0` and `off` mean "disabled" where the flag says so.
-/// `auto`, `passthrough`, `page-cache` or `direct-io`.
+/// `auto`, `uring` or `dev`.
 pub fn parse_transport(s: &str) -> Result<crate::view::fuse::Transport, String> {
     crate::view::fuse::Transport::parse(s)
         .ok_or_else(|| format!("unknown FUSE transport '{s}' (expected auto, uring or dev)"))
 }
 
+/// `auto`, `passthrough`, `page-cache` or `direct-io`.
 pub fn parse_data_mode(s: &str) -> Result<crate::view::fuse::DataMode, String> {
     crate::view::fuse::DataMode::parse(s)
         .ok_or_else(|| format!("{s:?} is not auto, passthrough, page-cache or direct-io"))
 }
 
+/// A non-negative Go duration; `0` and `off` mean "disabled" where the flag says so.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     match parse_go_duration(s)? {
         (false, d) => Ok(d),
@@ -605,8 +606,9 @@ pub struct RunArgs {
     /// How FUSE requests travel between the kernel and mountd: `auto` (io_uring when the kernel offers
     /// it, else /dev/fuse, with one log line saying why), `uring` (io_uring or the mount fails), or
     /// `dev` (/dev/fuse). io_uring (Linux >= 6.14, CONFIG_FUSE_IO_URING) serves each request on its
-    /// caller's CPU, one at a time per CPU (so `auto` keeps /dev/fuse under --fsync-push); an operator turns it on with `echo Y > /sys/module/fuse/parameters/enable_uring`
-    /// (or the boot option fuse.enable_uring=1). docs/PERFORMANCE.md has the figures.
+    /// caller's CPU, one at a time per CPU (so `auto` keeps /dev/fuse under --fsync-push); an operator
+    /// turns it on with `echo Y > /sys/module/fuse/parameters/enable_uring` (or the boot option
+    /// fuse.enable_uring=1). docs/PERFORMANCE.md has the figures.
     #[arg(long, env = "MOUNTD_FUSE_TRANSPORT", value_parser = parse_transport, default_value = "auto", help_heading = "Mount service")]
     pub fuse_transport: crate::view::fuse::Transport,
     /// Writable mount (mirror mode), page-cache data mode: let the kernel gather writes in its page

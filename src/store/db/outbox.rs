@@ -346,7 +346,6 @@ impl State {
         rows.map_err(|e| self.err(e))
     }
 
-    /// File records at or below `rel` (a file or a directory), with their revisions.
     /// Pending puts at or below `rel` of paths that have no record (new files never pushed).
     pub fn unrecorded_puts_under(&self, rel: &str) -> Result<Vec<String>, StateError> {
         let mut s = self
@@ -363,6 +362,7 @@ impl State {
         rows.map_err(|e| self.err(e))
     }
 
+    /// File records at or below `rel` (a file or a directory), with their revisions.
     pub fn files_under(&self, rel: &str) -> Result<Vec<(String, Option<String>)>, StateError> {
         let mut s = self
             .conn

@@ -570,15 +570,10 @@ impl Engine {
                 .push_requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match r {
-                Ok(WriteOutcome::Accepted { revision }) => {
-                    if let Some(r) = &revision {
+                Ok(outcome @ (WriteOutcome::Accepted { .. } | WriteOutcome::Absent)) => {
+                    if let WriteOutcome::Accepted { revision: Some(r) } = &outcome {
                         self.note_own_write(&row.path, r);
                     }
-                    report.files += 1;
-                    p.forget.push(row.path.clone());
-                    p.pushed.push(row.path);
-                }
-                Ok(WriteOutcome::Absent) => {
                     report.files += 1;
                     p.forget.push(row.path.clone());
                     p.pushed.push(row.path);
@@ -702,8 +697,6 @@ fn bulk_fates(batch: Vec<Staged>, out: BulkOutcome) -> Vec<Fate> {
         .collect()
 }
 
-/// Read one pending put from disk: `Ok(None)` when the file is gone or not a regular file (detection
-/// records what it is now), `Ok(Some(Err))` when it cannot be pushed as it is (too large).
 /// The fate of a file whose request body alone exceeds the server's cap.
 fn body_too_large(file: &PushFile, cap: usize, row: Outgoing, stat: String) -> Fate {
     Fate::TooLarge {
@@ -754,6 +747,8 @@ fn stage_streamed(
     })))
 }
 
+/// Read one pending put from disk: `Ok(None)` when the file is gone or not a regular file (detection
+/// records what it is now), `Ok(Some(Err))` when it cannot be pushed as it is (too large).
 fn stage(
     store: &crate::store::LocalStore,
     root: &str,

@@ -1,6 +1,7 @@
 //! FUSE: the fuser adapter over [`crate::view::fs::MirrorFs`] ([`adapter`]), kernel cache invalidation
-//! for what each sync changed ([`invalidate`]), the data modes ([`mode`]), the io_uring transport ([`uring`]),
-//! mounting and unmounting ([`mount`]) and the mount table ([`mountinfo`]). fuser appears nowhere else in the crate.
+//! for what each sync changed ([`invalidate`]), the data modes ([`mode`]), the io_uring transport
+//! ([`uring`]), mounting and unmounting ([`mount`]) and the mount table ([`mountinfo`]). fuser appears
+//! nowhere else in the crate.
 mod adapter;
 mod invalidate;
 mod mode;
