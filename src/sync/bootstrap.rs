@@ -403,9 +403,9 @@ impl Engine {
                 .map(|job| self.fetch_one(job))
                 .buffer_unordered(self.config().concurrency);
             let mut fatal = None;
-            // Files the server answered 404 for: each checked against a fresh listing once the page
-            // is fetched (see `Engine::note_file_failures`).
-            let mut not_found = Vec::new();
+            // Files that failed: noted once the page is fetched, each 404 checked against a fresh
+            // listing first (see `Engine::note_file_failures`).
+            let mut failed = Vec::new();
             let mut last_commit = std::time::Instant::now();
             while let Some(r) = results.next().await {
                 match r {
@@ -415,12 +415,7 @@ impl Engine {
                         }
                         self.note_done(&mut p, job.remote, job.rel, meta)
                     }
-                    Ok(Fetched::Failed { job, error }) if error.status() == Some(404) => {
-                        not_found.push((job, error))
-                    }
-                    Ok(Fetched::Failed { job, error }) => {
-                        self.note_file_failure(&mut p, job, &error, false)
-                    }
+                    Ok(Fetched::Failed { job, error }) => failed.push((job, error)),
                     Err(e) => {
                         fatal = Some(e);
                         break;
@@ -435,14 +430,14 @@ impl Engine {
             }
             drop(results);
             if let Some(e) = fatal {
-                for (job, error) in not_found {
+                for (job, error) in failed {
                     self.note_file_failure(&mut p, job, &error, false);
                 }
                 self.commit(p.take_records(), ck.snapshot, None, vec![])
                     .await?;
                 return Err(e);
             }
-            self.note_file_failures(&mut p, not_found, false).await?;
+            self.note_file_failures(&mut p, failed, false).await?;
             ck.pages_done += 1;
             ck.files_done = self.progress().files();
             match page.next_cursor.filter(|c| !c.is_empty()) {
