@@ -538,12 +538,13 @@ pub fn mount(
     };
     config.n_threads = Some(threads);
     let mode = Arc::new(ModeState::new(opts.data_mode));
+    let transport = transport_for(&opts);
     let adapter = FuseAdapter::new(
         fs.clone(),
         opts.ttl,
         mode.clone(),
         opts.writes,
-        opts.transport != Transport::Dev,
+        transport != Transport::Dev,
     );
     let session = fuser::Session::new(adapter, &mp, &config)
         .map_err(|e| format!("mounting {}: {e}", mp.display()))?;
@@ -554,7 +555,7 @@ pub fn mount(
         .map_err(|e| format!("duplicating the /dev/fuse descriptor: {e}"))?;
     let notifier = session.notifier();
     // INIT was answered inside Session::new: the rings can register now.
-    let ring = start_transport(&session, &mode, transport_for(&opts))
+    let ring = start_transport(&session, &mode, transport)
         .map_err(|e| format!("mounting {}: {e}", mp.display()))?;
     let session = session
         .spawn()
@@ -598,7 +599,7 @@ pub fn mount(
         handle.fs.set_max_pinned(pin_budget());
         handle.fs.set_pin_on_entry(true);
     }
-    check_ring_serves(&mut handle, opts.transport)
+    check_ring_serves(&mut handle, transport)
         .map_err(|e| format!("mounting {}: {e}", handle.mountpoint.display()))?;
     tracing::info!(mountpoint = %handle.mountpoint.display(), data_mode = %active, requested = %opts.data_mode,
         transport = %handle.transport(), uring_queues = handle.uring.as_ref().map_or(0, |u| u.queues()),

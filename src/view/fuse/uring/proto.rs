@@ -136,7 +136,10 @@ pub enum BadAnswer {
 
 /// Split an answer given as slices (`fuse_out_header` first, possibly across slices) into its header
 /// and its payload, copying the payload into `payload`.
-pub fn split_answer(parts: &[&[u8]], payload: &mut [u8]) -> Result<Answer, BadAnswer> {
+pub fn split_answer<P: std::ops::Deref<Target = [u8]>>(
+    parts: &[P],
+    payload: &mut [u8],
+) -> Result<Answer, BadAnswer> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     if total < OUT_HEADER_LEN {
         return Err(BadAnswer::NoHeader(total));
@@ -284,14 +287,14 @@ mod tests {
     fn answers_too_long_or_without_a_header_are_refused() {
         let mut small = [0u8; 4];
         assert_eq!(
-            split_answer(&[&[0u8; 16], &[1u8; 5]], &mut small),
+            split_answer(&[&[0u8; 16][..], &[1u8; 5][..]], &mut small),
             Err(BadAnswer::TooLong {
                 len: 5,
                 capacity: 4
             })
         );
         assert_eq!(
-            split_answer(&[&[0u8; 3]], &mut small),
+            split_answer(&[&[0u8; 3][..]], &mut small),
             Err(BadAnswer::NoHeader(3))
         );
     }

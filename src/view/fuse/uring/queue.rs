@@ -178,14 +178,13 @@ impl ReplySink for SlotSink {
                 "answer to a ring entry that is not waiting for one",
             ));
         }
-        let parts: Vec<&[u8]> = data.iter().map(|s| &s[..]).collect();
         let answer = if p.direct {
-            proto::split_answer(&parts, slot.payload_mut())
+            proto::split_answer(data, slot.payload_mut())
         } else {
-            let body: usize = parts.iter().map(|s| s.len()).sum::<usize>();
+            let body: usize = data.iter().map(|s| s.len()).sum::<usize>();
             let mut staged = std::mem::take(&mut p.staged);
             staged.resize(body.saturating_sub(proto::OUT_HEADER_LEN), 0);
-            let r = proto::split_answer(&parts, &mut staged);
+            let r = proto::split_answer(data, &mut staged);
             p.staged = staged;
             r
         };
