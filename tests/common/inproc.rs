@@ -27,6 +27,13 @@ fn drain_db(db: &Db) {
         .expect("the database thread is alive");
 }
 
+/// One attempt under the watchdog and the stall guard; the path it took.
+async fn attempt_path(e: Engine, limits: Limits) -> Result<&'static str, SyncError> {
+    mountd::sync::attempt::attempt(&e, limits)
+        .await
+        .map(|a| a.path)
+}
+
 /// The reference store as a [`Remote`].
 pub struct InProc {
     pub ws: Workspace,
@@ -383,24 +390,14 @@ impl Rig {
     /// One attempt under the watchdog and the stall guard ([`Rig::isolated`]).
     pub async fn attempt(&mut self) -> Result<&'static str, SyncError> {
         let limits = self.limits;
-        self.isolated(move |e| async move {
-            mountd::sync::attempt::attempt(&e, limits)
-                .await
-                .map(|a| a.path)
-        })
-        .await
+        self.isolated(move |e| attempt_path(e, limits)).await
     }
 
     /// Run an attempt, but drop it (as a kill would) as soon as a call hangs; `None` when it hung.
     /// Nothing the attempt started runs on once this returns ([`Rig::isolated`]).
     pub async fn attempt_until_hang(&mut self) -> Option<Result<&'static str, SyncError>> {
         let limits = self.limits;
-        self.until_hang(move |e| async move {
-            mountd::sync::attempt::attempt(&e, limits)
-                .await
-                .map(|a| a.path)
-        })
-        .await
+        self.until_hang(move |e| attempt_path(e, limits)).await
     }
 
     pub fn put(&self, path: &str, bytes: &[u8]) {
