@@ -105,7 +105,7 @@ pub struct UringHandle {
     stats: Arc<Stats>,
     queues: usize,
     /// The duplicate of the `/dev/fuse` descriptor the rings submit on (kept open while they run).
-    _fuse: OwnedFd,
+    fuse: OwnedFd,
 }
 
 impl UringHandle {
@@ -177,7 +177,7 @@ pub fn start<FS: Filesystem>(
         guard_state: guard_state.clone(),
         stats: stats.clone(),
         queues,
-        _fuse: fuse,
+        fuse,
     };
     let (tx, rx) = std::sync::mpsc::channel::<(usize, i32, Result<(), String>)>();
     for qid in 0..queues {
@@ -185,7 +185,7 @@ pub fn start<FS: Filesystem>(
             qid: qid as u16,
             depth: QUEUE_DEPTH,
             payload,
-            fuse_fd: handle._fuse.as_raw_fd(),
+            fuse_fd: handle.fuse.as_raw_fd(),
             stop_fd: handle.stop_fd.as_raw_fd(),
         };
         let d = dispatcher(qid);
@@ -203,11 +203,8 @@ pub fn start<FS: Filesystem>(
                     let _ = tx.send((qid, tid, r));
                 });
             })
-            .map_err(|e| format!("starting a ring thread: {e}"));
-        match t {
-            Ok(t) => handle.threads.push(t),
-            Err(e) => return Err(e),
-        }
+            .map_err(|e| format!("starting a ring thread: {e}"))?;
+        handle.threads.push(t);
     }
     drop(tx);
     let mut watched = Vec::with_capacity(queues);
