@@ -311,12 +311,12 @@ fn absolute_mountpoint(p: &Path) -> PathBuf {
 }
 
 /// The error a FUSE mount whose daemon died answers: ENOTCONN ("Transport endpoint is not
-/// connected"), or ECONNABORTED while the kernel still tears down the io_uring queues of a dead
-/// daemon.
+/// connected"), or, while the kernel still tears down the io_uring queues of a dead daemon,
+/// ECONNABORTED or ECANCELED (a request the dying ring thread could no longer take).
 pub fn is_dead_mount(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+        Some(libc::ENOTCONN) | Some(libc::ECONNABORTED) | Some(libc::ECANCELED)
     )
 }
 
