@@ -26,6 +26,8 @@
 # does not catch up, an outbox row left behind or a path the service could not push (too large,
 # denied, conflict) exits 1 after the table. Targets (issue 17): mountd <= 1.5x plain for seq_write, <= 3x for untar and git, and
 # ahead of rclone on each.
+# Nothing is deleted until the end (ext4 scans the inodes deleted in the last minutes each time it
+# allocates one, which slowed whichever target ran after a deletion by up to 10x).
 # Results are appended as JSON lines {"name":..., "value":..., "unit":...} to
 # target/bench/results.jsonl and printed as a table; the service's log of each data mode is kept as
 # target/bench/bench-write.MODE.service.log.
@@ -56,7 +58,7 @@ while (($#)); do
     --seq-runs) seq_runs=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     -h | --help)
-        sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -160,7 +162,7 @@ if [[ " $only " == *" seq_write "* ]]; then
 fi
 say "generating the 5,000-file tree and the 2,000-file repository"
 python3 - "$GEN" <<'PY'
-import math, os, random, sys
+import io, math, os, random, sys, tarfile
 gen = sys.argv[1]
 words = ("fn let mut self return if else match impl struct enum pub use mod for while loop break "
          "continue const static async await where trait type crate super Some None Ok Err Vec "
@@ -183,32 +185,40 @@ def content(r):
         n += len(line)
     return "".join(out)[:size]
 
-def tree(root, n_files, tops, subs, seed):
+def tree(n_files, tops, subs, seed):
+    """The directories, then (path, text) of every file."""
     r = random.Random(seed)
     dirs = []
     for t in tops:
         dirs.append(t)
         dirs.extend(f"{t}/{s}" for s in subs)
-    for i in range(n_files):
-        d = dirs[i % len(dirs)]
-        os.makedirs(os.path.join(root, d), exist_ok=True)
-        name = f"file_{i:05d}{r.choice(exts)}"
-        with open(os.path.join(root, d, name), "w") as f:
-            f.write(content(r))
-    return len(dirs)
+    files = [(f"{dirs[i % len(dirs)]}/file_{i:05d}{r.choice(exts)}", None) for i in range(n_files)]
+    return dirs, [(p, content(r)) for p, _ in files]
 
-# 5 top-level dirs x (1 + 9 subdirs) = 50 dirs, 100 files each
-tree(os.path.join(gen, "tree"), 5000, ["src", "lib", "tests", "docs", "tools"],
-     [f"mod{j}" for j in range(9)], 5000)
+# The tree straight into its tarball (owner 0, numeric): no 5,000 files written and deleted on the
+# disk under test (ext4 scans recently deleted inodes when it allocates new ones for minutes after).
+# 5 top-level dirs x (1 + 9 subdirs) = 50 dirs, 100 files each.
+dirs, files = tree(5000, ["src", "lib", "tests", "docs", "tools"], [f"mod{j}" for j in range(9)], 5000)
+with tarfile.open(os.path.join(gen, "tree.tar"), "w", format=tarfile.GNU_FORMAT) as tar:
+    for d in ["."] + [f"./{d}" for d in sorted(dirs)]:
+        ti = tarfile.TarInfo(d)
+        ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1700000000
+        tar.addfile(ti)
+    for p, text in files:
+        data = text.encode()
+        ti = tarfile.TarInfo(f"./{p}")
+        ti.size, ti.mode, ti.mtime = len(data), 0o644, 1700000000
+        tar.addfile(ti, io.BytesIO(data))
+with open(os.path.join(gen, "tree.stats"), "w") as f:
+    f.write(f"{len(dirs)} {len(files)} {sum(len(t.encode()) for _, t in files)}\n")
 # 4 top-level x (1 + 4) = 20 dirs, 100 files each
-tree(os.path.join(gen, "repo"), 2000, ["src", "lib", "tests", "docs"],
-     [f"part{j}" for j in range(4)], 2000)
+_, files = tree(2000, ["src", "lib", "tests", "docs"], [f"part{j}" for j in range(4)], 2000)
+for p, text in files:
+    os.makedirs(os.path.join(gen, "repo", os.path.dirname(p)), exist_ok=True)
+    with open(os.path.join(gen, "repo", p), "w") as f:
+        f.write(text)
 PY
-tree_dirs=$(find "$GEN/tree" -mindepth 1 -type d | wc -l)
-tree_files=$(find "$GEN/tree" -type f | wc -l)
-tree_bytes=$(du -sb --apparent-size "$GEN/tree" | cut -f1)
-tar -C "$GEN/tree" --owner=0 --group=0 --numeric-owner -cf "$GEN/tree.tar" .
-rm -rf "$GEN/tree"
+read -r tree_dirs tree_files tree_bytes <"$GEN/tree.stats"
 export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null
 GITC=(git -c user.name=bench -c user.email=bench@example.invalid -c init.defaultBranch=main)
 "${GITC[@]}" -C "$GEN/repo" init -q
@@ -344,7 +354,6 @@ labels=()
 say "target plain: $WORK/plain ($fs_type)"
 mkdir -p "$WORK/plain"
 run_workloads plain "$WORK/plain"
-rm -rf "$WORK/plain"
 labels+=(plain)
 
 # ---------------------------------------------------------------------------------------------------
@@ -600,7 +609,6 @@ for mode in $modes; do
     mountpoint -q "$MNT" && umount -l "$MNT"
     stop_pid "$remote_pid" "mountd-remote" 10
     remote_pid=''
-    rm -rf "$DIR" "$WORK/$mode/fresh"
     labels+=("$mode")
 done
 

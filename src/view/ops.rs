@@ -341,68 +341,134 @@ impl MirrorFs {
         if id == ROOT && s.size.is_some() {
             return Err(libc::EISDIR);
         }
-        // Act on the file itself: the node's path (checked to be the node), or the version a handle
-        // or the kernel still holds (a file deleted or replaced while open: ftruncate, fchmod).
-        let target = match sys::open_beneath(self.root_fd.as_fd(), &rel, nix::fcntl::OFlag::O_PATH)
-        {
-            Ok(fd) if sys::fstat(fd.as_fd()).is_ok_and(|st| self.nodes.id_of(st.ino) == id) => fd,
-            Ok(_) | Err(_) => {
-                let v = self.files.kept(id).ok_or(libc::ENOENT)?;
-                if s.size.is_some() {
-                    self.check_current(&v)?;
-                }
-                OwnedFd::from(v.file.try_clone().map_err(|e| io_errno(&e))?)
-            }
-        };
-        let proc_path = format!("/proc/self/fd/{}", target.as_raw_fd());
+        let target = self.setattr_target(id, &rel, s.size.is_some())?;
         if let Some(mode) = s.mode {
-            // fchmod does not work on O_PATH descriptors; the magic link names this very inode.
-            nix::sys::stat::fchmodat(
-                nix::fcntl::AT_FDCWD,
-                proc_path.as_str(),
-                nix::sys::stat::Mode::from_bits_truncate((mode & 0o7777) as _),
-                nix::sys::stat::FchmodatFlags::FollowSymlink,
-            )
-            .map_err(errno)?;
+            target.chmod(mode)?;
         }
         if s.uid.is_some() || s.gid.is_some() {
-            let (uid, gid) = self.backing_ids(s.uid, s.gid);
-            let now = sys::fstat(target.as_fd()).map_err(|e| io_errno(&e))?;
-            let change = uid.is_some_and(|u| u != now.uid) || gid.is_some_and(|g| g != now.gid);
-            if change && !self.root_user {
-                return Err(libc::EPERM);
-            }
-            if change {
-                nix::unistd::fchownat(
-                    &target,
-                    "",
-                    uid.map(nix::unistd::Uid::from_raw),
-                    gid.map(nix::unistd::Gid::from_raw),
-                    nix::fcntl::AtFlags::AT_EMPTY_PATH,
-                )
-                .map_err(errno)?;
-            }
+            self.chown(target.fd(), s.uid, s.gid)?;
         }
         if let Some(size) = s.size {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&proc_path)
-                .map_err(|e| io_errno(&e))?;
-            f.set_len(size).map_err(|e| io_errno(&e))?;
+            target.truncate(size)?;
         }
         if s.atime.is_some() || s.mtime.is_some() {
-            let times = [timespec(s.atime), timespec(s.mtime)];
-            let c = sys::cstr(OsStr::new(&proc_path)).map_err(|e| io_errno(&e))?;
-            // SAFETY: a NUL-terminated path and two timespecs.
-            let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
-            if rc != 0 {
-                return Err(io_errno(&std::io::Error::last_os_error()));
-            }
+            target.set_times([timespec(s.atime), timespec(s.mtime)])?;
         }
         if s.size.is_some() || s.mtime.is_some() {
             self.touch(&rel, Touch::Writing);
         }
-        let st = sys::fstat(target.as_fd()).map_err(|e| io_errno(&e))?;
+        let st = sys::fstat(target.fd()).map_err(|e| io_errno(&e))?;
         Ok(self.attr_of(&st))
+    }
+
+    /// The file a `setattr` of node `id` acts on: the version a handle or the kernel keeps open while
+    /// it is still the node's file (no path walk: `tar` sets three attributes of every file it
+    /// writes), else the node's path (checked to be the node), else the kept version of a file deleted
+    /// or replaced while open (`ftruncate`, `fchmod`).
+    fn setattr_target(&self, id: u64, rel: &OsStr, resize: bool) -> Result<Target, Errno> {
+        let kept = self.files.kept(id);
+        let is_node = |fd: std::os::fd::BorrowedFd<'_>| {
+            sys::fstat(fd).is_ok_and(|st| st.nlink > 0 && self.nodes.id_of(st.ino) == id)
+        };
+        if let Some(v) = kept.as_ref().filter(|v| is_node(v.file.as_fd())) {
+            return Ok(Target::Open(v.clone()));
+        }
+        match sys::open_beneath(self.root_fd.as_fd(), rel, nix::fcntl::OFlag::O_PATH) {
+            Ok(fd) if is_node(fd.as_fd()) => Ok(Target::Path(fd)),
+            Ok(_) | Err(_) => {
+                let v = kept.ok_or(libc::ENOENT)?;
+                if resize {
+                    self.check_current(&v)?;
+                }
+                Ok(Target::Open(v))
+            }
+        }
+    }
+
+    /// Change the owner of `fd` to the caller-given ids (mapped to the mirror's): only as root.
+    fn chown(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<(), Errno> {
+        let (uid, gid) = self.backing_ids(uid, gid);
+        let now = sys::fstat(fd).map_err(|e| io_errno(&e))?;
+        let change = uid.is_some_and(|u| u != now.uid) || gid.is_some_and(|g| g != now.gid);
+        if !change {
+            return Ok(());
+        }
+        if !self.root_user {
+            return Err(libc::EPERM);
+        }
+        nix::unistd::fchownat(
+            fd,
+            "",
+            uid.map(nix::unistd::Uid::from_raw),
+            gid.map(nix::unistd::Gid::from_raw),
+            nix::fcntl::AtFlags::AT_EMPTY_PATH,
+        )
+        .map_err(errno)
+    }
+}
+
+/// What a `setattr` acts on: an open version of the file, or an `O_PATH` descriptor of it (whose
+/// `/proc/self/fd` link names this very inode for the calls an `O_PATH` descriptor cannot make).
+enum Target {
+    Open(Arc<Version>),
+    Path(OwnedFd),
+}
+
+impl Target {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Target::Open(v) => v.file.as_fd(),
+            Target::Path(fd) => fd.as_fd(),
+        }
+    }
+
+    fn proc_path(&self) -> String {
+        format!("/proc/self/fd/{}", self.fd().as_raw_fd())
+    }
+
+    fn chmod(&self, mode: u32) -> Result<(), Errno> {
+        let mode = nix::sys::stat::Mode::from_bits_truncate((mode & 0o7777) as _);
+        match self {
+            Target::Open(v) => nix::sys::stat::fchmod(v.file.as_fd(), mode).map_err(errno),
+            Target::Path(_) => nix::sys::stat::fchmodat(
+                nix::fcntl::AT_FDCWD,
+                self.proc_path().as_str(),
+                mode,
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(errno),
+        }
+    }
+
+    fn truncate(&self, size: u64) -> Result<(), Errno> {
+        match self {
+            Target::Open(v) if v.writable => v.file.set_len(size).map_err(|e| io_errno(&e)),
+            _ => std::fs::OpenOptions::new()
+                .write(true)
+                .open(self.proc_path())
+                .and_then(|f| f.set_len(size))
+                .map_err(|e| io_errno(&e)),
+        }
+    }
+
+    fn set_times(&self, times: [libc::timespec; 2]) -> Result<(), Errno> {
+        let rc = match self {
+            // SAFETY: an open descriptor and two timespecs.
+            Target::Open(v) => unsafe { libc::futimens(v.file.as_raw_fd(), times.as_ptr()) },
+            Target::Path(_) => {
+                let c = sys::cstr(OsStr::new(&self.proc_path())).map_err(|e| io_errno(&e))?;
+                // SAFETY: a NUL-terminated path and two timespecs.
+                unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) }
+            }
+        };
+        if rc != 0 {
+            return Err(io_errno(&std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 }

@@ -25,7 +25,7 @@ use crate::store::paths::RESERVED_DIR;
 use crate::sync::engine::Engine;
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 use notify::Watcher as _;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -36,7 +36,7 @@ use tokio::time::Instant;
 pub struct Watcher {
     _inner: Option<notify::RecommendedWatcher>,
     task: tokio::task::JoinHandle<()>,
-    /// Paths seen changing that are about to be recorded (a burst in progress, when many).
+    /// Nonzero while changed paths are about to be recorded (a burst in progress).
     unsettled: Arc<AtomicUsize>,
     tx: mpsc::UnboundedSender<Touched>,
 }
@@ -60,6 +60,7 @@ impl Touches {
         let _ = self.tx.send(Touched {
             rel: Some(rel.to_string()),
             seen,
+            at: Instant::now(),
         });
     }
 }
@@ -73,8 +74,8 @@ impl Watcher {
         }
     }
 
-    /// How many changed paths wait to settle or to be recorded: while some do, a push may wait a
-    /// moment more to take them in the same batch.
+    /// Nonzero while changed paths are about to be recorded: a push may then wait a moment more to
+    /// take them in the same batch.
     pub fn unsettled(&self) -> Arc<AtomicUsize> {
         self.unsettled.clone()
     }
@@ -113,10 +114,11 @@ fn classify(kind: &EventKind) -> Option<Seen> {
     })
 }
 
-/// One path seen changing (`None`: everything, after lost events).
+/// One path seen changing (`None`: everything, after lost events), and when.
 struct Touched {
     rel: Option<String>,
     seen: Seen,
+    at: Instant,
 }
 
 /// Start watching the mirror; settled changes are recorded in the outbox and `pushed` is notified.
@@ -176,6 +178,54 @@ fn relative(root: &Path, p: &Path) -> Option<String> {
     Some(s)
 }
 
+/// When each touched path settles, ordered by deadline: the next deadline, whether one is imminent
+/// and the paths that are due all cost O(log n), so a burst of thousands of files (an untar through
+/// the view) does not make every event walk every waiting path.
+#[derive(Default)]
+struct Due {
+    at: HashMap<String, Instant>,
+    order: BTreeSet<(Instant, String)>,
+}
+
+impl Due {
+    /// `rel` settles at `t` (a path seen again waits from its newest event).
+    fn set(&mut self, rel: String, t: Instant) {
+        if let Some(old) = self.at.insert(rel.clone(), t) {
+            self.order.remove(&(old, rel.clone()));
+        }
+        self.order.insert((t, rel));
+    }
+
+    /// `rel` settles at `t` unless it already waits.
+    fn set_if_absent(&mut self, rel: String, t: Instant) {
+        if !self.at.contains_key(&rel) {
+            self.set(rel, t);
+        }
+    }
+
+    fn next(&self) -> Option<Instant> {
+        self.order.first().map(|(t, _)| *t)
+    }
+
+    /// Whether a path settles by `t`.
+    fn any_by(&self, t: Instant) -> bool {
+        self.next().is_some_and(|n| n <= t)
+    }
+
+    /// The paths that settle by `t`, taken out.
+    fn take_by(&mut self, t: Instant) -> Vec<String> {
+        let mut out = Vec::new();
+        while self.any_by(t) {
+            let Some((_, rel)) = self.order.pop_first() else {
+                break;
+            };
+            self.at.remove(&rel);
+            out.push(rel);
+        }
+        out
+    }
+}
+
 async fn debounce(
     engine: Engine,
     mut rx: mpsc::UnboundedReceiver<Touched>,
@@ -183,27 +233,34 @@ async fn debounce(
     unsettled: Arc<AtomicUsize>,
 ) {
     let cfg = engine.config().push.clone();
-    let mut due: HashMap<String, Instant> = HashMap::new();
+    let mut due = Due::default();
+    // No event is due sooner than this after it happened.
+    let quiet = cfg
+        .batch_window
+        .min(cfg.file_settle)
+        .min(cfg.atomic_save_settle);
     loop {
         unsettled.store(imminent(&due, &cfg) + rx.len(), Ordering::Relaxed);
-        let next = due.values().min().copied();
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { return };
+                // The rest of a burst is gathered until then without a wake-up per event (an untar
+                // through the view hands over thousands): nothing waits longer for it.
+                let gather = ev.at + quiet;
                 note(ev, &cfg, &mut due);
+                tokio::time::sleep_until(due.next().map_or(gather, |n| n.min(gather))).await;
+                while let Ok(ev) = rx.try_recv() {
+                    note(ev, &cfg, &mut due);
+                }
             }
-            _ = sleep_until(next) => {
+            _ = sleep_until(due.next()) => {
                 // Everything the kernel has said so far first, and what settles within the batch
                 // window with it: a burst of new files goes in a few transactions, not one per file.
                 while let Ok(ev) = rx.try_recv() {
                     note(ev, &cfg, &mut due);
                 }
-                let now = Instant::now() + cfg.batch_window;
-                let ready: Vec<String> = due.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
+                let ready = due.take_by(Instant::now() + cfg.batch_window);
                 unsettled.store(imminent(&due, &cfg) + rx.len(), Ordering::Relaxed);
-                for p in &ready {
-                    due.remove(p);
-                }
                 match engine.record_local_settled(ready, Some(cfg.file_settle)).await {
                     Ok(d) => {
                         if d.changes() > 0 || d.pending > 0 {
@@ -212,7 +269,7 @@ async fn debounce(
                         // Files found still being written in a new directory: again once settled.
                         let later = Instant::now() + cfg.file_settle;
                         for p in d.deferred {
-                            due.entry(p).or_insert(later);
+                            due.set_if_absent(p, later);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot record local changes; they are looked at again by the next scan"),
@@ -222,11 +279,11 @@ async fn debounce(
     }
 }
 
-/// Paths about to be recorded (due within two batch windows): a burst in progress. A path waiting out
-/// a delete's or a write's settle delay is not counted (a lone save's temp file does not hold a push).
-fn imminent(due: &HashMap<String, Instant>, cfg: &crate::sync::push::PushConfig) -> usize {
-    let soon = Instant::now() + cfg.batch_window * 2;
-    due.values().filter(|t| **t <= soon).count()
+/// 1 when a path is about to be recorded (due within two batch windows: a burst in progress), else
+/// 0. A path waiting out a delete's or a write's settle delay does not count (a lone save's temp file
+/// does not hold a push).
+fn imminent(due: &Due, cfg: &crate::sync::push::PushConfig) -> usize {
+    usize::from(due.any_by(Instant::now() + cfg.batch_window * 2))
 }
 
 /// What one inotify event says, path by path (see the module doc).
@@ -235,7 +292,14 @@ fn touches_of(
     root: &Path,
     warned: &std::sync::atomic::AtomicBool,
 ) -> Vec<Touched> {
-    let everything = |seen| vec![Touched { rel: None, seen }];
+    let at = Instant::now();
+    let everything = |seen| {
+        vec![Touched {
+            rel: None,
+            seen,
+            at,
+        }]
+    };
     let ev = match ev {
         Ok(ev) => ev,
         Err(e) => {
@@ -268,26 +332,52 @@ fn touches_of(
             Some(Touched {
                 rel: Some(rel),
                 seen,
+                at,
             })
         })
         .collect()
 }
 
 /// Note when a touched path settles (see the module doc).
-fn note(t: Touched, cfg: &crate::sync::push::PushConfig, due: &mut HashMap<String, Instant>) {
+fn note(t: Touched, cfg: &crate::sync::push::PushConfig, due: &mut Due) {
     let wait = match t.seen {
         Seen::Settled => cfg.batch_window,
         Seen::Writing => cfg.file_settle,
         Seen::Gone => cfg.atomic_save_settle,
         Seen::Overflow => cfg.batch_window,
     };
-    // The whole mirror (lost events) or one path; a path seen again waits from now.
-    due.insert(t.rel.unwrap_or_default(), Instant::now() + wait);
+    // The whole mirror (lost events) or one path; a path seen again waits from its newest event.
+    due.set(t.rel.unwrap_or_default(), t.at + wait);
 }
 
 async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn due_paths_come_out_by_their_newest_deadline() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut due = Due::default();
+        due.set("a".into(), ms(10));
+        due.set("b".into(), ms(5));
+        due.set("a".into(), ms(30)); // seen again: waits from the newer event
+        due.set_if_absent("b".into(), ms(100)); // already waiting: unchanged
+        due.set_if_absent("c".into(), ms(20));
+        assert_eq!(due.next(), Some(ms(5)));
+        assert!(due.any_by(ms(5)) && !due.any_by(ms(4)));
+        assert_eq!(due.take_by(ms(20)), vec!["b".to_string(), "c".to_string()]);
+        assert_eq!(due.next(), Some(ms(30)));
+        assert!(due.take_by(ms(29)).is_empty());
+        assert_eq!(due.take_by(ms(30)), vec!["a".to_string()]);
+        assert_eq!((due.next(), due.at.len(), due.order.len()), (None, 0, 0));
     }
 }
