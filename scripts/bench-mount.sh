@@ -33,6 +33,8 @@
 set -euo pipefail
 # shellcheck source=lib/remote.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/remote.sh"
+# shellcheck source=lib/rclone.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/rclone.sh"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -415,6 +417,7 @@ if [[ $reads == 1 ]]; then
     if [[ $use_rclone == 1 ]] && command -v rclone >/dev/null; then
         mkdir -p "$RMNT"
         say "rclone mount $DIR $RMNT --read-only ($(rclone version 2>/dev/null | head -n1))"
+        rclone_fusermount "$WORK"
         rclone mount "$DIR" "$RMNT" --read-only --config /dev/null >"$WORK/rclone.log" 2>&1 &
         rclone_pid=$!
         for _ in $(seq 3000); do

@@ -40,6 +40,8 @@
 set -euo pipefail
 # shellcheck source=lib/remote.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/remote.sh"
+# shellcheck source=lib/rclone.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/rclone.sh"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -622,6 +624,7 @@ if [[ $use_rclone == 1 ]] && command -v rclone >/dev/null; then
     RSRC=$WORK/rclone-src RMNT=$WORK/rclone-mnt
     mkdir -p "$RSRC" "$RMNT"
     say "target rclone: rclone mount $RSRC $RMNT --vfs-cache-mode writes ($(rclone version 2>/dev/null | head -n1))"
+    rclone_fusermount "$WORK"
     rclone mount "$RSRC" "$RMNT" --vfs-cache-mode writes --cache-dir "$WORK/rclone-cache" \
         --config /dev/null >"$WORK/rclone.log" 2>&1 &
     rclone_pid=$!
