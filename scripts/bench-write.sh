@@ -11,7 +11,8 @@
 #                 and each one (git_2000.clone, .status, .commit)
 # Targets (columns):
 #   plain    a plain directory on the same file system as the mirror
-#   MODE     mountd's FUSE view, one column per --modes data mode (MOUNTD_DATA_MODE): the service
+#   MODE     mountd's FUSE view, one column per --modes data mode (MOUNTD_DATA_MODE), optionally
+#            @TRANSPORT (MOUNTD_FUSE_TRANSPORT: dev or uring; e.g. "auto@uring auto@dev"): the service
 #            (`mountd --mountpoint MNT --interval 1s`, --sync-mode mirror) on a fresh mountd-remote
 #            (--generate 10 --dirs 1) per mode; the body caps (mountd-remote --max-body-bytes, mountd
 #            --max-push-bytes) are raised so the big file fits in one PUT (base64: 4/3 of its size)
@@ -26,15 +27,18 @@
 # does not catch up, an outbox row left behind or a path the service could not push (too large,
 # denied, conflict) exits 1 after the table. Targets (issue 17): mountd <= 1.5x plain for seq_write, <= 3x for untar and git, and
 # ahead of rclone on each.
-# Nothing is deleted until the end (ext4 scans the inodes deleted in the last minutes each time it
-# allocates one, which slowed whichever target ran after a deletion by up to 10x).
+# The work directory is a fresh ext4 file system (a sparse image under TMPDIR, loop-mounted; needs
+# mkfs.ext4 and a loop device, else --no-fresh-fs is said and TMPDIR is used as it is): ext4 scans the
+# inodes deleted in the last minutes each time it allocates one, which made the plain directory's
+# untar vary 0.2-3.5 s between runs on a disk that had just deleted a build or an earlier run's
+# files. Nothing is deleted until the end either.
 # Results are appended as JSON lines {"name":..., "value":..., "unit":...} to
 # target/bench/results.jsonl and printed as a table; the service's log of each data mode is kept as
 # target/bench/bench-write.MODE.service.log.
 #
 #   scripts/bench-write.sh [--big-mib N] [--modes "auto passthrough"] [--no-rclone] [--fsync]
 #                          [--runs R] [--seq-runs S] [--only "seq_write untar git"]
-#                          [--drain-timeout SECONDS] [--no-build]
+#                          [--drain-timeout SECONDS] [--no-build] [--no-fresh-fs]
 #     defaults: --big-mib 1024 (the workload is named seq_write_<N>m when it is not 1024), 3 runs of
 #     untar and git, 1 of the big write, modes "auto passthrough", drain timeout 300 s
 set -euo pipefail
@@ -47,7 +51,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 big_mib=1024 modes='auto passthrough' use_rclone=1 build=1 fsync=0 only='seq_write untar git'
-drain_timeout=300 runs=3 seq_runs=1
+drain_timeout=300 runs=3 seq_runs=1 fresh_fs=1
 while (($#)); do
     case $1 in
     --big-mib) big_mib=$2; shift 2 ;;
@@ -59,8 +63,9 @@ while (($#)); do
     --runs) runs=$2; shift 2 ;;
     --seq-runs) seq_runs=$2; shift 2 ;;
     --no-build) build=0; shift ;;
+    --no-fresh-fs) fresh_fs=0; shift ;;
     -h | --help)
-        sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -106,6 +111,21 @@ RESULTS=$OUT_DIR/results.jsonl
 mkdir -p "$OUT_DIR"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mountd-bench-write.XXXXXX")
+IMG=''
+if [[ $fresh_fs == 1 ]]; then
+    if command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null && losetup -f >/dev/null 2>&1; then
+        # Room for every copy of the big file (the plain directory, each mode's mirror and fresh
+        # pull, rclone's source and cache), sparse: only what is written takes space.
+        n_modes=$(wc -w <<<"$modes")
+        IMG=$WORK.img
+        truncate -s "$(((2 * n_modes + 4) * big_mib + 8192))M" "$IMG"
+        mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$IMG"
+        # noinit_itable: no background zeroing of inode tables while the benchmark runs.
+        mount -o loop,noinit_itable "$IMG" "$WORK"
+    else
+        say "no mkfs.ext4 or loop device: running in $WORK as it is (as with --no-fresh-fs)"
+    fi
+fi
 GEN=$WORK/gen TOKEN=$WORK/token
 remote_pid='' service_pid='' rclone_pid=''
 
@@ -137,6 +157,8 @@ cleanup() {
     done
     if [[ -n $(mounts_under_work) ]]; then
         say "not removing $WORK: something under it is still mounted"
+    elif [[ -n $IMG ]]; then
+        umount "$WORK" && rm -f "$IMG" && rmdir "$WORK"
     else
         rm -rf "$WORK"
     fi
@@ -567,7 +589,9 @@ for mode in $modes; do
         tail -n 5 "$WORK/$mode/once.log" >&2
         exit 1
     }
-    MOUNTD_DATA_MODE=$mode "$MOUNTD" "${COMMON[@]}" --mountpoint "$MNT" --interval 1s \
+    dm=$mode tr=${MOUNTD_FUSE_TRANSPORT:-auto}
+    [[ $dm == *@* ]] && tr=${dm#*@} dm=${dm%@*}
+    MOUNTD_DATA_MODE=$dm MOUNTD_FUSE_TRANSPORT=$tr "$MOUNTD" "${COMMON[@]}" --mountpoint "$MNT" --interval 1s \
         --max-push-bytes "$body_cap" 2>"$WORK/$mode/service.log" &
     service_pid=$!
     for _ in $(seq 6000); do # 1 min
@@ -667,7 +691,7 @@ printf '\nmountd write benchmarks: release build, loopback, %s on %s (%s, %s cor
 printf '%s: %s MiB random file; untar_5000: %s files, %s bytes, %s dirs; git_2000: %s files\n\n' \
     "$seq_name" "$big_mib" "$tree_files" "$tree_bytes" "$tree_dirs" "$repo_files"
 hdr=$(printf '%-22s %9s' workload plain_s)
-for l in "${labels[@]:1}"; do hdr+=$(printf ' %9s %6s' "${l:0:9}" x); done
+for l in "${labels[@]:1}"; do hdr+=$(printf ' %10s %6s' "${l:0:10}" x); done
 printf '%s\n' "$hdr"
 for w in "${workloads[@]}"; do
     p=${res[$w.plain]:--}
@@ -676,7 +700,7 @@ for w in "${workloads[@]}"; do
         t=${res[$w.$l]:--}
         r=$(ratio "$t" "$p")
         [[ $r == - ]] || emit "write.$w.ratio.$l" "$r" x
-        line+=$(printf ' %9s %6s' "$t" "$r")
+        line+=$(printf ' %10s %6s' "$t" "$r")
     done
     printf '%s\n' "$line"
 done
