@@ -781,8 +781,10 @@ fn a_rotated_credentials_file_is_reread_after_a_401() {
         h.remote.counts().file >= 5
     });
     let rotated = "rotated-token-9876543210";
-    h.remote.set_token(rotated);
+    // The file first, then the server: the daemon re-reads the file only after a 401, so it never
+    // meets the server's new token with the old file (that 401 would end the run with exit 3).
     creds(&h, rotated);
+    h.remote.set_token(rotated);
     let r = wait_output(child, Duration::from_secs(120), start);
     assert_eq!(r.code, 0, "{}", r.all());
     h.assert_mirror_exact();
