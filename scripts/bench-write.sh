@@ -114,11 +114,12 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/mountd-bench-write.XXXXXX")
 IMG=''
 if [[ $fresh_fs == 1 ]]; then
     if command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null && losetup -f >/dev/null 2>&1; then
-        # Room for every copy of the big file (the plain directory, each mode's mirror and fresh
-        # pull, rclone's source and cache), sparse: only what is written takes space.
+        # Room for every copy of the big files, kept to the end (one per --seq-runs in the plain
+        # directory, each mode's mirror and its fresh pull, rclone's source and its cache; the
+        # input), sparse: only what is written takes space.
         n_modes=$(wc -w <<<"$modes")
         IMG=$WORK.img
-        truncate -s "$(((2 * n_modes + 4) * big_mib + 8192))M" "$IMG"
+        truncate -s "$(((seq_runs * (2 * n_modes + 3) + 1) * big_mib + 8192))M" "$IMG"
         mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$IMG"
         # noinit_itable: no background zeroing of inode tables while the benchmark runs.
         mount -o loop,noinit_itable "$IMG" "$WORK"
