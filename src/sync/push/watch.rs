@@ -248,6 +248,7 @@ async fn debounce(
                 // through the view hands over thousands): nothing waits longer for it.
                 let gather = ev.at + quiet;
                 note(ev, &cfg, &mut due);
+                unsettled.store(imminent(&due, &cfg) + rx.len(), Ordering::Relaxed);
                 tokio::time::sleep_until(due.next().map_or(gather, |n| n.min(gather))).await;
                 while let Ok(ev) = rx.try_recv() {
                     note(ev, &cfg, &mut due);
