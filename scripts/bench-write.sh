@@ -30,7 +30,7 @@
 # The work directory is a fresh ext4 file system (a sparse image under TMPDIR, loop-mounted; needs
 # mkfs.ext4 and a loop device, else --no-fresh-fs is said and TMPDIR is used as it is): ext4 scans the
 # inodes deleted in the last minutes each time it allocates one, which made the plain directory's
-# untar vary 0.2-3.5 s between runs on a disk that had just deleted a build or an earlier run's
+# untar vary 0.12-3.5 s between runs on a disk that had just deleted a build or an earlier run's
 # files. Nothing is deleted until the end either.
 # Results are appended as JSON lines {"name":..., "value":..., "unit":...} to
 # target/bench/results.jsonl and printed as a table; the service's log of each data mode is kept as
@@ -217,8 +217,8 @@ def tree(n_files, tops, subs, seed):
     for t in tops:
         dirs.append(t)
         dirs.extend(f"{t}/{s}" for s in subs)
-    files = [(f"{dirs[i % len(dirs)]}/file_{i:05d}{r.choice(exts)}", None) for i in range(n_files)]
-    return dirs, [(p, content(r)) for p, _ in files]
+    paths = [f"{dirs[i % len(dirs)]}/file_{i:05d}{r.choice(exts)}" for i in range(n_files)]
+    return dirs, [(p, content(r)) for p in paths]
 
 # The tree straight into its tarball (owner 0, numeric): no 5,000 files written and deleted on the
 # disk under test (ext4 scans recently deleted inodes when it allocates new ones for minutes after).

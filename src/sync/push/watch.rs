@@ -240,7 +240,7 @@ async fn debounce(
         .min(cfg.file_settle)
         .min(cfg.atomic_save_settle);
     loop {
-        unsettled.store(imminent(&due, &cfg) + rx.len(), Ordering::Relaxed);
+        show_unsettled(&unsettled, &due, &cfg, &rx);
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { return };
@@ -248,20 +248,16 @@ async fn debounce(
                 // through the view hands over thousands): nothing waits longer for it.
                 let gather = ev.at + quiet;
                 note(ev, &cfg, &mut due);
-                unsettled.store(imminent(&due, &cfg) + rx.len(), Ordering::Relaxed);
+                show_unsettled(&unsettled, &due, &cfg, &rx);
                 tokio::time::sleep_until(due.next().map_or(gather, |n| n.min(gather))).await;
-                while let Ok(ev) = rx.try_recv() {
-                    note(ev, &cfg, &mut due);
-                }
+                note_pending(&mut rx, &cfg, &mut due);
             }
             _ = sleep_until(due.next()) => {
                 // Everything the kernel has said so far first, and what settles within the batch
                 // window with it: a burst of new files goes in a few transactions, not one per file.
-                while let Ok(ev) = rx.try_recv() {
-                    note(ev, &cfg, &mut due);
-                }
+                note_pending(&mut rx, &cfg, &mut due);
                 let ready = due.take_by(Instant::now() + cfg.batch_window);
-                unsettled.store(imminent(&due, &cfg) + rx.len(), Ordering::Relaxed);
+                show_unsettled(&unsettled, &due, &cfg, &rx);
                 match engine.record_local_settled(ready, Some(cfg.file_settle)).await {
                     Ok(d) => {
                         if d.changes() > 0 || d.pending > 0 {
@@ -280,11 +276,28 @@ async fn debounce(
     }
 }
 
-/// 1 when a path is about to be recorded (due within two batch windows: a burst in progress), else
-/// 0. A path waiting out a delete's or a write's settle delay does not count (a lone save's temp file
-/// does not hold a push).
-fn imminent(due: &Due, cfg: &crate::sync::push::PushConfig) -> usize {
-    usize::from(due.any_by(Instant::now() + cfg.batch_window * 2))
+/// Publish what [`Watcher::unsettled`] says: the events not taken in yet, plus 1 when a path is about
+/// to be recorded (due within two batch windows: a burst in progress). A path waiting out a delete's
+/// or a write's settle delay does not count (a lone save's temp file does not hold a push).
+fn show_unsettled(
+    unsettled: &AtomicUsize,
+    due: &Due,
+    cfg: &crate::sync::push::PushConfig,
+    rx: &mpsc::UnboundedReceiver<Touched>,
+) {
+    let imminent = due.any_by(Instant::now() + cfg.batch_window * 2);
+    unsettled.store(usize::from(imminent) + rx.len(), Ordering::Relaxed);
+}
+
+/// Note every event already sent.
+fn note_pending(
+    rx: &mut mpsc::UnboundedReceiver<Touched>,
+    cfg: &crate::sync::push::PushConfig,
+    due: &mut Due,
+) {
+    while let Ok(ev) = rx.try_recv() {
+        note(ev, cfg, due);
+    }
 }
 
 /// What one inotify event says, path by path (see the module doc).
