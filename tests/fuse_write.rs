@@ -518,6 +518,34 @@ fn errno_contract() {
         .output()
         .unwrap();
     assert_eq!(out.stdout, b"tool\n", "the file runs through the mount");
+    // Writing or giving away a set-user-ID file drops the bit, as on a local disk (the view does
+    // it: the kernel leaves it to the daemon).
+    let suid = || {
+        std::fs::set_permissions(svc.m("tool.sh"), std::fs::Permissions::from_mode(0o4755))
+            .unwrap();
+        assert_eq!(mode_of(&svc.m("tool.sh")), 0o4755);
+    };
+    suid();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(svc.m("tool.sh"))
+        .unwrap();
+    f.write_all_at(b"#", 0).unwrap();
+    drop(f);
+    assert_eq!(
+        mode_of(&svc.m("tool.sh")),
+        0o755,
+        "a write drops set-user-ID"
+    );
+    suid();
+    let me = std::fs::metadata(svc.m("tool.sh")).unwrap();
+    std::os::unix::fs::chown(svc.m("tool.sh"), Some(me.uid()), Some(me.gid())).unwrap();
+    assert_eq!(
+        mode_of(&svc.m("tool.sh")),
+        0o755,
+        "a chown drops set-user-ID"
+    );
+    assert_eq!(mode_of(&h.local().join("tool.sh")), 0o755);
 
     // fallocate mode 0 extends the file.
     let f = std::fs::OpenOptions::new()

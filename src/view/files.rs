@@ -20,7 +20,7 @@ use crate::store::change::Touch;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -417,10 +417,11 @@ impl MirrorFs {
         if !v.writable {
             return Err(libc::EACCES);
         }
-        self.check_current(&v)?;
+        let st = self.check_current(&v)?;
         v.file
             .write_all_at(data, offset)
             .map_err(|e| io_errno(&e))?;
+        self.drop_privs(v.file.as_fd(), &st)?;
         if let Some(h) = h {
             h.wrote.store(true, Ordering::Relaxed);
         }
@@ -431,8 +432,8 @@ impl MirrorFs {
     /// A version the sync replaced (or deleted) under a writer takes no more writes: they would go to a
     /// file no longer in the mirror and be lost silently. The writer gets ESTALE (with the writeback
     /// cache, from `fsync`/`close`). A file deleted through the view stays writable while open, as on
-    /// a local disk.
-    pub(super) fn check_current(&self, v: &Version) -> Result<(), Errno> {
+    /// a local disk. Returns the version's attributes.
+    pub(super) fn check_current(&self, v: &Version) -> Result<sys::Stat, Errno> {
         let st = sys::fstat(v.file.as_fd()).map_err(|e| io_errno(&e))?;
         if st.nlink == 0 && !self.files.unlinked_here(v.ino) {
             tracing::warn!(
@@ -441,7 +442,20 @@ impl MirrorFs {
             );
             return Err(libc::ESTALE);
         }
-        Ok(())
+        Ok(st)
+    }
+
+    /// Writing, truncating or giving away a file drops its set-user-ID bit, and the set-group-ID bit
+    /// of a group-executable file, as a local file system does for a caller without `CAP_FSETID`.
+    /// The view does it itself, for every caller (FUSE does not say who has the capability), so the
+    /// kernel spares `tar` a GETATTR before every `fchown` (`FUSE_HANDLE_KILLPRIV`). `st` is the
+    /// file's attributes before.
+    pub(super) fn drop_privs(&self, fd: BorrowedFd<'_>, st: &sys::Stat) -> Result<(), Errno> {
+        let Some(mode) = sys::privs_dropped(st) else {
+            return Ok(());
+        };
+        let mode = nix::sys::stat::Mode::from_bits_truncate(mode as _);
+        nix::sys::stat::fchmod(fd, mode).map_err(|e| e as Errno)
     }
 
     /// Tell the push side that version `v` is being written (at most every [`TOUCH_EVERY_MS`]).
@@ -475,9 +489,10 @@ impl MirrorFs {
         if !v.writable {
             return Err(libc::EACCES);
         }
-        self.check_current(&v)?;
+        let st = self.check_current(&v)?;
         nix::fcntl::posix_fallocate(&v.file, offset as libc::off_t, len as libc::off_t)
             .map_err(|e| e as Errno)?;
+        self.drop_privs(v.file.as_fd(), &st)?;
         if let Some(h) = h {
             h.wrote.store(true, Ordering::Relaxed);
         }

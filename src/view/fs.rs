@@ -137,6 +137,8 @@ pub struct MirrorFs {
     pub(super) euid: u32,
     pub(super) egid: u32,
     pub(super) root_user: bool,
+    /// The daemon's umask (the bits its `open(O_CREAT)` takes off a new file's mode).
+    pub(super) umask: u32,
     pub(super) calls: AtomicU64,
     refusal_logged: AtomicBool,
 }
@@ -167,6 +169,7 @@ impl MirrorFs {
             euid,
             egid: nix::unistd::getegid().as_raw(),
             root_user: euid == 0,
+            umask: sys::umask(),
             root_fd,
             calls: AtomicU64::new(0),
             refusal_logged: AtomicBool::new(false),
@@ -321,19 +324,8 @@ impl MirrorFs {
             return Err(libc::ENOENT);
         }
         let rel = self.nodes.child_path(parent, name).ok_or(libc::ESTALE)?;
-        let st = match self.stat_rel(&rel) {
-            Ok(st) => st,
-            Err(libc::ENOENT) => {
-                // Tell a missing or non-directory parent apart from a missing name.
-                let p = self.getattr(parent)?;
-                return Err(if p.kind == Kind::Dir {
-                    libc::ENOENT
-                } else {
-                    libc::ENOTDIR
-                });
-            }
-            Err(e) => return Err(e),
-        };
+        // A parent that is no longer a directory answers ENOTDIR from the walk itself.
+        let st = self.stat_rel(&rel)?;
         if !(st.is_file() || st.is_dir()) {
             return Err(libc::ENOENT);
         }

@@ -148,15 +148,22 @@ impl MirrorFs {
         );
         let file = match fresh {
             Ok(f) => {
-                // Exactly the mode asked for (the daemon's umask took bits off).
-                f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(perm))
-                    .map_err(|e| io_errno(&e))?;
+                // Exactly the mode asked for, where the daemon's umask took bits off.
+                if perm & self.umask != 0 {
+                    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(perm))
+                        .map_err(|e| io_errno(&e))?;
+                }
                 self.chown_new(&dir, name, caller)?;
                 f
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
-                sys::open_in(dir.as_fd(), name, libc::O_RDWR | (flags & libc::O_TRUNC), 0)
-                    .map_err(|e| io_errno(&e))?
+                let f = sys::open_in(dir.as_fd(), name, libc::O_RDWR | (flags & libc::O_TRUNC), 0)
+                    .map_err(|e| io_errno(&e))?;
+                if flags & libc::O_TRUNC != 0 {
+                    let st = sys::fstat(f.as_fd()).map_err(|e| io_errno(&e))?;
+                    self.drop_privs(f.as_fd(), &st)?;
+                }
+                f
             }
             Err(e) => return Err(io_errno(&e)),
         };
@@ -341,62 +348,88 @@ impl MirrorFs {
         if id == ROOT && s.size.is_some() {
             return Err(libc::EISDIR);
         }
-        let target = self.setattr_target(id, &rel, s.size.is_some())?;
+        let (target, before) = self.setattr_target(id, &rel, s.size.is_some())?;
+        let mut changed = false;
         if let Some(mode) = s.mode {
             target.chmod(mode)?;
+            changed = true;
         }
         if s.uid.is_some() || s.gid.is_some() {
-            self.chown(target.fd(), s.uid, s.gid)?;
+            changed |= self.chown(target.fd(), &before, s.uid, s.gid)?;
         }
         if let Some(size) = s.size {
             target.truncate(size)?;
+            changed = true;
         }
         if s.atime.is_some() || s.mtime.is_some() {
             target.set_times([timespec(s.atime), timespec(s.mtime)])?;
+            changed = true;
         }
         if s.size.is_some() || s.mtime.is_some() {
             self.touch(&rel, Touch::Writing);
         }
-        let st = sys::fstat(target.fd()).map_err(|e| io_errno(&e))?;
+        let fstat = || sys::fstat(target.fd()).map_err(|e| io_errno(&e));
+        let mut st = if changed { fstat()? } else { before };
+        // A chown or a truncation drops the set-ID bits (see `drop_privs`), unless this very call
+        // sets the mode (a kernel that drops them itself sends the mode it computed).
+        let drops = s.uid.is_some() || s.gid.is_some() || s.size.is_some();
+        if s.mode.is_none() && drops {
+            if let Some(mode) = sys::privs_dropped(&st) {
+                target.chmod(mode)?;
+                st = fstat()?;
+            }
+        }
         Ok(self.attr_of(&st))
     }
 
-    /// The file a `setattr` of node `id` acts on: the version a handle or the kernel keeps open while
-    /// it is still the node's file (no path walk: `tar` sets three attributes of every file it
-    /// writes), else the node's path (checked to be the node), else the kept version of a file deleted
-    /// or replaced while open (`ftruncate`, `fchmod`).
-    fn setattr_target(&self, id: u64, rel: &OsStr, resize: bool) -> Result<Target, Errno> {
+    /// The file a `setattr` of node `id` acts on, and its attributes: the version a handle or the
+    /// kernel keeps open while it is still the node's file (no path walk: `tar` sets three attributes
+    /// of every file it writes), else the node's path (checked to be the node), else the kept version
+    /// of a file deleted or replaced while open (`ftruncate`, `fchmod`).
+    fn setattr_target(
+        &self,
+        id: u64,
+        rel: &OsStr,
+        resize: bool,
+    ) -> Result<(Target, sys::Stat), Errno> {
         let kept = self.files.kept(id);
-        let is_node = |fd: std::os::fd::BorrowedFd<'_>| {
-            sys::fstat(fd).is_ok_and(|st| st.nlink > 0 && self.nodes.id_of(st.ino) == id)
+        let node = |fd: std::os::fd::BorrowedFd<'_>| {
+            sys::fstat(fd)
+                .ok()
+                .filter(|st| st.nlink > 0 && self.nodes.id_of(st.ino) == id)
         };
-        if let Some(v) = kept.as_ref().filter(|v| is_node(v.file.as_fd())) {
-            return Ok(Target::Open(v.clone()));
-        }
-        match sys::open_beneath(self.root_fd.as_fd(), rel, nix::fcntl::OFlag::O_PATH) {
-            Ok(fd) if is_node(fd.as_fd()) => Ok(Target::Path(fd)),
-            Ok(_) | Err(_) => {
-                let v = kept.ok_or(libc::ENOENT)?;
-                if resize {
-                    self.check_current(&v)?;
-                }
-                Ok(Target::Open(v))
+        if let Some(v) = kept.as_ref() {
+            if let Some(st) = node(v.file.as_fd()) {
+                return Ok((Target::Open(v.clone()), st));
             }
         }
+        if let Ok(fd) = sys::open_beneath(self.root_fd.as_fd(), rel, nix::fcntl::OFlag::O_PATH) {
+            if let Some(st) = node(fd.as_fd()) {
+                return Ok((Target::Path(fd), st));
+            }
+        }
+        let v = kept.ok_or(libc::ENOENT)?;
+        let st = if resize {
+            self.check_current(&v)?
+        } else {
+            sys::fstat(v.file.as_fd()).map_err(|e| io_errno(&e))?
+        };
+        Ok((Target::Open(v), st))
     }
 
-    /// Change the owner of `fd` to the caller-given ids (mapped to the mirror's): only as root.
+    /// Change the owner of `fd` (whose attributes are `now`) to the caller-given ids (mapped to the
+    /// mirror's): only as root. Returns whether they changed.
     fn chown(
         &self,
         fd: std::os::fd::BorrowedFd<'_>,
+        now: &sys::Stat,
         uid: Option<u32>,
         gid: Option<u32>,
-    ) -> Result<(), Errno> {
+    ) -> Result<bool, Errno> {
         let (uid, gid) = self.backing_ids(uid, gid);
-        let now = sys::fstat(fd).map_err(|e| io_errno(&e))?;
         let change = uid.is_some_and(|u| u != now.uid) || gid.is_some_and(|g| g != now.gid);
         if !change {
-            return Ok(());
+            return Ok(false);
         }
         if !self.root_user {
             return Err(libc::EPERM);
@@ -408,7 +441,8 @@ impl MirrorFs {
             gid.map(nix::unistd::Gid::from_raw),
             nix::fcntl::AtFlags::AT_EMPTY_PATH,
         )
-        .map_err(errno)
+        .map_err(errno)?;
+        Ok(true)
     }
 }
 

@@ -40,6 +40,32 @@ impl Stat {
     }
 }
 
+/// The process's umask, read from `/proc/self/status` (`umask(2)` cannot read it without setting
+/// it); all bits when it cannot be read, so that callers never assume a bit survives.
+pub fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let v = s.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+            u32::from_str_radix(v.trim(), 8).ok()
+        })
+        .unwrap_or(0o7777)
+}
+
+/// The permission bits of regular file `st` without the set-user-ID bit, and without the
+/// set-group-ID bit where group execution is on (the bits a write, a truncation or a `chown` drops);
+/// `None` when there is nothing to drop.
+pub fn privs_dropped(st: &Stat) -> Option<u32> {
+    if !st.is_file() {
+        return None;
+    }
+    let mut drop = st.mode & libc::S_ISUID;
+    if st.mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+        drop |= libc::S_ISGID;
+    }
+    (drop != 0).then_some(st.mode & 0o7777 & !drop)
+}
+
 fn time(t: libc::statx_timestamp) -> SystemTime {
     if t.tv_sec >= 0 {
         UNIX_EPOCH + Duration::new(t.tv_sec as u64, t.tv_nsec)

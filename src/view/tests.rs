@@ -466,3 +466,62 @@ fn a_refusing_token_turns_writes_into_eacces() {
     let (fh, _) = fs.open(f.ino, false).unwrap();
     assert_eq!(fs.read(f.ino, fh, 0, 10).unwrap(), b"mine");
 }
+
+#[test]
+fn writes_truncations_and_chowns_drop_set_id_bits() {
+    let (_d, store) = mirror(&[]);
+    let (fs, _rec) = writable(&store);
+    let mode_on_disk =
+        |name: &str| std::fs::metadata(store.root().join(name)).unwrap().mode() & 0o7777;
+    let create = |name: &str, perm: u32| {
+        fs.create(ROOT, OsStr::new(name), perm, libc::O_EXCL, me(), false)
+            .unwrap()
+            .0
+    };
+    let set = |ino: u64, s: SetAttr| fs.setattr(ino, s).unwrap().perm;
+    // A write drops set-user-ID, and set-group-ID where group execution is on.
+    let w = create("w", 0o6755);
+    assert_eq!(w.perm, 0o6755, "a new file keeps the bits it asked for");
+    fs.write(w.ino, 0, 0, b"x").unwrap();
+    assert_eq!(
+        (fs.getattr(w.ino).unwrap().perm, mode_on_disk("w")),
+        (0o755, 0o755)
+    );
+    // Set-group-ID without group execution is a locking mark, not a privilege: kept.
+    let g = create("g", 0o2644);
+    fs.write(g.ino, 0, 0, b"x").unwrap();
+    assert_eq!(mode_on_disk("g"), 0o2644);
+    // A truncation and a chown (even to the same owner) drop them too.
+    let t = create("t", 0o4755);
+    let size = SetAttr {
+        size: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(set(t.ino, size), 0o755);
+    let c = create("c", 0o4711);
+    let me_ids = SetAttr {
+        uid: Some(me().uid),
+        gid: Some(me().gid),
+        ..Default::default()
+    };
+    assert_eq!(set(c.ino, me_ids), 0o711);
+    assert_eq!(mode_on_disk("c"), 0o711);
+    // An explicit mode is what the caller asked for, set-ID bits and all; times drop nothing.
+    let mode = SetAttr {
+        mode: Some(0o4755),
+        ..Default::default()
+    };
+    assert_eq!(set(c.ino, mode), 0o4755);
+    let times = SetAttr {
+        mtime: Some(SetTime::Now),
+        ..Default::default()
+    };
+    assert_eq!(set(c.ino, times), 0o4755);
+    // A directory's set-group-ID bit (inheritance of the group) is not a privilege.
+    let d = fs.mkdir(ROOT, OsStr::new("d"), 0o2775, 0, me()).unwrap();
+    let me_ids = SetAttr {
+        uid: Some(me().uid),
+        ..Default::default()
+    };
+    assert_eq!(set(d.ino, me_ids), 0o2775);
+}

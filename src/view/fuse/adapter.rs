@@ -339,6 +339,14 @@ impl Filesystem for FuseAdapter {
                 Ordering::Release,
             );
         }
+        // Writes, truncations and chowns reach the view, which drops the set-ID bits itself: the
+        // kernel then no longer refreshes a file's mode before every chown (a GETATTR per file
+        // `tar` extracts). Not where passthrough may serve: its writes never reach the daemon.
+        let no_passthrough = matches!(m.requested, DataMode::PageCache | DataMode::DirectIo)
+            || (m.requested == DataMode::Auto && ModeState::flag(&m.no_open));
+        if self.fs.options().writable && no_passthrough {
+            Self::add_cap(config, InitFlags::FUSE_HANDLE_KILLPRIV);
+        }
         if self.uring && Self::add_cap(config, InitFlags::FUSE_OVER_IO_URING) {
             // A ring entry's payload buffer must hold the largest request and answer: keep both at
             // 1 MiB (the kernel's default page limit caps requests there anyway).
