@@ -325,6 +325,17 @@ impl Filesystem for FuseAdapter {
                 Ordering::Release,
             );
         }
+        if matches!(m.requested, DataMode::Auto | DataMode::PageCache)
+            && ModeState::flag(&m.no_open)
+        {
+            // The page cache with zero-message opens needs no probe: decided here, before the
+            // kernel sends any other request. The daemon never hears of an open, so versions are
+            // pinned when the kernel learns of a file, from the very first LOOKUP (a reader who
+            // opened a file in the mount's first moments keeps its version across an update).
+            m.set_active(DataMode::PageCache);
+            self.fs.set_max_pinned(super::mount::pin_budget());
+            self.fs.set_pin_on_entry(true);
+        }
         if m.requested == DataMode::DirectIo {
             Self::add_cap(config, InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         }

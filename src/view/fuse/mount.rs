@@ -460,7 +460,7 @@ fn raise_read_ahead((major, minor): (u32, u32), kb: u64) {
 
 /// How many versions may stay pinned for handle-less reads: half of the file descriptors (after
 /// raising the soft limit to the hard one), within [256, 65536].
-fn pin_budget() -> usize {
+pub(super) fn pin_budget() -> usize {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
         Err(_) => 1024,
@@ -590,15 +590,8 @@ pub fn mount(
         .map_err(|e| format!("mounting {}: {e}", handle.mountpoint.display()))?;
     mode.set_active(active);
     handle.mode = active;
-    let zero_message_open = match active {
-        DataMode::PageCache => ModeState::flag(&mode.no_open),
-        _ => false,
-    };
-    if zero_message_open {
-        // The daemon never hears of an open: pin versions when the kernel learns of an inode.
-        handle.fs.set_max_pinned(pin_budget());
-        handle.fs.set_pin_on_entry(true);
-    }
+    // Pinning for zero-message opens was switched on at INIT (FuseAdapter::init).
+    let zero_message_open = active == DataMode::PageCache && ModeState::flag(&mode.no_open);
     check_ring_serves(&mut handle, transport)
         .map_err(|e| format!("mounting {}: {e}", handle.mountpoint.display()))?;
     tracing::info!(mountpoint = %handle.mountpoint.display(), data_mode = %active, requested = %opts.data_mode,
