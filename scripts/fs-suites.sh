@@ -6,8 +6,9 @@
 #              root with its two dummy users (nobody, tests: created if missing) switching users, so the
 #              mount is started with --allow-other; then the script's own extra::* checks of what
 #              pjdfstest does not test (O_APPEND, RENAME_NOREPLACE, renames over files and directories,
-#              chmod's mode, new modes under a umask, fallocate mode 0) and of the errno each
-#              unsupported operation answers (scripts/lib/fs-suites.py).
+#              chmod's mode, new modes under a umask, fallocate mode 0, the set-ID bits a write and a
+#              chown drop) and of the errno each unsupported operation answers
+#              (scripts/lib/fs-suites.py).
 #   fsx        N random operations (pread/pwrite, mmap reads and writes, truncate, posix_fallocate,
 #              fsync, fdatasync, close/reopen, msync invalidate) on one file in the mount, every read
 #              verified by fsx; then mountd's outbox must drain and a fresh `mountd --once` pull of the

@@ -290,6 +290,32 @@ def x_chmod_mode(d):
     eq("directory mode after chmod 0711", stat.S_IMODE(os.stat(f"{d}/s").st_mode), 0o711)
 
 
+def x_set_id_bits_dropped(d):
+    # A write by a user without CAP_FSETID drops the set-user-ID bit and the set-group-ID bit of a
+    # group-executable file; a chown drops them too (as on a local disk).
+    p, nobody = f"{d}/f", 65534
+    put(p, b"x")
+    os.chown(p, nobody, nobody)
+    os.chmod(p, 0o6777)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgid(nobody)
+            os.setuid(nobody)
+            with open(p, "r+b", buffering=0) as f:
+                f.write(b"y")
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    eq("exit status of the write by uid 65534", status, 0)
+    eq("mode after a write by a user without CAP_FSETID", oct(stat.S_IMODE(os.stat(p).st_mode)), oct(0o777))
+    os.chmod(p, 0o4755)
+    os.chown(p, 0, 0)
+    eq("mode after a chown", oct(stat.S_IMODE(os.stat(p).st_mode)), oct(0o755))
+
+
 def x_rmdir_enotempty(d):
     os.mkdir(f"{d}/s")
     put(f"{d}/s/f", b"x")
