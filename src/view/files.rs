@@ -447,11 +447,11 @@ impl MirrorFs {
 
     /// Writing, truncating or giving away a file drops its set-user-ID bit, and the set-group-ID bit
     /// of a group-executable file, as a local file system does for a caller without `CAP_FSETID`.
-    /// The view does it itself, for every caller (FUSE does not say who has the capability), so the
-    /// kernel spares `tar` a GETATTR before every `fchown` (`FUSE_HANDLE_KILLPRIV`). `st` is the
-    /// file's attributes before.
+    /// Where the kernel leaves that to the view (`FUSE_HANDLE_KILLPRIV`, which spares `tar` a
+    /// GETATTR before every `fchown`), the view does it, for every caller (FUSE does not say who
+    /// has the capability). `st` is the file's attributes before.
     pub(super) fn drop_privs(&self, fd: BorrowedFd<'_>, st: &sys::Stat) -> Result<(), Errno> {
-        let Some(mode) = sys::privs_dropped(st) else {
+        let Some(mode) = self.privs_dropped(st) else {
             return Ok(());
         };
         let mode = nix::sys::stat::Mode::from_bits_truncate(mode as _);

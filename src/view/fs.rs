@@ -139,6 +139,8 @@ pub struct MirrorFs {
     pub(super) root_user: bool,
     /// The daemon's umask (the bits its `open(O_CREAT)` takes off a new file's mode).
     pub(super) umask: u32,
+    /// The kernel left dropping set-ID bits to the view (see `MirrorFs::drop_privs`).
+    pub(super) kill_privs: AtomicBool,
     pub(super) calls: AtomicU64,
     refusal_logged: AtomicBool,
 }
@@ -170,6 +172,7 @@ impl MirrorFs {
             egid: nix::unistd::getegid().as_raw(),
             root_user: euid == 0,
             umask: sys::umask(),
+            kill_privs: AtomicBool::new(false),
             root_fd,
             calls: AtomicU64::new(0),
             refusal_logged: AtomicBool::new(false),
@@ -208,6 +211,21 @@ impl MirrorFs {
     /// The path of node `id` (ESTALE for one the kernel never told about).
     pub(super) fn path_of(&self, id: u64) -> Result<OsString, Errno> {
         self.nodes.path(id).ok_or(libc::ESTALE)
+    }
+
+    /// Drop set-ID bits on writes, truncations and chowns (`FUSE_HANDLE_KILLPRIV` granted: the
+    /// kernel no longer does it).
+    pub fn set_kill_privs(&self, on: bool) {
+        self.kill_privs.store(on, Ordering::Relaxed);
+    }
+
+    /// The mode `st` should have after a write, truncation or chown, when the view drops set-ID
+    /// bits and there are some to drop.
+    pub(super) fn privs_dropped(&self, st: &Stat) -> Option<u32> {
+        if !self.kill_privs.load(Ordering::Relaxed) {
+            return None;
+        }
+        sys::privs_dropped(st)
     }
 
     /// `statx` of `rel` (relative to the root).

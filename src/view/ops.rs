@@ -374,7 +374,7 @@ impl MirrorFs {
         // sets the mode (a kernel that drops them itself sends the mode it computed).
         let drops = s.uid.is_some() || s.gid.is_some() || s.size.is_some();
         if s.mode.is_none() && drops {
-            if let Some(mode) = sys::privs_dropped(&st) {
+            if let Some(mode) = self.privs_dropped(&st) {
                 target.chmod(mode)?;
                 st = fstat()?;
             }

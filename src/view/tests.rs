@@ -471,6 +471,14 @@ fn a_refusing_token_turns_writes_into_eacces() {
 fn writes_truncations_and_chowns_drop_set_id_bits() {
     let (_d, store) = mirror(&[]);
     let (fs, _rec) = writable(&store);
+    // Only where the kernel leaves it to the view: else the kernel drops them itself.
+    let kept = fs
+        .create(ROOT, OsStr::new("k"), 0o4755, libc::O_EXCL, me(), false)
+        .unwrap()
+        .0;
+    fs.write(kept.ino, 0, 0, b"x").unwrap();
+    assert_eq!(fs.getattr(kept.ino).unwrap().perm, 0o4755);
+    fs.set_kill_privs(true);
     let mode_on_disk =
         |name: &str| std::fs::metadata(store.root().join(name)).unwrap().mode() & 0o7777;
     let create = |name: &str, perm: u32| {

@@ -352,11 +352,13 @@ impl Filesystem for FuseAdapter {
         }
         // Writes, truncations and chowns reach the view, which drops the set-ID bits itself: the
         // kernel then no longer refreshes a file's mode before every chown (a GETATTR per file
-        // `tar` extracts). Not where passthrough may serve: its writes never reach the daemon.
+        // `tar` extracts). Not where passthrough may serve (its writes never reach the daemon), nor
+        // with the writeback cache (the kernel would keep showing a mode the view changed).
         let no_passthrough = matches!(m.requested, DataMode::PageCache | DataMode::DirectIo)
             || (m.requested == DataMode::Auto && ModeState::flag(&m.no_open));
-        if self.fs.options().writable && no_passthrough {
-            Self::add_cap(config, InitFlags::FUSE_HANDLE_KILLPRIV);
+        if self.fs.options().writable && no_passthrough && !ModeState::flag(&m.writeback) {
+            let granted = Self::add_cap(config, InitFlags::FUSE_HANDLE_KILLPRIV);
+            self.fs.set_kill_privs(granted);
         }
         if self.uring && Self::add_cap(config, InitFlags::FUSE_OVER_IO_URING) {
             // A ring entry's payload buffer must hold the largest request and answer: keep both at
