@@ -265,7 +265,7 @@ impl FuseAdapter {
 
     /// Opens send no message (the kernel was told ENOSYS): the daemon never sees a close either.
     fn zero_message_open(&self) -> bool {
-        self.mode.active() == DataMode::PageCache && ModeState::flag(&self.mode.no_open)
+        self.mode.zero_message_open()
     }
 }
 
@@ -325,14 +325,15 @@ impl Filesystem for FuseAdapter {
                 Ordering::Release,
             );
         }
-        if matches!(m.requested, DataMode::Auto | DataMode::PageCache)
-            && ModeState::flag(&m.no_open)
-        {
-            // The page cache with zero-message opens needs no probe: decided here, before the
-            // kernel sends any other request. The daemon never hears of an open, so versions are
-            // pinned when the kernel learns of a file, from the very first LOOKUP (a reader who
-            // opened a file in the mount's first moments keeps its version across an update).
-            m.set_active(DataMode::PageCache);
+        // A mode that needs no probe is decided here, before the kernel sends any other request.
+        // With zero-message opens the daemon never hears of an open, so versions are pinned when
+        // the kernel learns of a file, from the very first LOOKUP (a reader who opened a file in
+        // the mount's first moments keeps its version across an update).
+        let known = m.known_at_init();
+        if let Some(mode) = known {
+            m.set_active(mode);
+        }
+        if m.zero_message_open() {
             self.fs.set_max_pinned(super::mount::pin_budget());
             self.fs.set_pin_on_entry(true);
         }
@@ -354,9 +355,7 @@ impl Filesystem for FuseAdapter {
         // kernel then no longer refreshes a file's mode before every chown (a GETATTR per file
         // `tar` extracts). Not where passthrough may serve (its writes never reach the daemon), nor
         // with the writeback cache (the kernel would keep showing a mode the view changed).
-        let no_passthrough = matches!(m.requested, DataMode::PageCache | DataMode::DirectIo)
-            || (m.requested == DataMode::Auto && ModeState::flag(&m.no_open));
-        if self.fs.options().writable && no_passthrough && !ModeState::flag(&m.writeback) {
+        if self.fs.options().writable && known.is_some() && !ModeState::flag(&m.writeback) {
             let granted = Self::add_cap(config, InitFlags::FUSE_HANDLE_KILLPRIV);
             self.fs.set_kill_privs(granted);
         }

@@ -95,6 +95,23 @@ impl ModeState {
         DataMode::from_code(self.active.load(Ordering::Acquire))
     }
 
+    /// The mode that needs no passthrough probe, known as soon as INIT is answered: the page cache
+    /// (asked for, or `auto` with zero-message opens) or direct I/O; `None` while passthrough may
+    /// still serve.
+    pub fn known_at_init(&self) -> Option<DataMode> {
+        match self.requested {
+            DataMode::PageCache => Some(DataMode::PageCache),
+            DataMode::DirectIo => Some(DataMode::DirectIo),
+            DataMode::Auto if Self::flag(&self.no_open) => Some(DataMode::PageCache),
+            DataMode::Auto | DataMode::Passthrough => None,
+        }
+    }
+
+    /// Opens send no message (the kernel was told ENOSYS): the daemon never sees a close either.
+    pub fn zero_message_open(&self) -> bool {
+        self.active() == DataMode::PageCache && Self::flag(&self.no_open)
+    }
+
     pub fn set_active(&self, m: DataMode) {
         self.active.store(m.code(), Ordering::Release);
     }
@@ -116,5 +133,33 @@ impl ModeState {
             .wait_timeout_while(g, timeout, |done| !*done)
             .unwrap_or_else(|e| e.into_inner());
         *g
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mode_known_at_init_needs_no_probe() {
+        let state = |requested, no_open| {
+            let m = ModeState::new(requested);
+            m.no_open.store(no_open, Ordering::Release);
+            m
+        };
+        let known = |requested, no_open| state(requested, no_open).known_at_init();
+        assert_eq!(known(DataMode::Auto, true), Some(DataMode::PageCache));
+        assert_eq!(known(DataMode::Auto, false), None, "passthrough may serve");
+        assert_eq!(known(DataMode::PageCache, false), Some(DataMode::PageCache));
+        assert_eq!(known(DataMode::DirectIo, true), Some(DataMode::DirectIo));
+        assert_eq!(known(DataMode::Passthrough, true), None);
+        // Zero-message opens: the page cache with the kernel's FUSE_NO_OPEN_SUPPORT, once active.
+        let m = state(DataMode::Auto, true);
+        assert!(!m.zero_message_open(), "nothing is active before INIT");
+        m.set_active(m.known_at_init().unwrap());
+        assert!(m.zero_message_open());
+        let m = state(DataMode::PageCache, false);
+        m.set_active(DataMode::PageCache);
+        assert!(!m.zero_message_open(), "the kernel still sends OPEN");
     }
 }

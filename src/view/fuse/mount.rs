@@ -385,6 +385,9 @@ fn decide_mode(
     m: &ModeState,
     probe: impl FnOnce() -> Result<(), String>,
 ) -> Result<DataMode, String> {
+    if let Some(known) = m.known_at_init() {
+        return Ok(known);
+    }
     match m.requested {
         DataMode::Passthrough => {
             if !ModeState::flag(&m.passthrough) {
@@ -394,12 +397,11 @@ fn decide_mode(
                 .map_err(|e| format!("FUSE passthrough was requested but is unavailable: {e}"))?;
             Ok(DataMode::Passthrough)
         }
-        DataMode::PageCache => Ok(DataMode::PageCache),
-        DataMode::DirectIo => Ok(DataMode::DirectIo),
-        // The page cache with zero-message opens is the measured best (docs/PERFORMANCE.md).
-        // Passthrough serves when opens would cost a message anyway (no FUSE_NO_OPEN_SUPPORT).
-        DataMode::Auto => {
-            if !ModeState::flag(&m.no_open) && ModeState::flag(&m.passthrough) {
+        // The page cache with zero-message opens is the measured best (docs/PERFORMANCE.md), and
+        // was decided at INIT. Passthrough serves when opens would cost a message anyway (no
+        // FUSE_NO_OPEN_SUPPORT).
+        _ => {
+            if ModeState::flag(&m.passthrough) {
                 match probe() {
                     Ok(()) => return Ok(DataMode::Passthrough),
                     Err(e) => tracing::info!(error = %e, "FUSE passthrough unavailable"),
@@ -591,7 +593,7 @@ pub fn mount(
     mode.set_active(active);
     handle.mode = active;
     // Pinning for zero-message opens was switched on at INIT (FuseAdapter::init).
-    let zero_message_open = active == DataMode::PageCache && ModeState::flag(&mode.no_open);
+    let zero_message_open = mode.zero_message_open();
     check_ring_serves(&mut handle, transport)
         .map_err(|e| format!("mounting {}: {e}", handle.mountpoint.display()))?;
     tracing::info!(mountpoint = %handle.mountpoint.display(), data_mode = %active, requested = %opts.data_mode,
